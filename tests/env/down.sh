@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Stops what up.sh started: the private bus, polkitd and incusd (with every instance in it, which
+# incusd stops on shutdown). An incusd that up.sh did not start is left running.
+# Instances and images stay in /var/lib/incus, so the next up.sh is fast.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_root
+
+d=$KAPSULE_TEST_RUN/dbus
+stop_pidfile "$d/polkitd.pid" polkitd
+stop_pidfile "$d/dbus.pid" "private dbus-daemon"
+
+if [ -f "$KAPSULE_TEST_RUN/incusd.pid" ]; then
+    if incus_up; then
+        log "shutting incusd down"
+        # Stops every running instance cleanly first (their lxc monitors exit with them).
+        timeout 120 incus admin shutdown || log "incus admin shutdown failed; killing incusd"
+    fi
+    stop_pidfile "$KAPSULE_TEST_RUN/incusd.pid" incusd
+fi
+rm -f "$KAPSULE_TEST_RUN/env"
+log "down"

@@ -1,0 +1,97 @@
+# shellcheck shell=bash
+# Shared helpers for the test environment scripts (up.sh, down.sh, image/build.sh).
+#
+# Everything the environment starts is recorded under $KAPSULE_TEST_RUN so that down.sh can stop
+# exactly what up.sh started and nothing else (a developer's own incusd is left alone).
+
+set -euo pipefail
+
+KAPSULE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# Built images are cached in the project's ignored folder, keyed by the recipe's hash.
+KAPSULE_CACHE_DIR=${KAPSULE_CACHE_DIR:-$KAPSULE_ROOT/.cache}
+# Runtime state: pid files, the private bus, logs.
+KAPSULE_TEST_RUN=${KAPSULE_TEST_RUN:-/run/kapsule-test}
+# The alias every test creates containers from.
+KAPSULE_TEST_IMAGE=${KAPSULE_TEST_IMAGE:-kapsule-test}
+INCUS_SOCKET=${INCUS_SOCKET:-/var/lib/incus/unix.socket}
+
+log() { printf '[env] %s\n' "$*" >&2; }
+die() {
+    printf '[env] error: %s\n' "$*" >&2
+    exit 1
+}
+
+require_root() {
+    [ "$(id -u)" -eq 0 ] || die "the test environment needs root (it installs packages and runs incusd)"
+}
+
+# The distribution codename of this machine (bookworm on Debian 12).
+codename() {
+    # shellcheck disable=SC1091
+    . /etc/os-release
+    [ -n "${VERSION_CODENAME:-}" ] || die "/etc/os-release has no VERSION_CODENAME"
+    printf '%s\n' "$VERSION_CODENAME"
+}
+
+# Prints "URI<TAB>SIGNED-BY" of the first apt source that serves the main suite of this machine's
+# distribution. The mirror is never written into the repository: it is always read from the
+# machine's own apt configuration, deb822 (*.sources) or one-line (*.list) format.
+apt_mirror() {
+    local suite
+    suite=$(codename)
+    local f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        awk -v suite="$suite" '
+            function flush() {
+                if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " suite " ") && uri != "") {
+                    print uri "\t" signed; found = 1; exit
+                }
+                types = ""; suites = ""; uri = ""; signed = ""
+            }
+            /^[ \t]*#/ { next }
+            /^[ \t]*$/ { flush(); next }
+            /^Types:/      { sub(/^Types:[ \t]*/, "");      types = $0 }
+            /^Suites:/     { sub(/^Suites:[ \t]*/, "");     suites = $0 }
+            /^URIs:/       { sub(/^URIs:[ \t]*/, "");       split($0, u, /[ \t]+/); uri = u[1] }
+            /^Signed-By:/  { sub(/^Signed-By:[ \t]*/, "");  signed = $0 }
+            END { if (!found) flush() }
+        ' "$f" | head -n1 | grep . && return 0
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] || continue
+        awk -v suite="$suite" '
+            $1 == "deb" {
+                i = 2
+                if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                if ($(i + 1) == suite) { print $i "\t"; exit }
+            }
+        ' "$f" | head -n1 | grep . && return 0
+    done
+    die "no apt source for '$suite' found in /etc/apt; cannot derive the Debian mirror"
+}
+
+# True when incusd answers on its socket.
+incus_up() {
+    [ -S "$INCUS_SOCKET" ] && incus query /1.0 >/dev/null 2>&1
+}
+
+# Kill the process in a pid file (and wait for it), if it is still ours and alive.
+stop_pidfile() {
+    local pidfile=$1 name=$2 pid
+    [ -f "$pidfile" ] || return 0
+    pid=$(cat "$pidfile")
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        log "stopping $name (pid $pid)"
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "$name did not stop, killing it"
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$pidfile"
+}

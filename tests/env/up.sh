@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Brings up the test environment on a Debian 12 machine as root, with or without systemd as PID 1:
+#   1. installs Incus 6.0 from bookworm-backports (the suite is enabled from the machine's own apt
+#      source) and the tools the tests use;
+#   2. starts incusd in the background and waits until it is ready;
+#   3. creates a `dir` storage pool and a default profile with only a root disk: no network bridge,
+#      so the machine's network is never touched;
+#   4. builds (or reuses) the test image and imports it under the alias $KAPSULE_TEST_IMAGE;
+#   5. starts a private system-like dbus-daemon and polkitd for the tests that need them.
+#
+# Idempotent. Whatever it starts is recorded under $KAPSULE_TEST_RUN and stopped by down.sh.
+# The environment for the tests is written to $KAPSULE_TEST_RUN/env (source it).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_root
+
+HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux)
+
+install_packages() {
+    local suite missing=() p
+    suite=$(codename)
+    for p in "${HOST_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+
+    if ! grep -rqs -- "${suite}-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        local mirror uri signed
+        mirror=$(apt_mirror)
+        uri=$(cut -f1 <<<"$mirror")
+        signed=$(cut -f2 <<<"$mirror")
+        log "enabling ${suite}-backports from $uri"
+        {
+            echo "# Written by Kapsule's tests/env/up.sh: Incus 6.0 comes from ${suite}-backports."
+            echo "Types: deb"
+            echo "URIs: $uri"
+            echo "Suites: ${suite}-backports"
+            echo "Components: main"
+            [ -n "$signed" ] && echo "Signed-By: $signed"
+        } >"/etc/apt/sources.list.d/kapsule-${suite}-backports.sources"
+    fi
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    # --no-install-recommends: the `incus` meta package and recommends pull in QEMU and swtpm,
+    # which are large and useless here (no VM support on the CI machine).
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -t "${suite}-backports" "${missing[@]}" >/dev/null
+}
+
+start_incusd() {
+    mkdir -p "$KAPSULE_TEST_RUN"
+    if incus_up; then
+        log "incusd is already running"
+        return 0
+    fi
+    local incusd=/usr/libexec/incus/incusd
+    [ -x "$incusd" ] || die "$incusd not found; is incus-base installed?"
+    log "starting incusd"
+    # setsid: incusd must not die with the shell that started it, nor get its terminal's signals.
+    setsid "$incusd" --group root ${KAPSULE_INCUSD_DEBUG:+--debug} --logfile "$KAPSULE_TEST_RUN/incusd.log" \
+        </dev/null >"$KAPSULE_TEST_RUN/incusd.out" 2>&1 &
+    echo $! >"$KAPSULE_TEST_RUN/incusd.pid"
+    if ! incus admin waitready --timeout=60; then
+        tail -n 20 "$KAPSULE_TEST_RUN/incusd.log" "$KAPSULE_TEST_RUN/incusd.out" >&2 || true
+        die "incusd did not become ready within 60 s"
+    fi
+}
+
+configure_incus() {
+    if ! incus storage show default >/dev/null 2>&1; then
+        log "creating storage pool 'default' (dir)"
+        incus storage create default dir >/dev/null
+    fi
+    # A root disk in the default profile for hand-made `incus launch`; Kapsule itself creates
+    # containers with `profiles: []` and its own devices. No NIC: no bridge is ever created.
+    if ! incus profile device show default 2>/dev/null | grep -q '^root:'; then
+        incus profile device add default root disk path=/ pool=default >/dev/null
+    fi
+}
+
+import_image() {
+    local dir key have
+    key=$("$KAPSULE_ROOT/tests/env/image/build.sh" --print-key)
+    have=$(incus query "/1.0/images/aliases/$KAPSULE_TEST_IMAGE" 2>/dev/null | jq -r .target || true)
+    if [ -n "$have" ] && [ "$(incus query "/1.0/images/$have" | jq -r '.properties["kapsule.recipe"] // ""')" = "$key" ]; then
+        log "image $KAPSULE_TEST_IMAGE ($key) is already imported"
+        return 0
+    fi
+    dir=$("$KAPSULE_ROOT/tests/env/image/build.sh")
+    if [ -n "$have" ]; then
+        log "replacing the outdated image $KAPSULE_TEST_IMAGE"
+        incus image alias delete "$KAPSULE_TEST_IMAGE"
+    fi
+    log "importing $KAPSULE_TEST_IMAGE"
+    incus image import "$dir/meta.tar.gz" "$dir/rootfs.tar.zst" --alias "$KAPSULE_TEST_IMAGE" >/dev/null
+}
+
+start_private_bus() {
+    local d=$KAPSULE_TEST_RUN/dbus
+    mkdir -p "$d/services" "$d/system.d"
+    if [ -f "$d/dbus.pid" ] && kill -0 "$(cat "$d/dbus.pid")" 2>/dev/null; then
+        log "private system bus is already running"
+    else
+        sed "s|@DIR@|$d|g" "$KAPSULE_ROOT/tests/env/dbus/system.conf.in" >"$d/system.conf"
+        rm -f "$d/system_bus_socket"
+        dbus-daemon --config-file="$d/system.conf" --fork --print-pid --nopidfile >"$d/dbus.pid"
+        log "private system bus started (pid $(cat "$d/dbus.pid"))"
+    fi
+    export DBUS_SYSTEM_BUS_ADDRESS="unix:path=$d/system_bus_socket"
+    if [ -f "$d/polkitd.pid" ] && kill -0 "$(cat "$d/polkitd.pid")" 2>/dev/null; then
+        return 0
+    fi
+    # polkitd is started as root and drops to its own user.
+    setsid /usr/lib/polkit-1/polkitd --no-debug </dev/null >"$d/polkitd.log" 2>&1 &
+    echo $! >"$d/polkitd.pid"
+    for _ in $(seq 1 100); do
+        busctl --address="$DBUS_SYSTEM_BUS_ADDRESS" status org.freedesktop.PolicyKit1 >/dev/null 2>&1 && {
+            log "polkitd owns org.freedesktop.PolicyKit1"
+            return 0
+        }
+        sleep 0.1
+    done
+    cat "$d/polkitd.log" >&2
+    die "polkitd did not take its name on the private bus within 10 s"
+}
+
+write_env() {
+    cat >"$KAPSULE_TEST_RUN/env" <<EOF
+# Written by tests/env/up.sh; source it to talk to the test environment.
+export INCUS_SOCKET=$INCUS_SOCKET
+export KAPSULE_TEST_IMAGE=$KAPSULE_TEST_IMAGE
+export KAPSULE_TEST_SYSTEM_BUS=unix:path=$KAPSULE_TEST_RUN/dbus/system_bus_socket
+EOF
+}
+
+mkdir -p "$KAPSULE_TEST_RUN" "$KAPSULE_CACHE_DIR"
+install_packages
+start_incusd
+configure_incus
+import_image
+start_private_bus
+write_env
+log "ready: incusd $(incus query /1.0 | jq -r .environment.server_version), image $KAPSULE_TEST_IMAGE, private bus $KAPSULE_TEST_RUN/dbus/system_bus_socket"
