@@ -179,9 +179,9 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        json: &serde_json::Value,
+        json: Option<&serde_json::Value>,
     ) -> Result<Operation> {
-        let (kind, metadata) = self.call(method.clone(), path, Some(json), None).await?;
+        let (kind, metadata) = self.call(method.clone(), path, json, None).await?;
         expect_operation(&method, path, &kind, metadata)
     }
 
@@ -241,6 +241,14 @@ pub(crate) fn decode_envelope(
         return Err(Error::from_answer(method, path, status, envelope.error));
     }
     Ok((envelope.kind, envelope.metadata))
+}
+
+/// Encodes a request body; `what` names the request in the (practically impossible) error.
+pub(crate) fn to_json<T: serde::Serialize>(what: &str, value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| Error::Protocol {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, value: serde_json::Value) -> Result<T> {

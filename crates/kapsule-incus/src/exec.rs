@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::Method;
 use serde::Serialize;
 
-use crate::client::{Client, empty, enc};
+use crate::client::{Client, empty, enc, to_json};
 use crate::error::{Error, Result};
 
 /// A command to run in an instance.
@@ -76,11 +76,8 @@ impl Client {
             wait_for_websocket: false,
             record_output: true,
         };
-        let body = serde_json::to_value(&post).map_err(|e| Error::Protocol {
-            what: format!("POST {path}"),
-            reason: e.to_string(),
-        })?;
-        let op = self.start_operation(Method::POST, &path, &body).await?;
+        let body = to_json(&format!("POST {path}"), &post)?;
+        let op = self.start_operation(Method::POST, &path, Some(&body)).await?;
         let op = self.wait_operation(&op.id, Some(timeout)).await?;
         let metadata = op.metadata.unwrap_or_default();
         let exit_code = metadata

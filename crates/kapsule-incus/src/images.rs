@@ -72,14 +72,13 @@ impl Client {
     /// Starts deleting an image.
     pub async fn delete_image(&self, fingerprint: &str) -> Result<Operation> {
         let path = format!("/1.0/images/{}", enc(fingerprint));
-        let (kind, metadata) = self.call(Method::DELETE, &path, None, None).await?;
-        expect_operation(&Method::DELETE, &path, &kind, metadata)
+        self.start_operation(Method::DELETE, &path, None).await
     }
 
     /// Starts refreshing an auto-updating image from its source.
     pub async fn refresh_image(&self, fingerprint: &str) -> Result<Operation> {
         let path = format!("/1.0/images/{}/refresh", enc(fingerprint));
-        self.start_operation(Method::POST, &path, &json!({})).await
+        self.start_operation(Method::POST, &path, Some(&json!({}))).await
     }
 
     /// Uploads a split image (metadata tarball + rootfs tarball or squashfs). The files are

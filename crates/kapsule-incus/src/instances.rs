@@ -5,7 +5,7 @@ use std::time::Duration;
 use http::Method;
 use serde_json::json;
 
-use crate::client::{Client, decode, decode_envelope, enc, full};
+use crate::client::{Client, decode, decode_envelope, enc, full, to_json};
 use crate::error::{Error, Result};
 use crate::models::{ConfigMap, Devices, Instance, InstanceState, InstancesPost, Operation, StateAction, StateChange};
 
@@ -23,18 +23,14 @@ impl Client {
     /// Starts creating an instance; the returned operation ends when it exists (and runs, with
     /// `start`). Cancelling that operation stops the creation.
     pub async fn create_instance(&self, request: &InstancesPost) -> Result<Operation> {
-        let body = serde_json::to_value(request).map_err(|e| Error::Protocol {
-            what: "POST /1.0/instances".into(),
-            reason: e.to_string(),
-        })?;
-        self.start_operation(Method::POST, "/1.0/instances", &body).await
+        let body = to_json("POST /1.0/instances", request)?;
+        self.start_operation(Method::POST, "/1.0/instances", Some(&body)).await
     }
 
     /// Starts deleting a stopped instance.
     pub async fn delete_instance(&self, name: &str) -> Result<Operation> {
         let path = format!("/1.0/instances/{}", enc(name));
-        let (kind, metadata) = self.call(Method::DELETE, &path, None, None).await?;
-        crate::client::expect_operation(&Method::DELETE, &path, &kind, metadata)
+        self.start_operation(Method::DELETE, &path, None).await
     }
 
     /// The runtime state, including the init PID on the host.
@@ -45,11 +41,8 @@ impl Client {
     /// Starts a state change (start, stop, restart, freeze, unfreeze).
     pub async fn change_state(&self, name: &str, change: &StateChange) -> Result<Operation> {
         let path = format!("/1.0/instances/{}/state", enc(name));
-        let body = serde_json::to_value(change).map_err(|e| Error::Protocol {
-            what: format!("PUT {path}"),
-            reason: e.to_string(),
-        })?;
-        self.start_operation(Method::PUT, &path, &body).await
+        let body = to_json(&format!("PUT {path}"), change)?;
+        self.start_operation(Method::PUT, &path, Some(&body)).await
     }
 
     /// Starts the instance.

@@ -2,8 +2,8 @@
 
 use http::Method;
 
-use crate::client::Client;
-use crate::error::{Error, Result};
+use crate::client::{Client, to_json};
+use crate::error::Result;
 use crate::models::{StoragePool, StoragePoolsPost};
 
 impl Client {
@@ -18,12 +18,9 @@ impl Client {
             .await
     }
 
-    /// Creates a storage pool; [`Error::AlreadyExists`] if one has that name.
+    /// Creates a storage pool; [`crate::Error::AlreadyExists`] if one has that name.
     pub async fn create_storage_pool(&self, pool: &StoragePoolsPost) -> Result<()> {
-        let body = serde_json::to_value(pool).map_err(|e| Error::Protocol {
-            what: "POST /1.0/storage-pools".into(),
-            reason: e.to_string(),
-        })?;
+        let body = to_json("POST /1.0/storage-pools", pool)?;
         self.call_and_settle(Method::POST, "/1.0/storage-pools", &body).await
     }
 }

@@ -20,7 +20,7 @@ pub struct TestEnv {
 /// Connects to the test environment, or panics saying what is missing.
 pub async fn env() -> TestEnv {
     assert!(
-        nix_is_root(),
+        running_as_root(),
         "the real-Incus tests need root; run them through tests/run-all.sh (see docs/TESTING.md)"
     );
     let incus = Client::from_env();
@@ -34,7 +34,7 @@ pub async fn env() -> TestEnv {
     TestEnv { incus, image }
 }
 
-fn nix_is_root() -> bool {
+fn running_as_root() -> bool {
     // Reading our own uid needs no unsafe: /proc/self/status has it.
     std::fs::read_to_string("/proc/self/status")
         .ok()
