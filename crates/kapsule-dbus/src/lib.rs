@@ -5,8 +5,10 @@
 
 mod error;
 pub mod options;
+mod proxy;
 
 pub use error::Error;
+pub use proxy::{ContainerTuple, ManagerProxy, OperationProxy};
 
 /// The well-known name of the daemon on the system bus.
 pub const BUS_NAME: &str = "org.kde.kapsule";

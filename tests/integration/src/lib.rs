@@ -105,3 +105,129 @@ pub fn container_request(env: &TestEnv, name: &str, start: bool) -> InstancesPos
         description: String::new(),
     }
 }
+
+/// A private message bus for one test (a plain session-type bus: every test gets its own, so
+/// tests running at once never compete for `org.kde.kapsule`). Killed when dropped.
+#[derive(Debug)]
+pub struct PrivateBus {
+    pub address: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateBus {
+    pub fn start() -> PrivateBus {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("bus");
+        let config = dir.path().join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default"><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/></policy>
+</busconfig>"#,
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .arg("--nofork")
+            .spawn()
+            .expect("dbus-daemon is installed (tests/env/up.sh installs it)");
+        for _ in 0..200 {
+            if socket.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(socket.exists(), "dbus-daemon did not create its socket");
+        PrivateBus {
+            address: format!("unix:path={}", socket.display()),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// A client connection to this bus.
+    pub async fn connect(&self) -> zbus::Connection {
+        zbus::connection::Builder::address(self.address.as_str())
+            .build()
+            .await
+            .unwrap()
+    }
+
+    /// Runs the daemon (in this process) on this bus; it serves while the connection lives.
+    pub async fn daemon(&self) -> zbus::Connection {
+        kapsule_daemon::serve(kapsule_daemon::Bus::Address(self.address.clone()))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every signal an operation emitted, in order, as readable strings like `Completed(true, "")`.
+pub async fn collect_operation_signals(stream: &mut zbus::MessageStream, path: &str) -> Vec<String> {
+    use futures_util::StreamExt;
+    let mut seen = Vec::new();
+    let deadline = std::time::Duration::from_secs(300);
+    let result = tokio::time::timeout(deadline, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            let header = msg.header();
+            if header.path().map(|p| p.as_str()) != Some(path) {
+                continue;
+            }
+            let Some(member) = header.member().map(|m| m.to_string()) else {
+                continue;
+            };
+            let text = match member.as_str() {
+                "Message" => {
+                    let (kind, text, _indent): (i32, String, i32) = msg.body().deserialize().unwrap();
+                    format!("Message({kind}, {text:?})")
+                }
+                "ProgressStarted" => {
+                    let (_id, description, total, _indent): (String, String, i32, i32) =
+                        msg.body().deserialize().unwrap();
+                    format!("ProgressStarted({description:?}, {total})")
+                }
+                "ProgressCompleted" => {
+                    let (_id, ok, text): (String, bool, String) = msg.body().deserialize().unwrap();
+                    format!("ProgressCompleted({ok}, {text:?})")
+                }
+                "Completed" => {
+                    let (ok, text): (bool, String) = msg.body().deserialize().unwrap();
+                    seen.push(format!("Completed({ok}, {text:?})"));
+                    break;
+                }
+                other => other.to_owned(),
+            };
+            seen.push(text);
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "no Completed within {deadline:?}; seen: {seen:?}");
+    seen
+}
+
+/// A stream of every signal the Kapsule service sends, subscribed before any call is made.
+pub async fn kapsule_signals(connection: &zbus::Connection) -> zbus::MessageStream {
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .path_namespace("/org/kde/kapsule")
+        .build()
+        .unwrap();
+    zbus::MessageStream::for_match_rule(rule, connection, std::num::NonZeroUsize::new(1000))
+        .await
+        .unwrap()
+}

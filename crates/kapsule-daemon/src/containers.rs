@@ -1,0 +1,227 @@
+//! What the daemon knows about containers: which instances are Kapsule's, the `(sssss)` tuple
+//! clients list, names Incus accepts, and the start/stop/delete work.
+
+use std::time::Duration;
+
+use kapsule_dbus::Error;
+use kapsule_incus::models::Instance;
+
+use crate::State;
+use crate::operation::{Failure, Reporter};
+
+/// Every Kapsule container carries config keys under this prefix (the original daemon's too).
+pub(crate) const META_PREFIX: &str = "user.kapsule.";
+
+/// How long an operation waits for Incus before giving up.
+pub(crate) const INCUS_WAIT: Option<Duration> = Some(Duration::from_secs(600));
+
+/// True for instances Kapsule made (or the original daemon made): the daemon never touches others.
+pub(crate) fn is_kapsule(instance: &Instance) -> bool {
+    instance.config.keys().any(|k| k.starts_with(META_PREFIX))
+}
+
+/// `(name, status, image, created, mode)` as the original daemon returned it.
+pub(crate) fn container_tuple(instance: &Instance) -> (String, String, String, String, String) {
+    let config = &instance.config;
+    let image = config
+        .get("image.description")
+        .or_else(|| config.get("image.os"))
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "unknown".to_owned());
+    let flag = |key: &str| config.get(key).map(String::as_str) == Some("true");
+    let mode = if flag("user.kapsule.dbus-mux") {
+        "DbusMux"
+    } else if flag("user.kapsule.session-mode") {
+        "Session"
+    } else {
+        "Default"
+    };
+    let status = if instance.status.is_empty() {
+        "Unknown".to_owned()
+    } else {
+        instance.status.clone()
+    };
+    (
+        instance.name.clone(),
+        status,
+        image,
+        iso8601_with_offset(&instance.created_at),
+        mode.to_owned(),
+    )
+}
+
+/// Incus says `2026-11-22T00:22:55.197237729Z`; clients were given Python's
+/// `2026-11-22T00:22:55.197237+00:00`. Keep microseconds and spell the offset out.
+fn iso8601_with_offset(incus: &str) -> String {
+    let Some(base) = incus.strip_suffix('Z') else {
+        return incus.to_owned();
+    };
+    match base.split_once('.') {
+        Some((seconds, fraction)) => {
+            let micros: String = fraction.chars().chain(std::iter::repeat('0')).take(6).collect();
+            format!("{seconds}.{micros}+00:00")
+        }
+        None => format!("{base}+00:00"),
+    }
+}
+
+/// Incus's rules for instance names: 1 to 63 characters of ASCII letters, digits and `-`, not
+/// starting with a digit or `-`, not ending with `-`.
+pub(crate) fn validate_name(name: &str) -> Result<(), Error> {
+    let bad = |why: &str| {
+        Err(Error::InvalidArgument(format!(
+            "Invalid container name '{}': {why}",
+            name.escape_debug()
+        )))
+    };
+    if name.is_empty() || name.len() > 63 {
+        return bad("it must be 1 to 63 characters long");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return bad("only letters, digits and '-' are allowed");
+    }
+    if name.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
+        return bad("it must not start with a digit or '-'");
+    }
+    if name.ends_with('-') {
+        return bad("it must not end with '-'");
+    }
+    Ok(())
+}
+
+/// The Kapsule container `name`, or the named error a client should get.
+pub(crate) async fn get_kapsule_container(state: &State, name: &str) -> Result<Instance, Error> {
+    validate_name(name)?;
+    let instance = state.incus.get_instance(name).await.map_err(crate::incus_error)?;
+    if !is_kapsule(&instance) {
+        return Err(Error::NotFound(format!(
+            "'{name}' is an Incus instance, but not a Kapsule container"
+        )));
+    }
+    Ok(instance)
+}
+
+pub(crate) fn is_running(instance: &Instance) -> bool {
+    instance.status == "Running"
+}
+
+/// Runs one Incus operation to its end, cancelling it (where Incus allows) when the client
+/// cancels ours.
+pub(crate) async fn run_incus_operation(
+    state: &State,
+    reporter: &Reporter,
+    op: kapsule_incus::models::Operation,
+) -> Result<kapsule_incus::models::Operation, Failure> {
+    tokio::select! {
+        done = state.incus.wait_operation(&op.id, INCUS_WAIT) => done.map_err(Failure::from),
+        () = reporter.cancelled() => {
+            if let Err(e) = state.incus.cancel_operation(&op.id).await {
+                log::info!("Incus operation {} cannot be cancelled ({e}); waiting for it to end", op.id);
+            }
+            let _ = state.incus.wait_operation(&op.id, INCUS_WAIT).await;
+            Err(Failure::Cancelled)
+        }
+    }
+}
+
+pub(crate) async fn start(state: &State, reporter: &Reporter, name: &str) -> Result<String, Failure> {
+    let instance = get_kapsule_container(state, name).await?;
+    if is_running(&instance) {
+        reporter.warn(&format!("Container '{name}' is already running")).await;
+        return Ok(String::new());
+    }
+    let op = state.incus.start_instance(name).await?;
+    run_incus_operation(state, reporter, op).await?;
+    state.containers_changed().await;
+    Ok(format!("Container '{name}' started"))
+}
+
+pub(crate) async fn stop(state: &State, reporter: &Reporter, name: &str, force: bool) -> Result<String, Failure> {
+    let instance = get_kapsule_container(state, name).await?;
+    if !is_running(&instance) {
+        reporter.warn(&format!("Container '{name}' is not running")).await;
+        return Ok(String::new());
+    }
+    let op = state.incus.stop_instance(name, force, Duration::from_secs(60)).await?;
+    run_incus_operation(state, reporter, op).await?;
+    state.containers_changed().await;
+    Ok(format!("Container '{name}' stopped"))
+}
+
+pub(crate) async fn delete(state: &State, reporter: &Reporter, name: &str, force: bool) -> Result<String, Failure> {
+    let instance = get_kapsule_container(state, name).await?;
+    if is_running(&instance) {
+        if !force {
+            return Err(Failure::Failed(format!(
+                "Container '{name}' is running; stop it first or use force"
+            )));
+        }
+        reporter.info("Stopping the container first").await;
+        let op = state.incus.stop_instance(name, true, Duration::from_secs(30)).await?;
+        run_incus_operation(state, reporter, op).await?;
+    }
+    let op = state.incus.delete_instance(name).await?;
+    run_incus_operation(state, reporter, op).await?;
+    state.containers_changed().await;
+    Ok(format!("Container '{name}' removed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_incus_rules() {
+        for good in ["a", "dev", "my-box-2", &"x".repeat(63)] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "-abc",
+            "abc-",
+            "a_b",
+            "a.b",
+            "a/b",
+            "../x",
+            "ä",
+            &"x".repeat(64),
+        ] {
+            assert!(matches!(validate_name(bad), Err(Error::InvalidArgument(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tuple_matches_the_original_shape() {
+        let mut i = Instance {
+            name: "dev".into(),
+            status: "Running".into(),
+            ..Default::default()
+        };
+        i.created_at = "2026-11-22T00:22:55.197237729Z".into();
+        i.config.insert("image.os".into(), "debian".into());
+        i.config.insert("user.kapsule.session-mode".into(), "true".into());
+        assert_eq!(
+            container_tuple(&i),
+            (
+                "dev".into(),
+                "Running".into(),
+                "debian".into(),
+                "2026-11-22T00:22:55.197237+00:00".into(),
+                "Session".into()
+            )
+        );
+        i.config.insert("image.description".into(), "Debian 12".into());
+        i.config.insert("user.kapsule.dbus-mux".into(), "true".into());
+        i.created_at = "2026-11-22T00:22:55Z".into();
+        i.status.clear();
+        let t = container_tuple(&i);
+        assert_eq!(
+            (t.1.as_str(), t.2.as_str(), t.3.as_str(), t.4.as_str()),
+            ("Unknown", "Debian 12", "2026-11-22T00:22:55+00:00", "DbusMux")
+        );
+        assert!(is_kapsule(&i));
+        assert!(!is_kapsule(&Instance::default()));
+    }
+}

@@ -1,0 +1,381 @@
+//! The create pipeline. Everything that can be checked is checked before the operation starts
+//! (name, existence, image, options), so a bad request gets a named D-Bus error and changes
+//! nothing; the operation then creates, starts and fixes up the container, and removes it again
+//! if any of that fails or the client cancels.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kapsule_dbus::Error;
+use kapsule_dbus::options::{self, CreateOptions};
+use kapsule_incus::FileMeta;
+use kapsule_incus::models::{ConfigMap, Devices, Image, InstanceSource, InstancesPost};
+use zbus::OwnedVariant;
+
+use crate::State;
+use crate::containers::{run_incus_operation, validate_name};
+use crate::operation::{Failure, Reporter};
+
+/// Remote image servers a client may name as `<remote>:<alias>`.
+const REMOTES: &[(&str, &str)] = &[
+    ("images", "https://images.linuxcontainers.org"),
+    ("ubuntu", "https://cloud-images.ubuntu.com/releases"),
+];
+
+/// The storage pool containers' root disks live in (kapsule-init creates it).
+const POOL: &str = "default";
+
+/// A create request that passed every check.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub name: String,
+    pub image_label: String,
+    pub source: InstanceSource,
+    pub options: CreateOptions,
+}
+
+/// Checks a create request without changing anything.
+pub(crate) async fn plan(
+    state: &State,
+    name: &str,
+    image: &str,
+    client_options: &HashMap<String, OwnedVariant>,
+) -> Result<Plan, Error> {
+    validate_name(name)?;
+    let client = options::from_dbus(client_options)?;
+    match state.incus.get_instance(name).await {
+        Ok(_) => return Err(Error::AlreadyExists(format!("Container '{name}' already exists"))),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(crate::incus_error(e)),
+    }
+    let (source, local) = resolve_image(state, image).await?;
+    let image_defaults = match &local {
+        Some(image) => image_default_options(image),
+        None => BTreeMap::new(),
+    };
+    let options = options::resolve(&image_defaults, &client)?;
+    Ok(Plan {
+        name: name.to_owned(),
+        image_label: image.to_owned(),
+        source,
+        options,
+    })
+}
+
+/// `local:<alias>` and a bare alias that exists locally use the local store; `<remote>:<alias>`
+/// and other bare aliases pull from a known remote.
+async fn resolve_image(state: &State, image: &str) -> Result<(InstanceSource, Option<Image>), Error> {
+    if image.is_empty() || image.len() > 256 || image.contains(|c: char| c.is_control() || c.is_whitespace()) {
+        return Err(Error::InvalidArgument(format!(
+            "Invalid image '{}'",
+            image.escape_debug()
+        )));
+    }
+    let (remote, alias) = match image.split_once(':') {
+        Some((remote, alias)) => (Some(remote), alias),
+        None => (None, image),
+    };
+    if alias.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "Invalid image '{image}': no alias after the remote"
+        )));
+    }
+    if remote.is_none() || remote == Some("local") {
+        match local_image(state, alias).await? {
+            Some(found) => {
+                return Ok((
+                    InstanceSource::local_fingerprint(found.fingerprint.clone()),
+                    Some(found),
+                ));
+            }
+            None if remote == Some("local") => {
+                return Err(Error::NotFound(format!(
+                    "No local image with alias or fingerprint '{alias}'"
+                )));
+            }
+            None => {}
+        }
+    }
+    let remote = remote.unwrap_or("images");
+    let Some((_, server)) = REMOTES.iter().find(|(n, _)| *n == remote) else {
+        let known: Vec<&str> = std::iter::once("local")
+            .chain(REMOTES.iter().map(|(n, _)| *n))
+            .collect();
+        return Err(Error::InvalidArgument(format!(
+            "Unknown image remote '{remote}'. Known remotes: {}",
+            known.join(", ")
+        )));
+    };
+    let source = InstanceSource {
+        kind: "image".into(),
+        alias: Some(alias.to_owned()),
+        server: Some((*server).to_owned()),
+        protocol: Some("simplestreams".into()),
+        mode: Some("pull".into()),
+        ..Default::default()
+    };
+    Ok((source, None))
+}
+
+async fn local_image(state: &State, alias: &str) -> Result<Option<Image>, Error> {
+    let fingerprint = match state.incus.get_image_alias(alias).await {
+        Ok(a) => a.target,
+        Err(e) if e.is_not_found() => {
+            // A full fingerprint names an image too.
+            if alias.len() != 64 || !alias.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(None);
+            }
+            alias.to_owned()
+        }
+        Err(e) => return Err(crate::incus_error(e)),
+    };
+    match state.incus.get_image(&fingerprint).await {
+        Ok(image) => Ok(Some(image)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(crate::incus_error(e)),
+    }
+}
+
+/// The image's own option defaults: `requirements.kapsule_default_options` (what survives a
+/// simplestreams pull), else `kapsule.default_options`. Broken defaults are logged and ignored:
+/// an image must not make creation impossible.
+fn image_default_options(image: &Image) -> BTreeMap<String, options::OptionValue> {
+    let Some(json) = image
+        .properties
+        .get("requirements.kapsule_default_options")
+        .or_else(|| image.properties.get("kapsule.default_options"))
+    else {
+        return BTreeMap::new();
+    };
+    match options::from_json_defaults(json) {
+        Ok((defaults, ignored)) => {
+            if !ignored.is_empty() {
+                log::info!(
+                    "image {} has unknown default options, ignored: {}",
+                    image.fingerprint,
+                    ignored.join(", ")
+                );
+            }
+            defaults
+        }
+        Err(e) => {
+            log::warn!("image {}: {e}", image.fingerprint);
+            BTreeMap::new()
+        }
+    }
+}
+
+/// `security.*` and the `user.kapsule.*` metadata (the original daemon's keys, so containers it
+/// made are read the same way).
+pub(crate) fn config(options: &CreateOptions) -> ConfigMap {
+    let mut config = ConfigMap::new();
+    let mut set = |k: &str, v: &str| {
+        config.insert(k.to_owned(), v.to_owned());
+    };
+    // Privileged with nesting: docker, podman and systemd run inside as they do on a host.
+    set("security.privileged", "true");
+    set("security.nesting", "true");
+    let yes_no = |b: bool| if b { "true" } else { "false" };
+    if options.session_mode {
+        set("user.kapsule.session-mode", "true");
+    }
+    if options.dbus_mux {
+        set("user.kapsule.dbus-mux", "true");
+    }
+    set("user.kapsule.host-rootfs", yes_no(options.host_rootfs));
+    set("user.kapsule.mount-home", yes_no(options.mount_home));
+    set("user.kapsule.gpu", yes_no(options.gpu));
+    set(
+        "user.kapsule.nvidia-drivers",
+        yes_no(options.gpu && options.nvidia_drivers),
+    );
+    if !options.custom_mounts.is_empty() {
+        set(
+            "user.kapsule.custom-mounts",
+            &serde_json::to_string(&options.custom_mounts).unwrap_or_default(),
+        );
+    }
+    config
+}
+
+/// The root disk, the GPU when asked for and present, and the host filesystem.
+pub(crate) fn devices(options: &CreateOptions, gpu_present: bool) -> Devices {
+    let device = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let mut devices = Devices::new();
+    devices.insert(
+        "root".into(),
+        device(&[("type", "disk"), ("path", "/"), ("pool", POOL)]),
+    );
+    // Incus refuses to start a container whose gpu device finds no GPU, so it is only added when
+    // the host has one.
+    if options.gpu && gpu_present {
+        devices.insert("gpu".into(), device(&[("type", "gpu")]));
+    }
+    if options.host_rootfs {
+        devices.insert(
+            "hostfs".into(),
+            device(&[
+                ("type", "disk"),
+                ("source", "/"),
+                ("path", "/.kapsule/host"),
+                ("propagation", "rslave"),
+                ("recursive", "true"),
+                ("shift", "false"),
+            ]),
+        );
+    }
+    devices
+}
+
+/// Whether the host has a GPU Incus can pass through.
+pub(crate) fn host_has_gpu() -> bool {
+    std::path::Path::new("/dev/dri").is_dir() || std::path::Path::new("/dev/nvidia0").exists()
+}
+
+/// The operation's work: create, start, fix up; on failure or cancellation, remove what was made.
+pub(crate) async fn run(state: &State, reporter: &Reporter, plan: Plan) -> Result<String, Failure> {
+    let name = plan.name.clone();
+    let gpu = host_has_gpu();
+    reporter.info(&format!("Image: {}", plan.image_label)).await;
+    if plan.options.gpu && !gpu {
+        reporter
+            .warn("No GPU found on this host; the container gets none")
+            .await;
+    }
+    let request = InstancesPost {
+        name: name.clone(),
+        source: plan.source,
+        config: config(&plan.options),
+        devices: devices(&plan.options, gpu),
+        profiles: Vec::new(),
+        kind: "container".into(),
+        start: true,
+        description: String::new(),
+    };
+    let progress = reporter.progress_start("Creating container", -1).await;
+    let created = async {
+        let op = state.incus.create_instance(&request).await?;
+        run_incus_operation(state, reporter, op).await?;
+        if reporter.is_cancelled() {
+            return Err(Failure::Cancelled);
+        }
+        fix_up(state, reporter, &name).await
+    }
+    .await;
+    match created {
+        Ok(()) => {
+            reporter.progress_done(&progress, true, "").await;
+            state.containers_changed().await;
+            Ok(format!("Container '{name}' created"))
+        }
+        Err(failure) => {
+            let why = match &failure {
+                Failure::Cancelled => "cancelled".to_owned(),
+                Failure::Failed(why) => why.clone(),
+            };
+            reporter.progress_done(&progress, false, &why).await;
+            remove_half_made(state, &name).await;
+            Err(match failure {
+                Failure::Failed(why) => Failure::Failed(format!("Creating '{name}' failed: {why}")),
+                cancelled => cancelled,
+            })
+        }
+    }
+}
+
+/// Post-create fixes that every container needs.
+async fn fix_up(state: &State, reporter: &Reporter, name: &str) -> Result<(), Failure> {
+    let root = FileMeta::new(0, 0, 0o755);
+    // Konsole detects Kapsule containers by /.kapsule; it exists even without the host mount.
+    match state.incus.create_directory(name, "/.kapsule", root).await {
+        Ok(()) => {}
+        Err(e) if e.status() == Some(409) || e.to_string().contains("exists") => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Masked, as systemctl mask would: with the host's network there is nothing to wait for, and
+    // the unit would stall boot for 30 s.
+    if let Err(e) = state
+        .incus
+        .create_symlink(
+            name,
+            "/etc/systemd/system/systemd-networkd-wait-online.service",
+            "/dev/null",
+            root,
+        )
+        .await
+    {
+        reporter
+            .warn(&format!("Could not mask systemd-networkd-wait-online: {e}"))
+            .await;
+    }
+    Ok(())
+}
+
+/// Removes a container the pipeline made but could not finish. Errors are logged: the failure the
+/// client sees is the one that caused this.
+async fn remove_half_made(state: &State, name: &str) {
+    let Ok(instance) = state.incus.get_instance(name).await else {
+        return;
+    };
+    log::info!("removing the half-made container {name}");
+    if instance.status == "Running" {
+        match state
+            .incus
+            .stop_instance(name, true, std::time::Duration::from_secs(30))
+            .await
+        {
+            Ok(op) => {
+                let _ = state.incus.wait_operation(&op.id, crate::containers::INCUS_WAIT).await;
+            }
+            Err(e) => log::warn!("could not stop {name}: {e}"),
+        }
+    }
+    match state.incus.delete_instance(name).await {
+        Ok(op) => {
+            if let Err(e) = state.incus.wait_operation(&op.id, crate::containers::INCUS_WAIT).await {
+                log::warn!("could not delete {name}: {e}");
+            }
+        }
+        Err(e) => log::warn!("could not delete {name}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> CreateOptions {
+        options::resolve(&BTreeMap::new(), &BTreeMap::new()).unwrap()
+    }
+
+    #[test]
+    fn config_carries_the_original_metadata_keys() {
+        let mut o = defaults();
+        o.custom_mounts = vec!["~/src".into()];
+        let c = config(&o);
+        assert_eq!(c["security.privileged"], "true");
+        assert_eq!(c["security.nesting"], "true");
+        assert_eq!(c["user.kapsule.host-rootfs"], "true");
+        assert_eq!(c["user.kapsule.mount-home"], "true");
+        assert_eq!(c["user.kapsule.gpu"], "true");
+        assert_eq!(c["user.kapsule.nvidia-drivers"], "false");
+        assert_eq!(c["user.kapsule.custom-mounts"], r#"["~/src"]"#);
+        assert!(!c.contains_key("user.kapsule.session-mode"));
+    }
+
+    #[test]
+    fn devices_follow_options_and_hardware() {
+        let o = defaults();
+        let d = devices(&o, false);
+        assert_eq!(
+            d.keys().collect::<Vec<_>>(),
+            ["hostfs", "root"],
+            "no gpu device without a GPU"
+        );
+        assert_eq!(d["hostfs"]["propagation"], "rslave");
+        assert!(devices(&o, true).contains_key("gpu"));
+        let mut o = defaults();
+        o.host_rootfs = false;
+        o.gpu = false;
+        assert_eq!(devices(&o, true).keys().collect::<Vec<_>>(), ["root"]);
+    }
+}

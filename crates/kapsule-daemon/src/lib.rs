@@ -1,0 +1,110 @@
+//! The Kapsule daemon: serves `org.kde.kapsule` and does the work through Incus.
+//!
+//! One [`State`] is shared by the manager object and every operation task. No lock is held
+//! across an Incus call: the Incus client is cheap to clone and the operation registry locks only
+//! to insert or remove an entry.
+
+mod config;
+mod containers;
+mod create;
+mod manager;
+mod operation;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use kapsule_dbus::{BUS_NAME, Error, MANAGER_PATH};
+use zbus::Connection;
+use zbus::object_server::SignalEmitter;
+
+use crate::operation::Operations;
+
+/// Which bus to serve on.
+#[derive(Clone, Debug)]
+pub enum Bus {
+    /// The system bus (`$DBUS_SYSTEM_BUS_ADDRESS` or the standard socket): production.
+    System,
+    /// The session bus: development.
+    Session,
+    /// A bus at this address, e.g. a private test bus.
+    Address(String),
+}
+
+/// What the manager and every operation share.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) incus: kapsule_incus::Client,
+    pub(crate) operations: Arc<Operations>,
+    pub(crate) connection: Connection,
+}
+
+impl State {
+    /// Tells clients that the list of containers changed.
+    pub(crate) async fn containers_changed(&self) {
+        match SignalEmitter::new(&self.connection, MANAGER_PATH) {
+            Ok(emitter) => {
+                if let Err(e) = manager::Manager::containers_changed(&emitter).await {
+                    log::warn!("could not emit ContainersChanged: {e}");
+                }
+            }
+            Err(e) => log::warn!("could not emit ContainersChanged: {e}"),
+        }
+    }
+}
+
+/// The named error a client sees for an Incus failure. Incus's own message is kept (it says
+/// what is wrong with the request); nothing internal is added.
+pub(crate) fn incus_error(e: kapsule_incus::Error) -> Error {
+    use kapsule_incus::Error as E;
+    match e {
+        E::Unavailable { .. } => Error::IncusUnavailable(format!("{e}. Is Incus running?")),
+        E::NotFound { message, .. } => Error::NotFound(message),
+        E::AlreadyExists { message, .. } => Error::AlreadyExists(message),
+        other => Error::Failed(other.to_string()),
+    }
+}
+
+/// Serves the API on `bus` until SIGTERM or SIGINT.
+pub async fn run(bus: Bus) -> anyhow::Result<()> {
+    let connection = serve(bus.clone()).await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => log::info!("SIGTERM: exiting"),
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: exiting"),
+    }
+    let _ = connection.release_name(BUS_NAME).await;
+    Ok(())
+}
+
+/// Connects to `bus`, serves every object, then takes the bus name. The API stays up for as long
+/// as the returned connection lives (tests run the daemon in their own process this way).
+pub async fn serve(bus: Bus) -> anyhow::Result<Connection> {
+    let builder = match &bus {
+        Bus::System => zbus::connection::Builder::system(),
+        Bus::Session => zbus::connection::Builder::session(),
+        Bus::Address(address) => zbus::connection::Builder::address(address.as_str()),
+    };
+    let connection = builder
+        .build()
+        .await
+        .with_context(|| format!("cannot connect to the {bus:?} bus"))?;
+    let incus = kapsule_incus::Client::from_env();
+    let operations = Operations::new(connection.clone());
+    let state = Arc::new(State {
+        incus,
+        operations,
+        connection: connection.clone(),
+    });
+
+    let server = connection.object_server();
+    // Announces operation objects below /org/kde/kapsule (InterfacesAdded / InterfacesRemoved).
+    server.at(MANAGER_PATH, zbus::fdo::ObjectManager).await?;
+    server.at(MANAGER_PATH, manager::Manager { state }).await?;
+    // Only now, with every object served, may clients find us by name.
+    connection
+        .request_name(BUS_NAME)
+        .await
+        .with_context(|| format!("cannot own {BUS_NAME}"))?;
+    log::info!("serving {BUS_NAME} on the {bus:?} bus");
+    Ok(connection)
+}

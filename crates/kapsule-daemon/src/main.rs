@@ -1,0 +1,60 @@
+//! kapsule-daemon: parse, log, serve, report the error chain once.
+
+use clap::Parser;
+
+/// Serves org.kde.kapsule: Kapsule containers on Incus.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Serve on the session bus (development).
+    #[arg(long, conflicts_with = "address")]
+    session: bool,
+    /// Serve on the bus at this D-Bus address (tests).
+    #[arg(long, value_name = "ADDRESS")]
+    address: Option<String>,
+    /// More log output (repeat for even more).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() {
+    let args = Args::parse();
+    init_logging(args.verbose);
+    let bus = match (args.session, args.address) {
+        (_, Some(address)) => kapsule_daemon::Bus::Address(address),
+        (true, None) => kapsule_daemon::Bus::Session,
+        (false, None) => kapsule_daemon::Bus::System,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let result = runtime
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(kapsule_daemon::run(bus)));
+    if let Err(e) = result {
+        log::error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The journal when started by systemd, stderr otherwise; no timestamps (the journal has them).
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => log::LevelFilter::Info,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    if systemd_journal_logger::connected_to_journal()
+        && let Ok(logger) = systemd_journal_logger::JournalLog::new()
+        && logger.install().is_ok()
+    {
+        log::set_max_level(level);
+        return;
+    }
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_default_env()
+        .format_timestamp(None)
+        .init();
+}

@@ -1,0 +1,168 @@
+//! `org.kde.kapsule.Manager` on `/org/kde/kapsule`, with the original daemon's wire signatures.
+//!
+//! Methods check what they can at once and answer with a named error; long work runs as an
+//! operation whose path is returned immediately.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use kapsule_dbus::Error;
+use zbus::object_server::SignalEmitter;
+use zbus::{OwnedObjectPath, OwnedVariant, interface};
+
+use crate::operation::OperationInfo;
+use crate::{State, config, containers, create};
+
+type ContainerTuple = (String, String, String, String, String);
+
+/// The manager object.
+#[derive(Debug)]
+pub(crate) struct Manager {
+    pub(crate) state: Arc<State>,
+}
+
+#[interface(name = "org.kde.kapsule.Manager")]
+impl Manager {
+    /// The daemon's version.
+    #[zbus(property)]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_owned()
+    }
+
+    /// Emitted after a container was created, deleted, started or stopped.
+    #[zbus(signal)]
+    pub(crate) async fn containers_changed(emitter: &SignalEmitter<'_>) -> zbus::Result<()>;
+
+    /// Paths of the operations still running.
+    fn list_operations(&self) -> Vec<OwnedObjectPath> {
+        self.state.operations.running()
+    }
+
+    /// The create options as JSON (sections, options, defaults, requirements).
+    fn get_create_schema(&self) -> String {
+        kapsule_dbus::options::schema_json()
+    }
+
+    /// `default_container` and `default_image`.
+    fn get_config(&self) -> HashMap<String, String> {
+        let files: Vec<&Path> = config::SYSTEM_FILES.iter().map(Path::new).collect();
+        config::load(&files).into_iter().collect()
+    }
+
+    /// Every Kapsule container as `(name, status, image, created, mode)`, in one Incus request.
+    async fn list_containers(&self) -> Result<Vec<ContainerTuple>, Error> {
+        let instances = self.state.incus.list_instances().await.map_err(crate::incus_error)?;
+        Ok(instances
+            .iter()
+            .filter(|i| containers::is_kapsule(i))
+            .map(containers::container_tuple)
+            .collect())
+    }
+
+    /// One Kapsule container as `(name, status, image, created, mode)`.
+    async fn get_container_info(&self, name: String) -> Result<ContainerTuple, Error> {
+        let instance = containers::get_kapsule_container(&self.state, &name).await?;
+        Ok(containers::container_tuple(&instance))
+    }
+
+    /// True when the user `uid` was set up in the container.
+    async fn is_user_setup(&self, container_name: String, uid: u32) -> Result<bool, Error> {
+        let instance = containers::get_kapsule_container(&self.state, &container_name).await?;
+        let key = format!("user.kapsule.host-users.{uid}.mapped");
+        Ok(instance.config.get(&key).map(String::as_str) == Some("true"))
+    }
+
+    /// The local images, as Incus's own JSON objects.
+    async fn list_images(&self) -> Result<String, Error> {
+        let images = self.state.incus.list_images().await.map_err(crate::incus_error)?;
+        serde_json::to_string(&images).map_err(|e| Error::Failed(e.to_string()))
+    }
+
+    /// Creates and starts a container. An empty `image` means the configured default.
+    async fn create_container(
+        &self,
+        name: String,
+        image: String,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<OwnedObjectPath, Error> {
+        let image = if image.is_empty() {
+            self.get_config().remove("default_image").unwrap_or_default()
+        } else {
+            image
+        };
+        let plan = create::plan(&self.state, &name, &image, &options).await?;
+        let info = OperationInfo {
+            kind: "create",
+            description: format!("Creating container: {name}"),
+            target: name,
+        };
+        let state = self.state.clone();
+        self.state
+            .operations
+            .start(info, move |reporter| async move {
+                create::run(&state, &reporter, plan).await
+            })
+            .await
+            .map_err(Error::ZBus)
+    }
+
+    /// Deletes a container; a running one only with `force`.
+    async fn delete_container(&self, name: String, force: bool) -> Result<OwnedObjectPath, Error> {
+        let instance = containers::get_kapsule_container(&self.state, &name).await?;
+        if containers::is_running(&instance) && !force {
+            return Err(Error::Failed(format!(
+                "Container '{name}' is running; stop it first or use force"
+            )));
+        }
+        let info = OperationInfo {
+            kind: "delete",
+            description: format!("Removing container: {name}"),
+            target: name.clone(),
+        };
+        let state = self.state.clone();
+        self.state
+            .operations
+            .start(info, move |reporter| async move {
+                containers::delete(&state, &reporter, &name, force).await
+            })
+            .await
+            .map_err(Error::ZBus)
+    }
+
+    /// Starts a container.
+    async fn start_container(&self, name: String) -> Result<OwnedObjectPath, Error> {
+        containers::get_kapsule_container(&self.state, &name).await?;
+        let info = OperationInfo {
+            kind: "start",
+            description: format!("Starting container: {name}"),
+            target: name.clone(),
+        };
+        let state = self.state.clone();
+        self.state
+            .operations
+            .start(info, move |reporter| async move {
+                containers::start(&state, &reporter, &name).await
+            })
+            .await
+            .map_err(Error::ZBus)
+    }
+
+    /// Stops a container (killing it with `force`).
+    async fn stop_container(&self, name: String, force: bool) -> Result<OwnedObjectPath, Error> {
+        containers::get_kapsule_container(&self.state, &name).await?;
+        let info = OperationInfo {
+            kind: "stop",
+            description: format!("Stopping container: {name}"),
+            target: name.clone(),
+        };
+        let state = self.state.clone();
+        self.state
+            .operations
+            .start(info, move |reporter| async move {
+                containers::stop(&state, &reporter, &name, force).await
+            })
+            .await
+            .map_err(Error::ZBus)
+    }
+}

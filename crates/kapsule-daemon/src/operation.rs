@@ -1,0 +1,316 @@
+//! Operation objects: long work runs in a spawned task behind `/org/kde/kapsule/operations/<id>`,
+//! which reports progress by signals and ends with `Completed(success, message)`.
+//!
+//! The object is exported before the work starts and kept for a while after it ends, so a client
+//! that reads `Status` first (as libkapsule-qt does) never misses a fast failure.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use zbus::object_server::SignalEmitter;
+use zbus::{Connection, OwnedObjectPath, interface};
+
+/// How long a finished operation stays on the bus for late readers of its status.
+const LINGER: Duration = Duration::from_secs(30);
+
+/// The kinds of message an operation reports (`Message(i type, s text, i indent)`); the wire
+/// also has 3 error, 4 dim and 5 hint, added here when the daemon first needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MessageKind {
+    Info = 0,
+    Success = 1,
+    Warning = 2,
+}
+
+/// Why an operation did not succeed; the text is what the client is shown.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Failed(String),
+    Cancelled,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Failed(e.to_string())
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    status: &'static str,
+    error: String,
+}
+
+/// The D-Bus face of one operation.
+#[derive(Debug)]
+pub(crate) struct OperationObject {
+    id: u64,
+    kind: String,
+    description: String,
+    target: String,
+    state: Arc<Mutex<State>>,
+    cancel: CancellationToken,
+}
+
+#[interface(name = "org.kde.kapsule.Operation")]
+impl OperationObject {
+    #[zbus(property)]
+    fn id(&self) -> String {
+        self.id.to_string()
+    }
+
+    #[zbus(property, name = "Type")]
+    fn kind(&self) -> String {
+        self.kind.clone()
+    }
+
+    #[zbus(property)]
+    fn description(&self) -> String {
+        self.description.clone()
+    }
+
+    #[zbus(property)]
+    fn target(&self) -> String {
+        self.target.clone()
+    }
+
+    /// `running`, `completed`, `failed` or `cancelled`.
+    #[zbus(property)]
+    fn status(&self) -> String {
+        self.state.lock().expect("state lock").status.to_owned()
+    }
+
+    #[zbus(property)]
+    fn error_message(&self) -> String {
+        self.state.lock().expect("state lock").error.clone()
+    }
+
+    /// Asks the work to stop. False when it is not running any more.
+    async fn cancel(&self) -> bool {
+        if self.state.lock().expect("state lock").status != "running" {
+            return false;
+        }
+        self.cancel.cancel();
+        true
+    }
+
+    #[zbus(signal)]
+    async fn message(
+        emitter: &SignalEmitter<'_>,
+        message_type: i32,
+        message: &str,
+        indent_level: i32,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn progress_started(
+        emitter: &SignalEmitter<'_>,
+        progress_id: &str,
+        description: &str,
+        total: i32,
+        indent_level: i32,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn progress_update(
+        emitter: &SignalEmitter<'_>,
+        progress_id: &str,
+        current: i32,
+        rate: f64,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn progress_text_update(emitter: &SignalEmitter<'_>, progress_id: &str, text: &str) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn progress_completed(
+        emitter: &SignalEmitter<'_>,
+        progress_id: &str,
+        success: bool,
+        message: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn completed(emitter: &SignalEmitter<'_>, success: bool, message: &str) -> zbus::Result<()>;
+}
+
+/// What the work of an operation uses to report progress and to notice cancellation.
+#[derive(Clone, Debug)]
+pub(crate) struct Reporter {
+    id: u64,
+    emitter: SignalEmitter<'static>,
+    cancel: CancellationToken,
+    next_progress: Arc<AtomicU64>,
+}
+
+impl Reporter {
+    /// Sends a message to the client and logs it with the operation id.
+    pub(crate) async fn say(&self, kind: MessageKind, text: &str) {
+        log::info!("[op {}] {text}", self.id);
+        // A client that went away is no reason to stop the work.
+        let _ = OperationObject::message(&self.emitter, kind as i32, text, 1).await;
+    }
+
+    pub(crate) async fn info(&self, text: &str) {
+        self.say(MessageKind::Info, text).await;
+    }
+
+    pub(crate) async fn warn(&self, text: &str) {
+        self.say(MessageKind::Warning, text).await;
+    }
+
+    /// Starts a progress bar (`total` < 0: a spinner) and returns its id.
+    pub(crate) async fn progress_start(&self, description: &str, total: i32) -> String {
+        let id = format!("{}-{}", self.id, self.next_progress.fetch_add(1, Ordering::Relaxed));
+        let _ = OperationObject::progress_started(&self.emitter, &id, description, total, 1).await;
+        id
+    }
+
+    pub(crate) async fn progress_done(&self, progress: &str, success: bool, message: &str) {
+        let _ = OperationObject::progress_completed(&self.emitter, progress, success, message).await;
+    }
+
+    /// Resolves when the client asked to cancel.
+    pub(crate) async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+/// Allocates ids, exports operation objects, runs their work and retires them.
+#[derive(Debug)]
+pub(crate) struct Operations {
+    connection: Connection,
+    next_id: AtomicU64,
+    running: Mutex<BTreeMap<u64, OwnedObjectPath>>,
+}
+
+/// What describes a new operation on the bus.
+#[derive(Debug)]
+pub(crate) struct OperationInfo {
+    pub kind: &'static str,
+    pub description: String,
+    pub target: String,
+}
+
+impl Operations {
+    pub(crate) fn new(connection: Connection) -> Arc<Self> {
+        Arc::new(Operations {
+            connection,
+            next_id: AtomicU64::new(1),
+            running: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Paths of the operations still running.
+    pub(crate) fn running(&self) -> Vec<OwnedObjectPath> {
+        self.running
+            .lock()
+            .expect("operations lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Exports a new operation and starts `work` in its own task. Returns the object path at once.
+    pub(crate) async fn start<W, F>(self: &Arc<Self>, info: OperationInfo, work: W) -> zbus::Result<OwnedObjectPath>
+    where
+        W: FnOnce(Reporter) -> F + Send + 'static,
+        F: Future<Output = Result<String, Failure>> + Send + 'static,
+    {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let path = kapsule_dbus::operation_path(id);
+        let state = Arc::new(Mutex::new(State {
+            status: "running",
+            error: String::new(),
+        }));
+        let cancel = CancellationToken::new();
+        let object = OperationObject {
+            id,
+            kind: info.kind.to_owned(),
+            description: info.description.clone(),
+            target: info.target,
+            state: state.clone(),
+            cancel: cancel.clone(),
+        };
+        // Exported before the work runs, so Status is readable from the first moment.
+        self.connection.object_server().at(&path, object).await?;
+        self.running.lock().expect("operations lock").insert(id, path.clone());
+        let emitter = SignalEmitter::new(&self.connection, path.clone())?.into_owned();
+        let reporter = Reporter {
+            id,
+            emitter: emitter.clone(),
+            cancel,
+            next_progress: Arc::new(AtomicU64::new(1)),
+        };
+        log::info!("[op {id}] started: {}", info.description);
+
+        let operations = self.clone();
+        let task_path = path.clone();
+        tokio::spawn(async move {
+            let outcome = work(reporter.clone()).await;
+            let (status, message) = match outcome {
+                Ok(done) => {
+                    if !done.is_empty() {
+                        reporter.say(MessageKind::Success, &done).await;
+                    }
+                    ("completed", done)
+                }
+                Err(Failure::Cancelled) => ("cancelled", "Operation cancelled".to_owned()),
+                Err(Failure::Failed(why)) => ("failed", why),
+            };
+            log::info!(
+                "[op {id}] {status}{}{message}",
+                if message.is_empty() { "" } else { ": " }
+            );
+            {
+                let mut state = state.lock().expect("state lock");
+                state.status = status;
+                state.error = if status == "completed" {
+                    String::new()
+                } else {
+                    message.clone()
+                };
+            }
+            operations.running.lock().expect("operations lock").remove(&id);
+            operations
+                .finish(&emitter, &task_path, status == "completed", &message)
+                .await;
+        });
+        Ok(path)
+    }
+
+    async fn finish(
+        self: Arc<Self>,
+        emitter: &SignalEmitter<'static>,
+        path: &OwnedObjectPath,
+        success: bool,
+        message: &str,
+    ) {
+        if let Ok(iface) = self
+            .connection
+            .object_server()
+            .interface::<_, OperationObject>(path)
+            .await
+        {
+            let object = iface.get().await;
+            let _ = object.status_changed(emitter).await;
+            let _ = object.error_message_changed(emitter).await;
+        }
+        let completed_message = if success { "" } else { message };
+        let _ = OperationObject::completed(emitter, success, completed_message).await;
+        let connection = self.connection.clone();
+        let path = path.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(LINGER).await;
+            let _ = connection.object_server().remove::<OperationObject, _>(&path).await;
+        });
+    }
+}

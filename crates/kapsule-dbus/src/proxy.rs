@@ -1,0 +1,77 @@
+//! Client proxies for the Kapsule interfaces (used by the CLI and the tests).
+
+use std::collections::HashMap;
+
+use zbus::{OwnedObjectPath, OwnedVariant, proxy};
+
+/// `(name, status, image, created, mode)`.
+pub type ContainerTuple = (String, String, String, String, String);
+
+/// `org.kde.kapsule.Manager`.
+#[proxy(
+    interface = "org.kde.kapsule.Manager",
+    default_service = "org.kde.kapsule",
+    default_path = "/org/kde/kapsule"
+)]
+pub trait Manager {
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+
+    #[zbus(signal)]
+    fn containers_changed(&self) -> zbus::Result<()>;
+
+    fn list_operations(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
+    fn get_create_schema(&self) -> zbus::Result<String>;
+    fn get_config(&self) -> zbus::Result<HashMap<String, String>>;
+    fn list_containers(&self) -> zbus::Result<Vec<ContainerTuple>>;
+    fn get_container_info(&self, name: &str) -> zbus::Result<ContainerTuple>;
+    fn is_user_setup(&self, container_name: &str, uid: u32) -> zbus::Result<bool>;
+    fn list_images(&self) -> zbus::Result<String>;
+    fn create_container(
+        &self,
+        name: &str,
+        image: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> zbus::Result<OwnedObjectPath>;
+    fn delete_container(&self, name: &str, force: bool) -> zbus::Result<OwnedObjectPath>;
+    fn start_container(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn stop_container(&self, name: &str, force: bool) -> zbus::Result<OwnedObjectPath>;
+}
+
+/// `org.kde.kapsule.Operation`.
+#[proxy(interface = "org.kde.kapsule.Operation", default_service = "org.kde.kapsule")]
+pub trait Operation {
+    #[zbus(property)]
+    fn id(&self) -> zbus::Result<String>;
+    #[zbus(property, name = "Type")]
+    fn kind(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn description(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn target(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn status(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn error_message(&self) -> zbus::Result<String>;
+
+    fn cancel(&self) -> zbus::Result<bool>;
+
+    #[zbus(signal)]
+    fn message(&self, message_type: i32, message: String, indent_level: i32) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn progress_started(
+        &self,
+        progress_id: String,
+        description: String,
+        total: i32,
+        indent_level: i32,
+    ) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn progress_update(&self, progress_id: String, current: i32, rate: f64) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn progress_text_update(&self, progress_id: String, text: String) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn progress_completed(&self, progress_id: String, success: bool, message: String) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn completed(&self, success: bool, message: String) -> zbus::Result<()>;
+}
