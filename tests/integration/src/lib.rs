@@ -231,3 +231,21 @@ pub async fn kapsule_signals(connection: &zbus::Connection) -> zbus::MessageStre
         .await
         .unwrap()
 }
+
+/// The `kapsule` binary of this workspace, built on first use (the tests drive it as a user would).
+pub fn kapsule_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--package", "kapsule", "--bin", "kapsule"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the kapsule binary failed");
+    });
+    // tests run from target/<profile>/deps/; the binary sits one level up.
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join("kapsule");
+    assert!(path.exists(), "{} not found", path.display());
+    path
+}

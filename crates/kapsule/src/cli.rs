@@ -1,0 +1,237 @@
+//! The command line: subcommands, and the create flags generated from the option schema.
+
+use std::collections::HashMap;
+
+use clap::{ArgAction, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use kapsule_dbus::options::{OPTIONS, OptionKind};
+use zbus::{OwnedVariant, Variant};
+
+/// Persistent, host-like development containers on Incus.
+#[derive(Parser, Debug)]
+#[command(name = "kapsule", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a container (and start it).
+    Create {
+        /// Name of the new container.
+        name: String,
+        /// Image: local:<alias>, <remote>:<alias> or <alias> (default: the configured default_image).
+        #[arg(long, short)]
+        image: Option<String>,
+        #[command(flatten)]
+        options: CreateFlags,
+    },
+    /// List containers.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only running containers.
+        #[arg(long)]
+        running: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show one container.
+    Info {
+        name: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Start a container.
+    Start { name: String },
+    /// Stop a container.
+    Stop {
+        name: String,
+        /// Kill it instead of waiting for a clean shutdown.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Remove a container (a running one only with --force).
+    #[command(visible_alias = "remove")]
+    Rm {
+        name: String,
+        /// Stop it first if it runs.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Show the configuration (default_container, default_image), or one key of it.
+    Config { key: Option<String> },
+    /// Print a shell completion script.
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+}
+
+/// How data is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// The create options as flags, one definition for all: `--<key>`/`--no-<key>` for booleans,
+/// a repeatable `--<key> PATH` for path lists. Only flags the user gave are sent, so the
+/// daemon applies image defaults to the rest.
+#[derive(Debug, Default)]
+pub struct CreateFlags {
+    pub values: HashMap<String, OwnedVariant>,
+}
+
+fn flag(key: &str) -> String {
+    key.replace('_', "-")
+}
+
+fn leak(s: String) -> &'static str {
+    // clap wants 'static names; these few strings live as long as the process anyway.
+    Box::leak(s.into_boxed_str())
+}
+
+impl Args for CreateFlags {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        for option in OPTIONS {
+            let name = flag(option.key);
+            match option.kind {
+                OptionKind::Boolean => {
+                    let default = |on: bool| if on == option.default { " [default]" } else { "" };
+                    let negative = leak(format!("no-{name}"));
+                    let positive = leak(name);
+                    cmd = cmd
+                        .arg(
+                            clap::Arg::new(positive)
+                                .long(positive)
+                                .action(ArgAction::SetTrue)
+                                .overrides_with(negative)
+                                .help(format!("{}{}", option.description, default(true))),
+                        )
+                        .arg(
+                            clap::Arg::new(negative)
+                                .long(negative)
+                                .action(ArgAction::SetTrue)
+                                .overrides_with(positive)
+                                .help(format!("Disable: {}{}", option.title, default(false))),
+                        );
+                }
+                OptionKind::PathList => {
+                    let long = leak(name);
+                    cmd = cmd.arg(
+                        clap::Arg::new(long)
+                            .long(long)
+                            .value_name("DIR")
+                            .action(ArgAction::Append)
+                            .help(format!("{} (repeatable; ~/ is your home)", option.description)),
+                    );
+                }
+            }
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for CreateFlags {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut values = HashMap::new();
+        for option in OPTIONS {
+            let name = flag(option.key);
+            let value = match option.kind {
+                // The last of --x / --no-x wins (overrides_with leaves only that one set).
+                OptionKind::Boolean => {
+                    if matches.get_flag(&name) {
+                        Some(Variant::Bool(true))
+                    } else if matches.get_flag(&format!("no-{name}")) {
+                        Some(Variant::Bool(false))
+                    } else {
+                        None
+                    }
+                }
+                OptionKind::PathList => matches
+                    .get_many::<String>(&name)
+                    .map(|paths| Variant::from(paths.cloned().collect::<Vec<String>>())),
+            };
+            if let Some(value) = value {
+                let owned = OwnedVariant::try_from(value)
+                    .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e))?;
+                values.insert(option.key.to_owned(), owned);
+            }
+        }
+        Ok(CreateFlags { values })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+/// The clap command, for completions and man pages.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(args: &[&str]) -> HashMap<String, OwnedVariant> {
+        let mut argv = vec!["kapsule", "create", "box"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Create { options, .. } => options.values,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_schema_option_has_flags() {
+        let help = command()
+            .find_subcommand_mut("create")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for flag in [
+            "--session-mode",
+            "--no-session-mode",
+            "--dbus-mux",
+            "--host-rootfs",
+            "--no-host-rootfs",
+            "--no-mount-home",
+            "--custom-mounts <DIR>",
+            "--no-gpu",
+            "--nvidia-drivers",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from:\n{help}");
+        }
+    }
+
+    #[test]
+    fn only_given_flags_are_sent_and_the_last_wins() {
+        assert!(create(&[]).is_empty());
+        let v = create(&["--no-gpu", "--custom-mounts", "~/a", "--custom-mounts", "/b", "--gpu"]);
+        assert_eq!(bool::try_from(&v["gpu"]).unwrap(), true);
+        let mounts: Vec<String> = v["custom_mounts"].try_clone().unwrap().try_into().unwrap();
+        assert_eq!(mounts, ["~/a", "/b"]);
+        let v = create(&["--no-mount-home"]);
+        assert_eq!(bool::try_from(&v["mount_home"]).unwrap(), false);
+        assert_eq!(v.len(), 1);
+    }
+
+    #[test]
+    fn aliases_parse() {
+        assert!(matches!(
+            Cli::try_parse_from(["kap", "ls"]).unwrap().command,
+            Command::List { .. }
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["kap", "remove", "x"]).unwrap().command,
+            Command::Rm { .. }
+        ));
+        assert!(Cli::try_parse_from(["kapsule", "list", "--format", "yaml"]).is_err());
+    }
+}

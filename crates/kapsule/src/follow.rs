@@ -1,0 +1,117 @@
+//! Following an operation: its messages and progress on stderr, as bars and spinners on a
+//! terminal and as plain lines otherwise; its end as the command's result.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use zbus::{Connection, MessageStream, OwnedObjectPath};
+
+/// A subscription to every operation signal, made before the call that starts the operation:
+/// an operation may report (or even finish) before its path is known to the client.
+pub async fn subscribe(connection: &Connection) -> Result<MessageStream> {
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface(kapsule_dbus::OPERATION_INTERFACE)
+        .path_namespace(kapsule_dbus::OPERATIONS_PATH)
+        .build()?;
+    Ok(MessageStream::for_match_rule(rule, connection, None).await?)
+}
+
+/// Shows the operation at `path` until it completes; an error with its message if it failed.
+pub async fn follow(connection: &Connection, mut signals: MessageStream, path: &OwnedObjectPath) -> Result<()> {
+    let terminal = console::Term::stderr().is_term();
+    let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    let op = kapsule_dbus::OperationProxy::builder(connection)
+        .path(path.clone())
+        .build()
+        .await?;
+    while let Some(message) = signals.next().await {
+        let message = message?;
+        let header = message.header();
+        if header.path().map(|p| p.as_str()) != Some(path.as_str()) {
+            continue;
+        }
+        let member = header.member().map(|m| m.to_string()).unwrap_or_default();
+        match member.as_str() {
+            "Message" => {
+                let (kind, text, _indent): (i32, String, i32) = message.body().deserialize()?;
+                let line = match kind {
+                    1 => format!("{} {text}", console::style("✓").green()),
+                    2 => format!("{} {text}", console::style("!").yellow()),
+                    3 => format!("{} {text}", console::style("✗").red()),
+                    4 => console::style(text).dim().to_string(),
+                    _ => text,
+                };
+                print_line(&bars, &line);
+            }
+            "ProgressStarted" => {
+                let (id, description, total, _indent): (String, String, i32, i32) = message.body().deserialize()?;
+                if terminal {
+                    let bar = if total > 0 {
+                        let bar = ProgressBar::new(u64::try_from(total).unwrap_or(0));
+                        bar.set_style(
+                            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}").expect("valid template"),
+                        );
+                        bar
+                    } else {
+                        let bar = ProgressBar::new_spinner();
+                        bar.enable_steady_tick(Duration::from_millis(120));
+                        bar
+                    };
+                    bar.set_message(description);
+                    bars.insert(id, bar);
+                } else {
+                    eprintln!("{description}...");
+                }
+            }
+            "ProgressUpdate" => {
+                let (id, current, _rate): (String, i32, f64) = message.body().deserialize()?;
+                if let Some(bar) = bars.get(&id) {
+                    bar.set_position(u64::try_from(current).unwrap_or(0));
+                }
+            }
+            "ProgressTextUpdate" => {
+                let (id, text): (String, String) = message.body().deserialize()?;
+                match bars.get(&id) {
+                    Some(bar) => bar.set_message(text),
+                    None if !terminal => eprintln!("{text}"),
+                    None => {}
+                }
+            }
+            "ProgressCompleted" => {
+                let (id, _ok, _text): (String, bool, String) = message.body().deserialize()?;
+                if let Some(bar) = bars.remove(&id) {
+                    bar.finish_and_clear();
+                }
+            }
+            "Completed" => {
+                let (ok, text): (bool, String) = message.body().deserialize()?;
+                for bar in bars.values() {
+                    bar.finish_and_clear();
+                }
+                if ok {
+                    return Ok(());
+                }
+                bail!("{text}");
+            }
+            _ => {}
+        }
+    }
+    // The stream ended (the daemon went away): the operation's own status is the last word.
+    match op.status().await.as_deref() {
+        Ok("completed") => Ok(()),
+        Ok(_) => bail!("{}", op.error_message().await.unwrap_or_default()),
+        Err(e) => bail!("lost the connection to the Kapsule daemon: {e}"),
+    }
+}
+
+fn print_line(bars: &HashMap<String, ProgressBar>, line: &str) {
+    match bars.values().next() {
+        // Printed above the bar, which keeps drawing below.
+        Some(bar) => bar.println(line),
+        None => eprintln!("{line}"),
+    }
+}

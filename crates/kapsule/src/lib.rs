@@ -1,0 +1,7 @@
+//! The `kapsule` command line: talks only to the Kapsule daemon.
+
+pub mod cli;
+mod follow;
+mod run;
+
+pub use run::run;

@@ -1,0 +1,150 @@
+//! Each command: ask the daemon, print data on stdout and human messages on stderr.
+
+use anyhow::{Context, Result, anyhow, bail};
+use comfy_table::{Table, presets::NOTHING};
+use kapsule_dbus::{ContainerTuple, ManagerProxy};
+use zbus::Connection;
+
+use crate::cli::{Cli, Command, Format};
+use crate::follow;
+
+/// Where the daemon is: `$KAPSULE_BUS_ADDRESS` (tests, development) or the system bus.
+async fn connect() -> Result<Connection> {
+    let builder = match std::env::var("KAPSULE_BUS_ADDRESS") {
+        Ok(address) => zbus::connection::Builder::address(address.as_str()),
+        Err(_) => zbus::connection::Builder::system(),
+    };
+    builder
+        .build()
+        .await
+        .context("cannot reach the system bus (is D-Bus running?)")
+}
+
+/// A daemon error as one line, with a hint where one helps.
+fn explain(e: zbus::Error) -> anyhow::Error {
+    use zbus::DBusError;
+    let (name, text) = match &e {
+        zbus::Error::MethodError(name, message, _) => {
+            (name.to_string(), message.clone().unwrap_or_else(|| name.to_string()))
+        }
+        zbus::Error::FDO(fdo) => (fdo.name().to_string(), fdo.description().unwrap_or_default().to_owned()),
+        _ => return anyhow!("talking to the Kapsule daemon failed: {e}"),
+    };
+    match name.as_str() {
+        "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
+            anyhow!(
+                "the Kapsule daemon is not running and could not be started\nhint: check `systemctl status kapsule-daemon`"
+            )
+        }
+        "org.kde.kapsule.Error.IncusUnavailable" => anyhow!("{text}\nhint: check `systemctl status incus`"),
+        _ => anyhow!("{text}"),
+    }
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut crate::cli::command(), "kapsule", &mut std::io::stdout());
+        return Ok(());
+    }
+    let connection = connect().await?;
+    let manager = ManagerProxy::new(&connection).await.map_err(explain)?;
+    match cli.command {
+        Command::Create { name, image, options } => {
+            let signals = follow::subscribe(&connection).await?;
+            let path = manager
+                .create_container(&name, image.as_deref().unwrap_or(""), options.values)
+                .await
+                .map_err(explain)?;
+            follow::follow(&connection, signals, &path).await
+        }
+        Command::Start { name } => {
+            let signals = follow::subscribe(&connection).await?;
+            let path = manager.start_container(&name).await.map_err(explain)?;
+            follow::follow(&connection, signals, &path).await
+        }
+        Command::Stop { name, force } => {
+            let signals = follow::subscribe(&connection).await?;
+            let path = manager.stop_container(&name, force).await.map_err(explain)?;
+            follow::follow(&connection, signals, &path).await
+        }
+        Command::Rm { name, force } => {
+            let signals = follow::subscribe(&connection).await?;
+            let path = manager.delete_container(&name, force).await.map_err(explain)?;
+            follow::follow(&connection, signals, &path).await
+        }
+        Command::List { running, format } => {
+            let mut containers = manager.list_containers().await.map_err(explain)?;
+            if running {
+                containers.retain(|c| c.1 == "Running");
+            }
+            containers.sort();
+            print_containers(&containers, format);
+            Ok(())
+        }
+        Command::Info { name, format } => {
+            let container = manager.get_container_info(&name).await.map_err(explain)?;
+            print_containers(&[container], format);
+            Ok(())
+        }
+        Command::Config { key } => {
+            let config = manager.get_config().await.map_err(explain)?;
+            match key {
+                Some(key) => match config.get(&key) {
+                    Some(value) => write_out(value),
+                    None => {
+                        let mut known: Vec<&String> = config.keys().collect();
+                        known.sort();
+                        let known: Vec<&str> = known.into_iter().map(String::as_str).collect();
+                        bail!("unknown configuration key '{key}' (known: {})", known.join(", "))
+                    }
+                },
+                None => {
+                    let mut keys: Vec<_> = config.into_iter().collect();
+                    keys.sort();
+                    for (k, v) in keys {
+                        write_out(&format!("{k} = {v}"));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Completions { .. } => Ok(()),
+    }
+}
+
+fn print_containers(containers: &[ContainerTuple], format: Format) {
+    match format {
+        Format::Json => {
+            let rows: Vec<serde_json::Value> = containers
+                .iter()
+                .map(|(name, status, image, created, mode)| {
+                    serde_json::json!({"name": name, "status": status, "image": image, "created": created, "mode": mode})
+                })
+                .collect();
+            write_out(&serde_json::Value::Array(rows).to_string());
+        }
+        Format::Table => {
+            if containers.is_empty() {
+                eprintln!("No containers. Create one with: kapsule create <name>");
+                return;
+            }
+            let mut table = Table::new();
+            table
+                .load_style(NOTHING)
+                .set_header(["NAME", "STATUS", "IMAGE", "CREATED", "MODE"]);
+            for (name, status, image, created, mode) in containers {
+                // Date and time are enough in a table; JSON has the full timestamp.
+                let created = created.get(..16).unwrap_or(created).replace('T', " ");
+                table.add_row([name.as_str(), status, image, &created, mode]);
+            }
+            write_out(&table.to_string());
+        }
+    }
+}
+
+/// Data goes to stdout; a closed pipe (`kapsule list | head -1`) is not an error worth a panic.
+fn write_out(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{text}");
+}

@@ -1,0 +1,168 @@
+//! The `kapsule` command line as a user runs it, against the daemon on a private bus and the real
+//! incusd: what it prints on stdout and stderr, and its exit status.
+
+use std::process::Output;
+
+use kapsule_integration_tests::{InstanceGuard, PrivateBus, env, kapsule_binary, unique_name};
+
+/// Runs `kapsule args...` against `bus` without blocking the daemon's runtime.
+async fn kapsule(bus: Option<&PrivateBus>, args: &[&str]) -> Output {
+    let mut command = std::process::Command::new(kapsule_binary());
+    command.args(args).env_remove("KAPSULE_BUS_ADDRESS");
+    if let Some(bus) = bus {
+        command.env("KAPSULE_BUS_ADDRESS", &bus.address);
+    }
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_list_info_stop_remove_through_the_cli() {
+    let env = env().await;
+    let bus = PrivateBus::start();
+    let _daemon = bus.daemon().await;
+    let name = unique_name("cli");
+    let _guard = InstanceGuard(name.clone());
+    let image = format!("local:{}", env.image);
+
+    let out = kapsule(Some(&bus), &["create", &name, "--image", &image, "--no-gpu"]).await;
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "human messages go to stderr, not stdout");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("Image: {image}")), "{stderr}");
+    assert!(
+        stderr.contains("Creating container..."),
+        "plain progress line without a terminal: {stderr}"
+    );
+    assert!(stderr.contains(&format!("✓ Container '{name}' created")), "{stderr}");
+    let instance = env.incus.get_instance(&name).await.unwrap();
+    assert_eq!(
+        instance.config.get("user.kapsule.gpu").map(String::as_str),
+        Some("false"),
+        "--no-gpu reached the daemon"
+    );
+
+    let out = kapsule(Some(&bus), &["ls", "--format", "json"]).await;
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("list --format json prints JSON");
+    let row = rows.iter().find(|r| r["name"] == name.as_str()).expect("listed");
+    assert_eq!(row["status"], "Running");
+    assert_eq!(row["mode"], "Default");
+
+    let out = kapsule(Some(&bus), &["list", "--running"]).await;
+    let table = text(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .eq(["NAME", "STATUS", "IMAGE", "CREATED", "MODE"]),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name.as_str()) && l.contains("Running")),
+        "{table}"
+    );
+
+    let out = kapsule(Some(&bus), &["info", &name]).await;
+    assert!(text(&out.stdout).contains(&name));
+
+    // Refused while running: exit 1, one line on stderr, nothing changed.
+    let out = kapsule(Some(&bus), &["rm", &name]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("is running"),
+        "{stderr}"
+    );
+    assert_eq!(env.incus.get_instance(&name).await.unwrap().status, "Running");
+
+    let out = kapsule(Some(&bus), &["stop", &name]).await;
+    assert!(out.status.success(), "stop: {}", text(&out.stderr));
+    let out = kapsule(Some(&bus), &["list", "--running", "--format", "json"]).await;
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !rows.iter().any(|r| r["name"] == name.as_str()),
+        "stopped containers are not --running"
+    );
+
+    let out = kapsule(Some(&bus), &["remove", "--force", &name]).await;
+    assert!(out.status.success(), "rm: {}", text(&out.stderr));
+    assert!(env.incus.get_instance(&name).await.unwrap_err().is_not_found());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_one_line_with_a_hint() {
+    let _env = env().await;
+    let bus = PrivateBus::start();
+
+    // No daemon on the bus (and no activation there): a hint, exit 1.
+    let out = kapsule(Some(&bus), &["list"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("the Kapsule daemon is not running") && stderr.contains("hint:"),
+        "{stderr}"
+    );
+
+    let _daemon = bus.daemon().await;
+    let out = kapsule(Some(&bus), &["create", "9bad", "--image", "local:x"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("must not start with a digit"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = kapsule(Some(&bus), &["create", "kt-cli-x", "--image", "bogus:x"]).await;
+    assert!(
+        text(&out.stderr).contains("Known remotes: local, images, ubuntu"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = kapsule(Some(&bus), &["config", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("known: default_container, default_image"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = kapsule(Some(&bus), &["config", "default_container"]).await;
+    assert!(out.status.success() && !text(&out.stdout).trim().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_version_and_completions_need_no_daemon() {
+    // Pointed at a bus that does not exist: these never connect.
+    for args in [
+        &["--help"][..],
+        &["create", "--help"],
+        &["--version"],
+        &["completions", "bash"],
+    ] {
+        let mut command = std::process::Command::new(kapsule_binary());
+        let out = command
+            .args(args)
+            .env("KAPSULE_BUS_ADDRESS", "unix:path=/nonexistent/bus")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        match args[0] {
+            "--version" => assert_eq!(stdout.trim(), format!("kapsule {}", env!("CARGO_PKG_VERSION"))),
+            "completions" => assert!(stdout.contains("_kapsule()"), "a bash completion function"),
+            _ if args.len() == 2 => {
+                assert!(stdout.contains("--no-mount-home") && stdout.contains("--custom-mounts <DIR>"))
+            }
+            _ => assert!(stdout.contains("create") && stdout.contains("list")),
+        }
+    }
+}
