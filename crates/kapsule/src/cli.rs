@@ -214,11 +214,11 @@ mod tests {
     fn only_given_flags_are_sent_and_the_last_wins() {
         assert!(create(&[]).is_empty());
         let v = create(&["--no-gpu", "--custom-mounts", "~/a", "--custom-mounts", "/b", "--gpu"]);
-        assert_eq!(bool::try_from(&v["gpu"]).unwrap(), true);
+        assert!(bool::try_from(&v["gpu"]).unwrap());
         let mounts: Vec<String> = v["custom_mounts"].try_clone().unwrap().try_into().unwrap();
         assert_eq!(mounts, ["~/a", "/b"]);
         let v = create(&["--no-mount-home"]);
-        assert_eq!(bool::try_from(&v["mount_home"]).unwrap(), false);
+        assert!(!bool::try_from(&v["mount_home"]).unwrap());
         assert_eq!(v.len(), 1);
     }
 
