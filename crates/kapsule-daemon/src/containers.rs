@@ -93,7 +93,11 @@ pub(crate) fn validate_name(name: &str) -> Result<(), Error> {
 /// The Kapsule container `name`, or the named error a client should get.
 pub(crate) async fn get_kapsule_container(state: &State, name: &str) -> Result<Instance, Error> {
     validate_name(name)?;
-    let instance = state.incus.get_instance(name).await.map_err(crate::incus_error)?;
+    let instance = match state.incus.get_instance(name).await {
+        Ok(instance) => instance,
+        Err(e) if e.is_not_found() => return Err(Error::NotFound(format!("Container '{name}' does not exist"))),
+        Err(e) => return Err(crate::incus_error(e)),
+    };
     if !is_kapsule(&instance) {
         return Err(Error::NotFound(format!(
             "'{name}' is an Incus instance, but not a Kapsule container"

@@ -75,3 +75,16 @@ pub trait Operation {
     #[zbus(signal)]
     fn completed(&self, success: bool, message: String) -> zbus::Result<()>;
 }
+
+impl OperationProxy<'static> {
+    /// A proxy for the operation at `path` that reads properties fresh on every call. zbus
+    /// caches properties by default and updates the cache from PropertiesChanged in the
+    /// background, so a cached `Status` read right after `Completed` could still say `running`.
+    pub async fn uncached(connection: &zbus::Connection, path: OwnedObjectPath) -> zbus::Result<Self> {
+        OperationProxy::builder(connection)
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+    }
+}

@@ -24,10 +24,7 @@ pub async fn subscribe(connection: &Connection) -> Result<MessageStream> {
 pub async fn follow(connection: &Connection, mut signals: MessageStream, path: &OwnedObjectPath) -> Result<()> {
     let terminal = console::Term::stderr().is_term();
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
-    let op = kapsule_dbus::OperationProxy::builder(connection)
-        .path(path.clone())
-        .build()
-        .await?;
+    let op = kapsule_dbus::OperationProxy::uncached(connection, path.clone()).await?;
     while let Some(message) = signals.next().await {
         let message = message?;
         let header = message.header();

@@ -43,11 +43,7 @@ async fn create_list_stop_start_delete_with_signals_in_order() {
         .await
         .unwrap();
     assert!(path.as_str().starts_with("/org/kde/kapsule/operations/"), "{path}");
-    let op = OperationProxy::builder(&client)
-        .path(path.clone())
-        .build()
-        .await
-        .unwrap();
+    let op = OperationProxy::uncached(&client, path.clone()).await.unwrap();
     assert_eq!(op.kind().await.unwrap(), "create");
     assert_eq!(op.target().await.unwrap(), name);
     assert_eq!(op.description().await.unwrap(), format!("Creating container: {name}"));
@@ -253,7 +249,7 @@ async fn bad_requests_get_named_errors_and_change_nothing() {
             "delete missing",
             manager.delete_container("kt-missing", true).await,
             "NotFound",
-            "not found",
+            "Container 'kt-missing' does not exist",
         ),
     ];
     for (what, result, name, text) in cases {
@@ -306,7 +302,7 @@ async fn failed_and_cancelled_creates_leave_no_container() {
     let seen = collect_operation_signals(&mut signals, path.as_str()).await;
     let last = seen.last().unwrap();
     assert!(last.starts_with("Completed(false, \"Creating '"), "{seen:?}");
-    let op = OperationProxy::builder(&client).path(path).build().await.unwrap();
+    let op = OperationProxy::uncached(&client, path).await.unwrap();
     assert_eq!(op.status().await.unwrap(), "failed");
     assert!(!op.error_message().await.unwrap().is_empty());
     assert!(
@@ -321,11 +317,7 @@ async fn failed_and_cancelled_creates_leave_no_container() {
         .create_container(&cancelled, &format!("local:{}", env.image), HashMap::new())
         .await
         .unwrap();
-    let op = OperationProxy::builder(&client)
-        .path(path.clone())
-        .build()
-        .await
-        .unwrap();
+    let op = OperationProxy::uncached(&client, path.clone()).await.unwrap();
     assert!(op.cancel().await.unwrap(), "a running operation accepts Cancel");
     let seen = collect_operation_signals(&mut signals, path.as_str()).await;
     assert_eq!(
