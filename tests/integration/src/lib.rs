@@ -249,3 +249,30 @@ pub fn kapsule_binary() -> std::path::PathBuf {
     assert!(path.exists(), "{} not found", path.display());
     path
 }
+
+/// What every daemon test starts with: the environment, a private bus with the daemon on it,
+/// and a client connection with a manager proxy. Fields drop in order, the bus last.
+#[derive(Debug)]
+pub struct DaemonTest {
+    pub env: TestEnv,
+    pub manager: kapsule_dbus::ManagerProxy<'static>,
+    pub client: zbus::Connection,
+    _daemon: zbus::Connection,
+    pub bus: PrivateBus,
+}
+
+/// Sets up a [`DaemonTest`].
+pub async fn daemon_test() -> DaemonTest {
+    let env = env().await;
+    let bus = PrivateBus::start();
+    let daemon = bus.daemon().await;
+    let client = bus.connect().await;
+    let manager = kapsule_dbus::ManagerProxy::new(&client).await.unwrap();
+    DaemonTest {
+        env,
+        manager,
+        client,
+        _daemon: daemon,
+        bus,
+    }
+}

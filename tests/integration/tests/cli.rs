@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use kapsule_integration_tests::{InstanceGuard, PrivateBus, env, kapsule_binary, unique_name};
+use kapsule_integration_tests::{DaemonTest, InstanceGuard, PrivateBus, daemon_test, env, kapsule_binary, unique_name};
 
 /// Runs `kapsule args...` against `bus` without blocking the daemon's runtime.
 async fn kapsule(bus: Option<&PrivateBus>, args: &[&str]) -> Output {
@@ -23,14 +23,12 @@ fn text(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_list_info_stop_remove_through_the_cli() {
-    let env = env().await;
-    let bus = PrivateBus::start();
-    let _daemon = bus.daemon().await;
+    let DaemonTest { env, bus, .. } = &daemon_test().await;
     let name = unique_name("cli");
     let _guard = InstanceGuard(name.clone());
     let image = format!("local:{}", env.image);
 
-    let out = kapsule(Some(&bus), &["create", &name, "--image", &image, "--no-gpu"]).await;
+    let out = kapsule(Some(bus), &["create", &name, "--image", &image, "--no-gpu"]).await;
     assert!(out.status.success(), "create: {}", text(&out.stderr));
     assert!(out.stdout.is_empty(), "human messages go to stderr, not stdout");
     let stderr = text(&out.stderr);
@@ -47,14 +45,14 @@ async fn create_list_info_stop_remove_through_the_cli() {
         "--no-gpu reached the daemon"
     );
 
-    let out = kapsule(Some(&bus), &["ls", "--format", "json"]).await;
+    let out = kapsule(Some(bus), &["ls", "--format", "json"]).await;
     assert!(out.status.success());
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("list --format json prints JSON");
     let row = rows.iter().find(|r| r["name"] == name.as_str()).expect("listed");
     assert_eq!(row["status"], "Running");
     assert_eq!(row["mode"], "Default");
 
-    let out = kapsule(Some(&bus), &["list", "--running"]).await;
+    let out = kapsule(Some(bus), &["list", "--running"]).await;
     let table = text(&out.stdout);
     assert!(
         table
@@ -72,11 +70,11 @@ async fn create_list_info_stop_remove_through_the_cli() {
         "{table}"
     );
 
-    let out = kapsule(Some(&bus), &["info", &name]).await;
+    let out = kapsule(Some(bus), &["info", &name]).await;
     assert!(text(&out.stdout).contains(&name));
 
     // Refused while running: exit 1, one line on stderr, nothing changed.
-    let out = kapsule(Some(&bus), &["rm", &name]).await;
+    let out = kapsule(Some(bus), &["rm", &name]).await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -86,16 +84,16 @@ async fn create_list_info_stop_remove_through_the_cli() {
     );
     assert_eq!(env.incus.get_instance(&name).await.unwrap().status, "Running");
 
-    let out = kapsule(Some(&bus), &["stop", &name]).await;
+    let out = kapsule(Some(bus), &["stop", &name]).await;
     assert!(out.status.success(), "stop: {}", text(&out.stderr));
-    let out = kapsule(Some(&bus), &["list", "--running", "--format", "json"]).await;
+    let out = kapsule(Some(bus), &["list", "--running", "--format", "json"]).await;
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         !rows.iter().any(|r| r["name"] == name.as_str()),
         "stopped containers are not --running"
     );
 
-    let out = kapsule(Some(&bus), &["remove", "--force", &name]).await;
+    let out = kapsule(Some(bus), &["remove", "--force", &name]).await;
     assert!(out.status.success(), "rm: {}", text(&out.stderr));
     assert!(env.incus.get_instance(&name).await.unwrap_err().is_not_found());
 }

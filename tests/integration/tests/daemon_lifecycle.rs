@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use kapsule_dbus::{ManagerProxy, OperationProxy};
+use kapsule_dbus::OperationProxy;
 use kapsule_incus::models::InstanceSource;
 use kapsule_integration_tests::{
-    InstanceGuard, PrivateBus, collect_operation_signals, container_request, env, kapsule_signals, unique_name,
+    DaemonTest, InstanceGuard, collect_operation_signals, container_request, daemon_test, kapsule_signals, unique_name,
 };
 use zbus::{OwnedVariant, Variant};
 
@@ -28,13 +28,11 @@ fn opts(pairs: Vec<(&str, Variant<'_>)>) -> HashMap<String, OwnedVariant> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_list_stop_start_delete_with_signals_in_order() {
-    let env = env().await;
-    let bus = PrivateBus::start();
-    let _daemon = bus.daemon().await;
-    let client = bus.connect().await;
-    let manager = ManagerProxy::new(&client).await.unwrap();
+    let DaemonTest {
+        env, manager, client, ..
+    } = &daemon_test().await;
     assert_eq!(manager.version().await.unwrap(), env!("CARGO_PKG_VERSION"));
-    let mut signals = kapsule_signals(&client).await;
+    let mut signals = kapsule_signals(client).await;
 
     let name = unique_name("dcreate");
     let _guard = InstanceGuard(name.clone());
@@ -43,7 +41,7 @@ async fn create_list_stop_start_delete_with_signals_in_order() {
         .await
         .unwrap();
     assert!(path.as_str().starts_with("/org/kde/kapsule/operations/"), "{path}");
-    let op = OperationProxy::uncached(&client, path.clone()).await.unwrap();
+    let op = OperationProxy::uncached(client, path.clone()).await.unwrap();
     assert_eq!(op.kind().await.unwrap(), "create");
     assert_eq!(op.target().await.unwrap(), name);
     assert_eq!(op.description().await.unwrap(), format!("Creating container: {name}"));
@@ -141,18 +139,14 @@ async fn create_list_stop_start_delete_with_signals_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_named_errors_and_change_nothing() {
-    let env = env().await;
-    let bus = PrivateBus::start();
-    let _daemon = bus.daemon().await;
-    let client = bus.connect().await;
-    let manager = ManagerProxy::new(&client).await.unwrap();
+    let DaemonTest { env, manager, .. } = &daemon_test().await;
 
     // Another Incus instance, not Kapsule's: invisible to the daemon.
     let foreign = unique_name("foreign");
     let _foreign_guard = InstanceGuard(foreign.clone());
     let op = env
         .incus
-        .create_instance(&container_request(&env, &foreign, false))
+        .create_instance(&container_request(env, &foreign, false))
         .await
         .unwrap();
     env.incus
@@ -285,12 +279,10 @@ async fn bad_requests_get_named_errors_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_and_cancelled_creates_leave_no_container() {
-    let env = env().await;
-    let bus = PrivateBus::start();
-    let _daemon = bus.daemon().await;
-    let client = bus.connect().await;
-    let manager = ManagerProxy::new(&client).await.unwrap();
-    let mut signals = kapsule_signals(&client).await;
+    let DaemonTest {
+        env, manager, client, ..
+    } = &daemon_test().await;
+    let mut signals = kapsule_signals(client).await;
 
     // A remote image on a machine that reaches no image server: Incus fails the create.
     let failed = unique_name("dfail");
@@ -302,7 +294,7 @@ async fn failed_and_cancelled_creates_leave_no_container() {
     let seen = collect_operation_signals(&mut signals, path.as_str()).await;
     let last = seen.last().unwrap();
     assert!(last.starts_with("Completed(false, \"Creating '"), "{seen:?}");
-    let op = OperationProxy::uncached(&client, path).await.unwrap();
+    let op = OperationProxy::uncached(client, path).await.unwrap();
     assert_eq!(op.status().await.unwrap(), "failed");
     assert!(!op.error_message().await.unwrap().is_empty());
     assert!(
@@ -317,7 +309,7 @@ async fn failed_and_cancelled_creates_leave_no_container() {
         .create_container(&cancelled, &format!("local:{}", env.image), HashMap::new())
         .await
         .unwrap();
-    let op = OperationProxy::uncached(&client, path.clone()).await.unwrap();
+    let op = OperationProxy::uncached(client, path.clone()).await.unwrap();
     assert!(op.cancel().await.unwrap(), "a running operation accepts Cancel");
     let seen = collect_operation_signals(&mut signals, path.as_str()).await;
     assert_eq!(
@@ -335,17 +327,15 @@ async fn failed_and_cancelled_creates_leave_no_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_made_by_the_original_daemon_are_managed() {
-    let env = env().await;
-    let bus = PrivateBus::start();
-    let _daemon = bus.daemon().await;
-    let client = bus.connect().await;
-    let manager = ManagerProxy::new(&client).await.unwrap();
-    let mut signals = kapsule_signals(&client).await;
+    let DaemonTest {
+        env, manager, client, ..
+    } = &daemon_test().await;
+    let mut signals = kapsule_signals(client).await;
 
     // What the original daemon wrote: its metadata keys, session mode, a user already mapped.
     let name = unique_name("dold");
     let _guard = InstanceGuard(name.clone());
-    let mut request = container_request(&env, &name, true);
+    let mut request = container_request(env, &name, true);
     request.source = InstanceSource::local_alias(env.image.clone());
     for (k, v) in [
         ("user.kapsule.session-mode", "true"),
@@ -379,11 +369,7 @@ async fn containers_made_by_the_original_daemon_are_managed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_config_and_images_are_served() {
-    let env = env().await;
-    let bus = PrivateBus::start();
-    let _daemon = bus.daemon().await;
-    let client = bus.connect().await;
-    let manager = ManagerProxy::new(&client).await.unwrap();
+    let DaemonTest { env, manager, .. } = &daemon_test().await;
     assert_eq!(
         manager.get_create_schema().await.unwrap(),
         kapsule_dbus::options::schema_json()
