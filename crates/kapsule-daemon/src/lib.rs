@@ -68,9 +68,20 @@ pub(crate) fn incus_error(e: kapsule_incus::Error) -> Error {
 pub async fn run(bus: Bus) -> anyhow::Result<()> {
     let connection = serve(bus.clone()).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Every message also reaches this stream, which ends when the bus connection is gone: a
+    // daemon without its bus can serve nobody, so it exits (and is started again on demand).
+    let mut incoming = zbus::MessageStream::from(&connection);
+    let bus_gone = async {
+        use futures_util::StreamExt;
+        while incoming.next().await.is_some() {}
+    };
     tokio::select! {
         _ = terminate.recv() => log::info!("SIGTERM: exiting"),
         _ = tokio::signal::ctrl_c() => log::info!("SIGINT: exiting"),
+        () = bus_gone => {
+            log::warn!("the bus connection closed: exiting");
+            return Ok(());
+        }
     }
     let _ = connection.release_name(BUS_NAME).await;
     Ok(())

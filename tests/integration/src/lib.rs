@@ -234,18 +234,25 @@ pub async fn kapsule_signals(connection: &zbus::Connection) -> zbus::MessageStre
 
 /// The `kapsule` binary of this workspace, built on first use (the tests drive it as a user would).
 pub fn kapsule_binary() -> std::path::PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
+    workspace_binary("kapsule")
+}
+
+/// A binary of this workspace (package and binary share the name), built on first use.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap();
+    if !built.iter().any(|b| b == name) {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--package", "kapsule", "--bin", "kapsule"])
+            .args(["build", "--quiet", "--package", name, "--bin", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo runs");
-        assert!(status.success(), "building the kapsule binary failed");
-    });
-    // tests run from target/<profile>/deps/; the binary sits one level up.
+        assert!(status.success(), "building {name} failed");
+        built.push(name.to_owned());
+    }
+    // Tests run from target/<profile>/deps/; binaries sit one level up.
     let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join("kapsule");
+    let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join(name);
     assert!(path.exists(), "{} not found", path.display());
     path
 }

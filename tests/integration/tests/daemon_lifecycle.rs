@@ -387,3 +387,47 @@ async fn schema_config_and_images_are_served() {
         "the test image is listed with its alias"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_process_exits_when_its_bus_goes_away() {
+    let _env = kapsule_integration_tests::env().await;
+    let bus = kapsule_integration_tests::PrivateBus::start();
+    let mut daemon = std::process::Command::new(kapsule_integration_tests::workspace_binary("kapsule-daemon"))
+        .args(["--address", &bus.address])
+        .spawn()
+        .unwrap();
+    let client = bus.connect().await;
+    let manager = kapsule_dbus::ManagerProxy::new(&client).await.unwrap();
+    let mut version = None;
+    for _ in 0..100 {
+        if let Ok(v) = manager.version().await {
+            version = Some(v);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        version.as_deref(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "the daemon answers on its bus"
+    );
+    drop(manager);
+    drop(client);
+    drop(bus);
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if exited.is_none() {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the daemon exits cleanly once its bus is gone: {exited:?}"
+    );
+}
