@@ -7,6 +7,7 @@
 mod config;
 mod containers;
 mod create;
+mod images;
 mod manager;
 mod operation;
 

@@ -12,7 +12,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::{OwnedObjectPath, OwnedVariant, interface};
 
 use crate::operation::OperationInfo;
-use crate::{State, config, containers, create};
+use crate::{State, config, containers, create, images};
 
 type ContainerTuple = (String, String, String, String, String);
 
@@ -77,6 +77,24 @@ impl Manager {
     async fn list_images(&self) -> Result<String, Error> {
         let images = self.state.incus.list_images().await.map_err(crate::incus_error)?;
         serde_json::to_string(&images).map_err(|e| Error::Failed(e.to_string()))
+    }
+
+    /// Deletes a local image, by alias or full fingerprint.
+    async fn delete_image(&self, identifier: String) -> Result<OwnedObjectPath, Error> {
+        let image = images::resolve(&self.state, &identifier).await?;
+        let info = OperationInfo {
+            kind: "delete_image",
+            description: format!("Deleting image: {identifier}"),
+            target: identifier,
+        };
+        let state = self.state.clone();
+        self.state
+            .operations
+            .start(info, move |reporter| async move {
+                images::delete(&state, &reporter, image).await
+            })
+            .await
+            .map_err(Error::ZBus)
     }
 
     /// Creates and starts a container. An empty `image` means the configured default.

@@ -27,6 +27,7 @@ pub trait Manager {
     fn get_container_info(&self, name: &str) -> zbus::Result<ContainerTuple>;
     fn is_user_setup(&self, container_name: &str, uid: u32) -> zbus::Result<bool>;
     fn list_images(&self) -> zbus::Result<String>;
+    fn delete_image(&self, identifier: &str) -> zbus::Result<OwnedObjectPath>;
     fn create_container(
         &self,
         name: &str,

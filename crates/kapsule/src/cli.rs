@@ -59,11 +59,29 @@ pub enum Command {
         #[arg(long, short)]
         force: bool,
     },
+    /// Manage images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Show the configuration (default_container, default_image), or one key of it.
     Config { key: Option<String> },
     /// Print a shell completion script.
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// List local images.
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Delete a local image, by alias or fingerprint.
+    #[command(visible_alias = "rm")]
+    Delete { image: String },
 }
 
 /// How data is printed.

@@ -5,7 +5,7 @@ use comfy_table::{Table, presets::NOTHING};
 use kapsule_dbus::{ContainerTuple, ManagerProxy};
 use zbus::Connection;
 
-use crate::cli::{Cli, Command, Format};
+use crate::cli::{Cli, Command, Format, ImageCommand};
 use crate::follow;
 
 /// Where the daemon is: `$KAPSULE_BUS_ADDRESS` (tests, development) or the system bus.
@@ -87,6 +87,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             print_containers(&[container], format);
             Ok(())
         }
+        Command::Image {
+            command: ImageCommand::List { format },
+        } => {
+            let json = manager.list_images().await.map_err(explain)?;
+            let images: Vec<serde_json::Value> =
+                serde_json::from_str(&json).context("the daemon sent an image list that is not JSON")?;
+            print_images(&images, format);
+            Ok(())
+        }
+        Command::Image {
+            command: ImageCommand::Delete { image },
+        } => {
+            let signals = follow::subscribe(&connection).await?;
+            let path = manager.delete_image(&image).await.map_err(explain)?;
+            follow::follow(&connection, signals, &path).await
+        }
         Command::Config { key } => {
             let config = manager.get_config().await.map_err(explain)?;
             match key {
@@ -141,6 +157,43 @@ fn print_containers(containers: &[ContainerTuple], format: Format) {
             write_out(&table.to_string());
         }
     }
+}
+
+fn print_images(images: &[serde_json::Value], format: Format) {
+    if format == Format::Json {
+        write_out(&serde_json::Value::Array(images.to_vec()).to_string());
+        return;
+    }
+    if images.is_empty() {
+        eprintln!("No local images.");
+        return;
+    }
+    let mut table = Table::new();
+    table
+        .load_style(NOTHING)
+        .set_header(["ALIAS", "FINGERPRINT", "DESCRIPTION", "SIZE", "UPLOADED"]);
+    for image in images {
+        let aliases: Vec<&str> = image["aliases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["name"].as_str())
+            .collect();
+        let fingerprint = image["fingerprint"].as_str().unwrap_or_default();
+        let size = image["size"].as_u64().unwrap_or(0);
+        let uploaded = image["uploaded_at"].as_str().unwrap_or_default();
+        table.add_row([
+            aliases.join(", "),
+            fingerprint.get(..12).unwrap_or(fingerprint).to_owned(),
+            image["properties"]["description"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            format!("{:.1} MiB", size as f64 / (1024.0 * 1024.0)),
+            uploaded.get(..16).unwrap_or(uploaded).replace('T', " "),
+        ]);
+    }
+    write_out(&table.to_string());
 }
 
 /// Data goes to stdout; a closed pipe (`kapsule list | head -1`) is not an error worth a panic.

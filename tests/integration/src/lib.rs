@@ -283,3 +283,44 @@ pub async fn daemon_test() -> DaemonTest {
         bus,
     }
 }
+
+/// Writes a tiny split image (metadata tarball, rootfs tarball with one unique file) into `dir`
+/// and returns the two paths. Every call makes an image with another fingerprint.
+pub fn tiny_image_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/kt-marker"), unique_name("img")).unwrap();
+    std::fs::write(
+        dir.join("metadata.yaml"),
+        "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: kt tiny\n",
+    )
+    .unwrap();
+    let tar = |args: &[&str]| assert!(Command::new("tar").args(args).status().unwrap().success());
+    let meta = dir.join("meta.tar.gz");
+    let rootfs = dir.join("rootfs.tar.gz");
+    tar(&[
+        "-C",
+        dir.to_str().unwrap(),
+        "-czf",
+        meta.to_str().unwrap(),
+        "metadata.yaml",
+    ]);
+    tar(&["-C", root.to_str().unwrap(), "-czf", rootfs.to_str().unwrap(), "."]);
+    (meta, rootfs)
+}
+
+/// Imports a tiny image under `alias` (none when empty) and returns its fingerprint.
+pub async fn import_tiny_image(incus: &Client, alias: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, rootfs) = tiny_image_files(dir.path());
+    let op = incus.import_image(&meta, &rootfs).await.unwrap();
+    let done = incus
+        .wait_operation(&op.id, Some(std::time::Duration::from_secs(120)))
+        .await
+        .unwrap();
+    let fingerprint = done.metadata_str("fingerprint").unwrap().to_owned();
+    if !alias.is_empty() {
+        incus.create_image_alias(alias, &fingerprint, "kt").await.unwrap();
+    }
+    fingerprint
+}

@@ -164,3 +164,55 @@ async fn help_version_and_completions_need_no_daemon() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_list_and_delete_through_the_cli() {
+    let DaemonTest { env, bus, .. } = &daemon_test().await;
+    let alias = unique_name("cliimg");
+    let by_alias = kapsule_integration_tests::import_tiny_image(&env.incus, &alias).await;
+    let _g1 = kapsule_integration_tests::ImageGuard(by_alias.clone());
+    let by_fingerprint = kapsule_integration_tests::import_tiny_image(&env.incus, "").await;
+    let _g2 = kapsule_integration_tests::ImageGuard(by_fingerprint.clone());
+
+    let out = kapsule(Some(bus), &["image", "list", "--format", "json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let images: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        images.iter().any(|i| i["fingerprint"] == by_alias.as_str()),
+        "listed as Incus objects"
+    );
+    let out = kapsule(Some(bus), &["image", "ls"]).await;
+    let table = text(&out.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.trim_start().starts_with(&alias))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains(&by_alias[..12]) && row.contains("kt tiny") && row.contains("MiB"),
+        "{row}"
+    );
+
+    let out = kapsule(Some(bus), &["image", "delete", &alias]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("Image {} deleted", &by_alias[..12])),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(env.incus.get_image(&by_alias).await.unwrap_err().is_not_found());
+    let out = kapsule(Some(bus), &["image", "rm", &by_fingerprint]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(env.incus.get_image(&by_fingerprint).await.unwrap_err().is_not_found());
+
+    let out = kapsule(Some(bus), &["image", "delete", &alias]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(&format!("No local image with alias or fingerprint '{alias}'")),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        env.incus.get_image_alias(&env.image).await.is_ok(),
+        "other images untouched"
+    );
+}

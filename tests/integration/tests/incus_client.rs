@@ -361,25 +361,7 @@ async fn images_by_alias_import_and_delete() {
 
     // Import a tiny split image, streamed from files.
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("rootfs");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/kt-marker"), unique_name("img")).unwrap();
-    std::fs::write(
-        dir.path().join("metadata.yaml"),
-        "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: kt tiny\n",
-    )
-    .unwrap();
-    let tar = |args: &[&str]| assert!(std::process::Command::new("tar").args(args).status().unwrap().success());
-    let meta = dir.path().join("meta.tar.gz");
-    let rootfs = dir.path().join("rootfs.tar.gz");
-    tar(&[
-        "-C",
-        dir.path().to_str().unwrap(),
-        "-czf",
-        meta.to_str().unwrap(),
-        "metadata.yaml",
-    ]);
-    tar(&["-C", root.to_str().unwrap(), "-czf", rootfs.to_str().unwrap(), "."]);
+    let (meta, rootfs) = kapsule_integration_tests::tiny_image_files(dir.path());
     let op = incus.import_image(&meta, &rootfs).await.unwrap();
     let done = incus.wait_operation(&op.id, WAIT).await.unwrap();
     let fingerprint = done
