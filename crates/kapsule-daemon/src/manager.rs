@@ -4,6 +4,7 @@
 //! operation whose path is returned immediately.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use kapsule_dbus::Error;
 use zbus::object_server::SignalEmitter;
 use zbus::{OwnedObjectPath, OwnedVariant, interface};
 
-use crate::operation::OperationInfo;
+use crate::operation::{Failure, OperationInfo, Reporter};
 use crate::{State, config, containers, create, images};
 
 type ContainerTuple = (String, String, String, String, String);
@@ -82,19 +83,13 @@ impl Manager {
     /// Deletes a local image, by alias or full fingerprint.
     async fn delete_image(&self, identifier: String) -> Result<OwnedObjectPath, Error> {
         let image = images::resolve(&self.state, &identifier).await?;
-        let info = OperationInfo {
-            kind: "delete_image",
-            description: format!("Deleting image: {identifier}"),
-            target: identifier,
-        };
-        let state = self.state.clone();
-        self.state
-            .operations
-            .start(info, move |reporter| async move {
-                images::delete(&state, &reporter, image).await
-            })
-            .await
-            .map_err(Error::ZBus)
+        self.operation(
+            "delete_image",
+            format!("Deleting image: {identifier}"),
+            identifier,
+            move |state, reporter| async move { images::delete(&state, &reporter, image).await },
+        )
+        .await
     }
 
     /// Creates and starts a container. An empty `image` means the configured default.
@@ -110,19 +105,13 @@ impl Manager {
             image
         };
         let plan = create::plan(&self.state, &name, &image, &options).await?;
-        let info = OperationInfo {
-            kind: "create",
-            description: format!("Creating container: {name}"),
-            target: name,
-        };
-        let state = self.state.clone();
-        self.state
-            .operations
-            .start(info, move |reporter| async move {
-                create::run(&state, &reporter, plan).await
-            })
-            .await
-            .map_err(Error::ZBus)
+        self.operation(
+            "create",
+            format!("Creating container: {name}"),
+            name,
+            move |state, reporter| async move { create::run(&state, &reporter, plan).await },
+        )
+        .await
     }
 
     /// Deletes a container; a running one only with `force`.
@@ -133,53 +122,63 @@ impl Manager {
                 "Container '{name}' is running; stop it first or use force"
             )));
         }
-        let info = OperationInfo {
-            kind: "delete",
-            description: format!("Removing container: {name}"),
-            target: name.clone(),
-        };
-        let state = self.state.clone();
-        self.state
-            .operations
-            .start(info, move |reporter| async move {
-                containers::delete(&state, &reporter, &name, force).await
-            })
-            .await
-            .map_err(Error::ZBus)
+        self.operation(
+            "delete",
+            format!("Removing container: {name}"),
+            name.clone(),
+            move |state, reporter| async move { containers::delete(&state, &reporter, &name, force).await },
+        )
+        .await
     }
 
     /// Starts a container.
     async fn start_container(&self, name: String) -> Result<OwnedObjectPath, Error> {
         containers::get_kapsule_container(&self.state, &name).await?;
-        let info = OperationInfo {
-            kind: "start",
-            description: format!("Starting container: {name}"),
-            target: name.clone(),
-        };
-        let state = self.state.clone();
-        self.state
-            .operations
-            .start(info, move |reporter| async move {
-                containers::start(&state, &reporter, &name).await
-            })
-            .await
-            .map_err(Error::ZBus)
+        self.operation(
+            "start",
+            format!("Starting container: {name}"),
+            name.clone(),
+            move |state, reporter| async move { containers::start(&state, &reporter, &name).await },
+        )
+        .await
     }
 
     /// Stops a container (killing it with `force`).
     async fn stop_container(&self, name: String, force: bool) -> Result<OwnedObjectPath, Error> {
         containers::get_kapsule_container(&self.state, &name).await?;
-        let info = OperationInfo {
-            kind: "stop",
-            description: format!("Stopping container: {name}"),
-            target: name.clone(),
-        };
+        self.operation(
+            "stop",
+            format!("Stopping container: {name}"),
+            name.clone(),
+            move |state, reporter| async move { containers::stop(&state, &reporter, &name, force).await },
+        )
+        .await
+    }
+}
+
+impl Manager {
+    /// Starts `work` as an operation of `kind` and returns its path; the work gets the shared
+    /// state and its reporter.
+    async fn operation<W, F>(
+        &self,
+        kind: &'static str,
+        description: String,
+        target: String,
+        work: W,
+    ) -> Result<OwnedObjectPath, Error>
+    where
+        W: FnOnce(Arc<State>, Reporter) -> F + Send + 'static,
+        F: Future<Output = Result<String, Failure>> + Send + 'static,
+    {
         let state = self.state.clone();
+        let info = OperationInfo {
+            kind,
+            description,
+            target,
+        };
         self.state
             .operations
-            .start(info, move |reporter| async move {
-                containers::stop(&state, &reporter, &name, force).await
-            })
+            .start(info, move |reporter| work(state, reporter))
             .await
             .map_err(Error::ZBus)
     }

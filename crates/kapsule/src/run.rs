@@ -41,6 +41,17 @@ fn explain(e: zbus::Error) -> anyhow::Error {
     }
 }
 
+/// Runs a call that starts an operation and follows it to its end. The subscription is made
+/// before the call runs (the call future is lazy), so no early signal is missed.
+async fn operation(
+    connection: &Connection,
+    call: impl std::future::Future<Output = zbus::Result<zbus::OwnedObjectPath>>,
+) -> Result<()> {
+    let signals = follow::subscribe(connection).await?;
+    let path = call.await.map_err(explain)?;
+    follow::follow(connection, signals, &path).await
+}
+
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Completions { shell } = cli.command {
@@ -51,28 +62,15 @@ pub async fn run(cli: Cli) -> Result<()> {
     let manager = ManagerProxy::new(&connection).await.map_err(explain)?;
     match cli.command {
         Command::Create { name, image, options } => {
-            let signals = follow::subscribe(&connection).await?;
-            let path = manager
-                .create_container(&name, image.as_deref().unwrap_or(""), options.values)
-                .await
-                .map_err(explain)?;
-            follow::follow(&connection, signals, &path).await
+            operation(
+                &connection,
+                manager.create_container(&name, image.as_deref().unwrap_or(""), options.values),
+            )
+            .await
         }
-        Command::Start { name } => {
-            let signals = follow::subscribe(&connection).await?;
-            let path = manager.start_container(&name).await.map_err(explain)?;
-            follow::follow(&connection, signals, &path).await
-        }
-        Command::Stop { name, force } => {
-            let signals = follow::subscribe(&connection).await?;
-            let path = manager.stop_container(&name, force).await.map_err(explain)?;
-            follow::follow(&connection, signals, &path).await
-        }
-        Command::Rm { name, force } => {
-            let signals = follow::subscribe(&connection).await?;
-            let path = manager.delete_container(&name, force).await.map_err(explain)?;
-            follow::follow(&connection, signals, &path).await
-        }
+        Command::Start { name } => operation(&connection, manager.start_container(&name)).await,
+        Command::Stop { name, force } => operation(&connection, manager.stop_container(&name, force)).await,
+        Command::Rm { name, force } => operation(&connection, manager.delete_container(&name, force)).await,
         Command::List { running, format } => {
             let mut containers = manager.list_containers().await.map_err(explain)?;
             if running {
@@ -98,11 +96,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Image {
             command: ImageCommand::Delete { image },
-        } => {
-            let signals = follow::subscribe(&connection).await?;
-            let path = manager.delete_image(&image).await.map_err(explain)?;
-            follow::follow(&connection, signals, &path).await
-        }
+        } => operation(&connection, manager.delete_image(&image)).await,
         Command::Config { key } => {
             let config = manager.get_config().await.map_err(explain)?;
             match key {
