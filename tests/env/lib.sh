@@ -13,6 +13,8 @@ KAPSULE_CACHE_DIR=${KAPSULE_CACHE_DIR:-$KAPSULE_ROOT/.cache}
 KAPSULE_TEST_RUN=${KAPSULE_TEST_RUN:-/run/kapsule-test}
 # The alias every test creates containers from.
 KAPSULE_TEST_IMAGE=${KAPSULE_TEST_IMAGE:-kapsule-test}
+# A plain, non-root user for the tests that call as someone else (up.sh creates it).
+KAPSULE_TEST_USER=${KAPSULE_TEST_USER:-kapsule-tester}
 INCUS_SOCKET=${INCUS_SOCKET:-/var/lib/incus/unix.socket}
 
 log() { printf '[env] %s\n' "$*" >&2; }

@@ -123,11 +123,21 @@ start_private_bus() {
     die "polkitd did not take its name on the private bus within 10 s"
 }
 
+# A plain user for the tests that call the daemon as someone other than root: no Incus group, a
+# home of its own. Kept after down.sh, like the images, so the next run need not make it again.
+create_test_user() {
+    if ! id "$KAPSULE_TEST_USER" >/dev/null 2>&1; then
+        useradd --create-home --shell /bin/bash --comment "Kapsule tests" "$KAPSULE_TEST_USER"
+        log "created test user $KAPSULE_TEST_USER ($(id -u "$KAPSULE_TEST_USER"))"
+    fi
+}
+
 write_env() {
     cat >"$KAPSULE_TEST_RUN/env" <<EOF
 # Written by tests/env/up.sh; source it to talk to the test environment.
 export INCUS_SOCKET=$INCUS_SOCKET
 export KAPSULE_TEST_IMAGE=$KAPSULE_TEST_IMAGE
+export KAPSULE_TEST_USER=$KAPSULE_TEST_USER
 export KAPSULE_TEST_SYSTEM_BUS=unix:path=$KAPSULE_TEST_RUN/dbus/system_bus_socket
 EOF
 }
@@ -138,5 +148,6 @@ start_incusd
 configure_incus
 import_image
 start_private_bus
+create_test_user
 write_env
 log "ready: incusd $(incus query /1.0 | jq -r .environment.server_version), image $KAPSULE_TEST_IMAGE, private bus $KAPSULE_TEST_RUN/dbus/system_bus_socket"

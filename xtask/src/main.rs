@@ -2,6 +2,9 @@
 //!
 //! - `validate`: rustfmt, clippy with warnings as errors, shell scripts (bash -n, shellcheck),
 //!   and XML data files (xmllint). tests/run-all.sh runs it before the tests.
+//! - `docs <dir>`: the CLI's man pages (`<dir>/man1/*.1`) and shell completions
+//!   (`<dir>/completions/{kapsule.bash,_kapsule,kapsule.fish}`), generated from its clap
+//!   definition, for packaging.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,11 +23,18 @@ fn run() -> Result<()> {
     let root = workspace_root();
     match task.as_str() {
         "validate" => validate(&root),
+        "docs" => {
+            let out = std::env::args()
+                .nth(2)
+                .map(PathBuf::from)
+                .context("usage: cargo xtask docs <dir>")?;
+            docs(&out)
+        }
         "" | "help" | "--help" | "-h" => {
-            eprintln!("usage: cargo xtask validate");
+            eprintln!("usage: cargo xtask validate | cargo xtask docs <dir>");
             Ok(())
         }
-        other => bail!("unknown task '{other}' (known: validate)"),
+        other => bail!("unknown task '{other}' (known: validate, docs)"),
     }
 }
 
@@ -129,4 +139,26 @@ fn files_with(root: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>>
     }
     found.sort();
     Ok(found)
+}
+
+/// Writes the man pages and completion scripts of the `kapsule` CLI below `out`.
+fn docs(out: &Path) -> Result<()> {
+    let man = out.join("man1");
+    std::fs::create_dir_all(&man).with_context(|| format!("cannot create {}", man.display()))?;
+    let pages = kapsule::cli::man_pages();
+    for (name, roff) in &pages {
+        std::fs::write(man.join(name), roff).with_context(|| format!("cannot write {name}"))?;
+    }
+    let completions = out.join("completions");
+    std::fs::create_dir_all(&completions)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        let path = clap_complete::generate_to(shell, &mut kapsule::cli::command(), "kapsule", &completions)?;
+        eprintln!("[xtask] wrote {}", path.display());
+    }
+    eprintln!("[xtask] wrote {} man pages to {}", pages.len(), man.display());
+    Ok(())
 }

@@ -1,12 +1,15 @@
 //! Layered configuration: built-in defaults < `/usr/lib/kapsule/kapsule.conf` (the vendor's) <
-//! `/etc/kapsule/kapsule.conf` (the admin's). INI, section `[kapsule]`, the original daemon's
-//! format. A file that is missing or malformed is skipped, with a log line for the latter.
+//! `/etc/kapsule/kapsule.conf` (the admin's) < `~/.config/kapsule/kapsule.conf` (the caller's).
+//! INI, section `[kapsule]`, the original daemon's format. A file that is missing is skipped; one
+//! that cannot be read or parsed is skipped with a log line.
 //!
-//! The per-user layer (`~/.config/kapsule/kapsule.conf`, read safely as the caller) comes with
-//! caller identity in the enter work.
+//! The caller's file is read with the caller's own file-system identity ([`Caller::read_small`]):
+//! a symlink from there to a file the user may not read gives nothing away.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
+
+use crate::caller::Caller;
 
 /// Keys clients may read, with their built-in defaults.
 pub(crate) const DEFAULTS: &[(&str, &str)] = &[
@@ -17,14 +20,36 @@ pub(crate) const DEFAULTS: &[(&str, &str)] = &[
 /// The system layers, lowest first.
 pub(crate) const SYSTEM_FILES: &[&str] = &["/usr/lib/kapsule/kapsule.conf", "/etc/kapsule/kapsule.conf"];
 
-/// Reads the layers in `files` over the built-in defaults.
-pub(crate) fn load(files: &[&Path]) -> BTreeMap<String, String> {
+/// A configuration file is a handful of lines; anything bigger is not one.
+const MAX_FILE: u64 = 64 * 1024;
+
+/// The caller's own layer.
+pub(crate) fn user_file(caller: &Caller) -> PathBuf {
+    caller.home.join(".config/kapsule/kapsule.conf")
+}
+
+/// The configuration as `caller` sees it: the system layers, then their own file.
+pub(crate) async fn for_caller(caller: &Caller) -> BTreeMap<String, String> {
+    let mut layers = Vec::new();
+    for file in SYSTEM_FILES {
+        let path = PathBuf::from(file);
+        let text = tokio::fs::read_to_string(&path).await;
+        layers.push((path, text));
+    }
+    let path = user_file(caller);
+    let text = caller.read_small(&path, MAX_FILE).await;
+    layers.push((path, text));
+    merge(layers)
+}
+
+/// Applies the layers, lowest first, over the built-in defaults.
+fn merge(layers: Vec<(PathBuf, std::io::Result<String>)>) -> BTreeMap<String, String> {
     let mut config: BTreeMap<String, String> = DEFAULTS
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    for file in files {
-        let text = match std::fs::read_to_string(file) {
+    for (file, text) in layers {
+        let text = match text {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
@@ -71,28 +96,40 @@ fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
 mod tests {
     use super::*;
 
+    fn layer(path: &str, text: std::io::Result<&str>) -> (PathBuf, std::io::Result<String>) {
+        (PathBuf::from(path), text.map(str::to_owned))
+    }
+
     #[test]
     fn layers_override_in_order_and_bad_files_are_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let vendor = dir.path().join("vendor.conf");
-        let admin = dir.path().join("admin.conf");
-        let broken = dir.path().join("broken.conf");
-        std::fs::write(
-            &vendor,
-            "# vendor\n[kapsule]\ndefault_container = container\ndefault_image = images:archlinux\n",
-        )
-        .unwrap();
-        std::fs::write(
-            &admin,
-            "[other]\ndefault_image = nope\n[kapsule]\ndefault_image = local:kapsule-test\nunknown = x\n",
-        )
-        .unwrap();
-        std::fs::write(&broken, "[kapsule]\ndefault_container\n").unwrap();
-        let missing = dir.path().join("missing.conf");
-        let config = load(&[&vendor, &admin, &broken, &missing]);
+        let config = merge(vec![
+            layer(
+                "vendor",
+                Ok("# vendor\n[kapsule]\ndefault_container = container\ndefault_image = images:archlinux\n"),
+            ),
+            layer(
+                "admin",
+                Ok("[other]\ndefault_image = nope\n[kapsule]\ndefault_image = local:kapsule-test\nunknown = x\n"),
+            ),
+            layer("broken", Ok("[kapsule]\ndefault_container\n")),
+            layer("missing", Err(std::io::ErrorKind::NotFound.into())),
+            layer("denied", Err(std::io::ErrorKind::PermissionDenied.into())),
+        ]);
         assert_eq!(config["default_container"], "container");
         assert_eq!(config["default_image"], "local:kapsule-test");
         assert_eq!(config.len(), 2, "only known keys: {config:?}");
-        assert_eq!(load(&[])["default_image"], "images:ubuntu/24.04");
+        assert_eq!(merge(vec![])["default_image"], "images:ubuntu/24.04");
+    }
+
+    #[tokio::test]
+    async fn the_callers_file_is_the_top_layer() {
+        let home = tempfile::tempdir().unwrap();
+        let file = home.path().join(".config/kapsule/kapsule.conf");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "[kapsule]\ndefault_container = mine\n").unwrap();
+        let mut caller = Caller::from_uid(0).unwrap();
+        caller.home = home.path().to_owned();
+        assert_eq!(user_file(&caller), file);
+        assert_eq!(for_caller(&caller).await["default_container"], "mine");
     }
 }

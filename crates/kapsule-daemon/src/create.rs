@@ -21,6 +21,18 @@ const REMOTES: &[(&str, &str)] = &[
     ("ubuntu", "https://cloud-images.ubuntu.com/releases"),
 ];
 
+/// The server a remote name stands for.
+pub(crate) fn remote_server(remote: &str) -> Option<&'static str> {
+    REMOTES.iter().find(|(n, _)| *n == remote).map(|(_, s)| *s)
+}
+
+/// Every remote name a client may use, `local` first.
+pub(crate) fn remote_names() -> Vec<&'static str> {
+    std::iter::once("local")
+        .chain(REMOTES.iter().map(|(n, _)| *n))
+        .collect()
+}
+
 /// The storage pool containers' root disks live in (kapsule-init creates it).
 const POOL: &str = "default";
 
@@ -96,19 +108,16 @@ async fn resolve_image(state: &State, image: &str) -> Result<(InstanceSource, Op
         }
     }
     let remote = remote.unwrap_or("images");
-    let Some((_, server)) = REMOTES.iter().find(|(n, _)| *n == remote) else {
-        let known: Vec<&str> = std::iter::once("local")
-            .chain(REMOTES.iter().map(|(n, _)| *n))
-            .collect();
+    let Some(server) = remote_server(remote) else {
         return Err(Error::InvalidArgument(format!(
             "Unknown image remote '{remote}'. Known remotes: {}",
-            known.join(", ")
+            remote_names().join(", ")
         )));
     };
     let source = InstanceSource {
         kind: "image".into(),
         alias: Some(alias.to_owned()),
-        server: Some((*server).to_owned()),
+        server: Some(server.to_owned()),
         protocol: Some("simplestreams".into()),
         mode: Some("pull".into()),
         ..Default::default()

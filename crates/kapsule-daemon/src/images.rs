@@ -1,23 +1,39 @@
-//! Local images: finding one by alias or fingerprint, deleting it.
+//! Local images: finding one by alias or fingerprint, importing, refreshing and deleting.
+
+use std::path::{Path, PathBuf};
 
 use kapsule_dbus::Error;
 use kapsule_incus::models::Image;
+use kapsule_incus::{ImageUpload, UploadFile};
 
 use crate::State;
-use crate::containers::run_incus_operation;
-use crate::operation::{Failure, Reporter};
+use crate::caller::Caller;
+use crate::containers::{INCUS_WAIT, run_incus_operation};
+use crate::operation::{Failure, MessageKind, Reporter};
+
+/// Refuses names no image can have: empty, huge, or with control characters or slashes.
+fn validate_image_name(name: &str, what: &str) -> Result<(), Error> {
+    if name.is_empty()
+        || name.len() > 256
+        || name.contains(|c: char| c.is_control() || c.is_whitespace() || c == '/' && what == "alias")
+    {
+        return Err(Error::InvalidArgument(format!(
+            "Invalid image {what} '{}'",
+            name.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+fn is_fingerprint(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
 
 /// The local image named by `identifier`: an alias, or a full (64 hex digits) fingerprint.
 pub(crate) async fn resolve(state: &State, identifier: &str) -> Result<Image, Error> {
-    if identifier.is_empty() || identifier.len() > 256 || identifier.contains(|c: char| c.is_control() || c == '/') {
-        return Err(Error::InvalidArgument(format!(
-            "Invalid image name '{}'",
-            identifier.escape_debug()
-        )));
-    }
+    validate_image_name(identifier, "alias")?;
     let not_found = || Error::NotFound(format!("No local image with alias or fingerprint '{identifier}'"));
-    let is_fingerprint = identifier.len() == 64 && identifier.bytes().all(|b| b.is_ascii_hexdigit());
-    let fingerprint = if is_fingerprint {
+    let fingerprint = if is_fingerprint(identifier) {
         identifier.to_ascii_lowercase()
     } else {
         match state.incus.get_image_alias(identifier).await {
@@ -36,9 +52,429 @@ pub(crate) async fn resolve(state: &State, identifier: &str) -> Result<Image, Er
 /// Deletes the image (and with it its aliases). Containers made from it keep working: each has
 /// its own copy of the root filesystem.
 pub(crate) async fn delete(state: &State, reporter: &Reporter, image: Image) -> Result<String, Failure> {
-    let short = image.fingerprint.get(..12).unwrap_or(&image.fingerprint);
+    let short = short(&image.fingerprint);
     reporter.info(&format!("Deleting image {short}")).await;
     let op = state.incus.delete_image(&image.fingerprint).await?;
     run_incus_operation(state, reporter, op).await?;
     Ok(format!("Image {short} deleted"))
+}
+
+/// What an image directory may hold, in order of preference: the original daemon's names first.
+const METADATA_NAMES: &[&str] = &["incus.tar.xz", "metadata.tar.xz", "metadata.tar.gz"];
+const ROOTFS_NAMES: &[&str] = &["rootfs.squashfs", "rootfs.tar.xz", "rootfs.tar.gz"];
+
+/// An import request that passed every check, with both files already open.
+#[derive(Debug)]
+pub(crate) struct ImportPlan {
+    pub alias: String,
+    pub dir: PathBuf,
+    pub metadata: UploadFile,
+    pub rootfs: UploadFile,
+}
+
+/// Checks an import request and opens the image files as the caller: a directory the caller
+/// cannot read cannot be imported, whatever the daemon itself may read.
+pub(crate) async fn plan_import(caller: &Caller, path: &str, alias: &str) -> Result<ImportPlan, Error> {
+    validate_image_name(alias, "alias")?;
+    if is_fingerprint(alias) {
+        return Err(Error::InvalidArgument(format!(
+            "Invalid alias '{alias}': it looks like a fingerprint"
+        )));
+    }
+    let dir = PathBuf::from(path);
+    if !dir.is_absolute() || path.contains('\0') {
+        return Err(Error::InvalidArgument(format!(
+            "Image path '{}' is not absolute (the kapsule CLI resolves relative paths)",
+            path.escape_debug()
+        )));
+    }
+    match caller.open(&dir).await {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(format!(
+                "Image directory does not exist: {}",
+                dir.display()
+            )));
+        }
+        Ok(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a file; give the directory that holds the image files",
+                dir.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {} // a directory
+        Err(e) => return Err(Error::InvalidArgument(format!("Cannot read {}: {e}", dir.display()))),
+    }
+    let metadata = open_first(caller, &dir, METADATA_NAMES, "metadata").await?;
+    let rootfs = open_first(caller, &dir, ROOTFS_NAMES, "rootfs").await?;
+    Ok(ImportPlan {
+        alias: alias.to_owned(),
+        dir,
+        metadata,
+        rootfs,
+    })
+}
+
+async fn open_first(caller: &Caller, dir: &Path, names: &[&str], what: &str) -> Result<UploadFile, Error> {
+    for name in names {
+        let path = dir.join(name);
+        match caller.open(&path).await {
+            Ok(file) => {
+                return UploadFile::new(file, *name)
+                    .await
+                    .map_err(|e| Error::InvalidArgument(e.to_string()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::InvalidArgument(format!("Cannot read {}: {e}", path.display()))),
+        }
+    }
+    Err(Error::NotFound(format!(
+        "Missing {what} file in {}: expected one of {}",
+        dir.display(),
+        names.join(", ")
+    )))
+}
+
+/// Uploads the image, then points the alias at it. An image that was already in the store is
+/// reused; an image the alias pointed to before is removed once nothing names it. Cancelled or
+/// failed, the import leaves the store as it was.
+pub(crate) async fn import(state: &State, reporter: &Reporter, plan: ImportPlan) -> Result<String, Failure> {
+    let ImportPlan {
+        alias,
+        dir,
+        metadata,
+        rootfs,
+    } = plan;
+    reporter
+        .info(&format!(
+            "Uploading {} and {} from {}",
+            metadata.name(),
+            rootfs.name(),
+            dir.display()
+        ))
+        .await;
+    let total = metadata.len() + rootfs.len();
+    let upload = upload_with_progress(state, reporter, metadata, rootfs, total).await?;
+    let fingerprint = upload.fingerprint.clone();
+    let short = short(&fingerprint).to_owned();
+
+    reporter.info("Unpacking the image").await;
+    let outcome = tokio::select! {
+        done = state.incus.wait_operation(&upload.operation.id, INCUS_WAIT) => Some(done),
+        () = reporter.cancelled() => None,
+    };
+    let created = match outcome {
+        None => {
+            let _ = state.incus.cancel_operation(&upload.operation.id).await;
+            if state
+                .incus
+                .wait_operation(&upload.operation.id, INCUS_WAIT)
+                .await
+                .is_ok()
+            {
+                remove_quietly(state, &fingerprint).await;
+            }
+            return Err(Failure::Cancelled);
+        }
+        Some(Ok(_)) => true,
+        // Incus refuses an image it has already; that image is what the alias should name.
+        Some(Err(e)) => match state.incus.get_image(&fingerprint).await {
+            Ok(_) => {
+                reporter
+                    .info(&format!("The store has this image already ({short})"))
+                    .await;
+                false
+            }
+            Err(_) => return Err(e.into()),
+        },
+    };
+
+    match point_alias(state, reporter, &alias, &fingerprint).await {
+        Ok(()) => Ok(format!("Image '{alias}' imported ({short})")),
+        Err(e) => {
+            if created {
+                remove_quietly(state, &fingerprint).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Streams the upload, turning the bytes sent into a progress bar; cancelling drops the request,
+/// which Incus then discards.
+async fn upload_with_progress(
+    state: &State,
+    reporter: &Reporter,
+    metadata: UploadFile,
+    rootfs: UploadFile,
+    total: u64,
+) -> Result<ImageUpload, Failure> {
+    let progress = reporter.progress_start("Uploading image", 100).await;
+    let (sent_tx, mut sent) = tokio::sync::watch::channel(0u64);
+    let upload = state.incus.import_image(metadata, rootfs, Some(sent_tx));
+    tokio::pin!(upload);
+    let mut reported = 0;
+    let mut counting = true;
+    let result = loop {
+        tokio::select! {
+            done = &mut upload => break done,
+            () = reporter.cancelled() => {
+                reporter.progress_done(&progress, false, "Cancelled").await;
+                return Err(Failure::Cancelled);
+            }
+            changed = sent.changed(), if counting => {
+                if changed.is_err() {
+                    counting = false; // the upload finished sending; only its answer is left
+                    continue;
+                }
+                let bytes = *sent.borrow_and_update();
+                let percent = (bytes.saturating_mul(100) / total.max(1)) as i32;
+                if percent > reported {
+                    reported = percent;
+                    reporter.progress_update(&progress, percent).await;
+                    reporter
+                        .progress_text(&progress, &format!("{} of {}", mib(bytes), mib(total)))
+                        .await;
+                }
+            }
+        }
+    };
+    match result {
+        Ok(upload) => {
+            reporter.progress_done(&progress, true, &mib(total)).await;
+            Ok(upload)
+        }
+        Err(e) => {
+            reporter.progress_done(&progress, false, "Upload failed").await;
+            Err(e.into())
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Makes `alias` name `fingerprint`, in one step when it named another image (so it never names
+/// nothing), and removes that other image if no alias is left on it.
+async fn point_alias(state: &State, reporter: &Reporter, alias: &str, fingerprint: &str) -> Result<(), Failure> {
+    match state.incus.get_image_alias(alias).await {
+        Ok(existing) if existing.target == fingerprint => Ok(()),
+        Ok(existing) => {
+            reporter
+                .info(&format!(
+                    "Replacing the image '{alias}' named ({})",
+                    short(&existing.target)
+                ))
+                .await;
+            state.incus.retarget_image_alias(alias, fingerprint).await?;
+            match state.incus.get_image(&existing.target).await {
+                Ok(old) if old.aliases.is_empty() => {
+                    let op = state.incus.delete_image(&old.fingerprint).await?;
+                    run_incus_operation(state, reporter, op).await?;
+                    reporter
+                        .info(&format!("Removed the old image {}", short(&old.fingerprint)))
+                        .await;
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+        Err(e) if e.is_not_found() => {
+            state
+                .incus
+                .create_image_alias(alias, fingerprint, "Imported by Kapsule")
+                .await?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn remove_quietly(state: &State, fingerprint: &str) {
+    match state.incus.delete_image(fingerprint).await {
+        Ok(op) => {
+            if let Err(e) = state.incus.wait_operation(&op.id, INCUS_WAIT).await {
+                log::warn!("could not remove image {fingerprint}: {e}");
+            }
+        }
+        Err(e) => log::warn!("could not remove image {fingerprint}: {e}"),
+    }
+}
+
+fn short(fingerprint: &str) -> &str {
+    fingerprint.get(..12).unwrap_or(fingerprint)
+}
+
+/// Which cached images a `RefreshImages` filter names: empty for all, `<remote>:<alias>`, or a
+/// bare alias (from any server).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct RefreshFilter {
+    pub server: Option<String>,
+    pub alias: Option<String>,
+}
+
+impl RefreshFilter {
+    pub(crate) fn parse(filter: &str) -> Result<RefreshFilter, Error> {
+        if filter.is_empty() {
+            return Ok(RefreshFilter {
+                server: None,
+                alias: None,
+            });
+        }
+        validate_image_name(filter, "image")?;
+        let (server, alias) = match filter.split_once(':') {
+            Some((remote, alias)) => {
+                let server = crate::create::remote_server(remote).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "Unknown image remote '{remote}'. Known remotes: {}",
+                        crate::create::remote_names().join(", ")
+                    ))
+                })?;
+                (Some(server.to_owned()), alias)
+            }
+            None => (None, filter),
+        };
+        if alias.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "Invalid image '{filter}': no alias after the remote"
+            )));
+        }
+        Ok(RefreshFilter {
+            server,
+            alias: Some(alias.to_owned()),
+        })
+    }
+
+    /// The images that can be refreshed (cached copies of a remote image that Incus keeps up to
+    /// date) and that this filter names.
+    pub(crate) fn select<'a>(&self, images: &'a [Image]) -> Vec<&'a Image> {
+        images
+            .iter()
+            .filter(|i| i.auto_update && i.cached)
+            .filter(|i| {
+                let Some(source) = &i.update_source else {
+                    return false;
+                };
+                self.server.as_deref().is_none_or(|s| s == source.server)
+                    && self.alias.as_deref().is_none_or(|a| a == source.alias)
+            })
+            .collect()
+    }
+}
+
+/// Asks Incus to refresh each selected image from its source, one after the other; an image that
+/// fails does not stop the others, but fails the operation.
+pub(crate) async fn refresh(state: &State, reporter: &Reporter, filter: String) -> Result<String, Failure> {
+    let parsed = RefreshFilter::parse(&filter)?;
+    let images = state.incus.list_images().await?;
+    let selected = parsed.select(&images);
+    if selected.is_empty() {
+        if filter.is_empty() {
+            reporter.warn("No cached auto-update images found").await;
+            return Ok("Nothing to refresh".to_owned());
+        }
+        return Err(Failure::Failed(format!("No cached images match '{filter}'")));
+    }
+    reporter
+        .info(&format!("Found {} image(s) to refresh", selected.len()))
+        .await;
+    let mut refreshed = 0;
+    for image in &selected {
+        let source = image.update_source.clone().unwrap_or_default();
+        let label = format!("{} from {}", source.alias, source.server);
+        let progress = reporter.progress_start(&format!("Refreshing {label}"), -1).await;
+        let result = async {
+            let op = state.incus.refresh_image(&image.fingerprint).await?;
+            run_incus_operation(state, reporter, op).await
+        }
+        .await;
+        match result {
+            Ok(done) => {
+                refreshed += 1;
+                let changed = done
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.get("refreshed"))
+                    .and_then(serde_json::Value::as_bool);
+                let text = match changed {
+                    Some(false) => "already up to date",
+                    _ => "refreshed",
+                };
+                reporter.progress_done(&progress, true, text).await;
+            }
+            Err(Failure::Cancelled) => {
+                reporter.progress_done(&progress, false, "Cancelled").await;
+                return Err(Failure::Cancelled);
+            }
+            Err(Failure::Failed(why)) => {
+                reporter.progress_done(&progress, false, &why).await;
+                reporter
+                    .say(MessageKind::Error, &format!("Could not refresh {label}: {why}"))
+                    .await;
+            }
+        }
+    }
+    let summary = format!("Refreshed {refreshed}/{} image(s)", selected.len());
+    if refreshed == selected.len() {
+        Ok(summary)
+    } else {
+        Err(Failure::Failed(summary))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kapsule_incus::models::ImageUpdateSource;
+
+    fn cached(alias: &str, server: &str) -> Image {
+        Image {
+            fingerprint: format!("{alias}-fp"),
+            auto_update: true,
+            cached: true,
+            update_source: Some(ImageUpdateSource {
+                alias: alias.into(),
+                server: server.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn refresh_selects_cached_auto_updating_images_the_filter_names() {
+        let lxc = "https://images.linuxcontainers.org";
+        let ubuntu = "https://cloud-images.ubuntu.com/releases";
+        let mut imported = cached("mine", lxc);
+        imported.cached = false;
+        let mut pinned = cached("pinned", lxc);
+        pinned.auto_update = false;
+        let images = vec![
+            cached("debian/12", lxc),
+            cached("24.04", ubuntu),
+            imported,
+            pinned,
+            Image::default(),
+        ];
+        let names = |f: &str| -> Vec<String> {
+            RefreshFilter::parse(f)
+                .unwrap()
+                .select(&images)
+                .iter()
+                .map(|i| i.fingerprint.clone())
+                .collect()
+        };
+        assert_eq!(names(""), ["debian/12-fp", "24.04-fp"]);
+        assert_eq!(names("debian/12"), ["debian/12-fp"]);
+        assert_eq!(names("images:debian/12"), ["debian/12-fp"]);
+        assert_eq!(names("ubuntu:debian/12"), Vec::<String>::new());
+        assert_eq!(names("ubuntu:24.04"), ["24.04-fp"]);
+        assert_eq!(names("mine"), Vec::<String>::new());
+        for bad in ["nowhere:x", "images:", "a b", "x\n"] {
+            assert!(
+                matches!(RefreshFilter::parse(bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -25,6 +25,15 @@ fn main() {
         (true, None) => kapsule_daemon::Bus::Session,
         (false, None) => kapsule_daemon::Bus::System,
     };
+    // Files the daemon opens on a caller's behalf are opened with the caller's file-system uid
+    // and gid; root's supplementary groups must not open anything on top. The daemon needs none,
+    // so they go now, while there is only one thread.
+    if nix::unistd::Uid::effective().is_root()
+        && let Err(e) = nix::unistd::setgroups(&[])
+    {
+        log::error!("cannot drop supplementary groups: {e}");
+        std::process::exit(1);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 
 use kapsule_dbus::Error;
+use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
-use zbus::{OwnedObjectPath, OwnedVariant, interface};
+use zbus::{Connection, OwnedObjectPath, OwnedVariant, interface};
 
+use crate::caller::Caller;
 use crate::operation::{Failure, OperationInfo, Reporter};
 use crate::{State, config, containers, create, images};
 
@@ -45,10 +46,17 @@ impl Manager {
         kapsule_dbus::options::schema_json()
     }
 
-    /// `default_container` and `default_image`.
-    fn get_config(&self) -> HashMap<String, String> {
-        let files: Vec<&Path> = config::SYSTEM_FILES.iter().map(Path::new).collect();
-        config::load(&files).into_iter().collect()
+    /// `default_container` and `default_image` as the caller sees them (their own file last).
+    /// As in the original daemon, a caller that cannot be identified gets `{"error": ...}`.
+    async fn get_config(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> HashMap<String, String> {
+        match Caller::of(connection, &header).await {
+            Ok(caller) => config::for_caller(&caller).await.into_iter().collect(),
+            Err(e) => HashMap::from([("error".to_owned(), e.to_string())]),
+        }
     }
 
     /// Every Kapsule container as `(name, status, image, created, mode)`, in one Incus request.
@@ -80,6 +88,39 @@ impl Manager {
         serde_json::to_string(&images).map_err(|e| Error::Failed(e.to_string()))
     }
 
+    /// Imports the image in the directory `path` (metadata tarball and rootfs) under `alias`,
+    /// replacing the image the alias named before. The files are opened as the caller.
+    async fn import_image(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        path: String,
+        alias: String,
+    ) -> Result<OwnedObjectPath, Error> {
+        let caller = Caller::of(connection, &header).await?;
+        let plan = images::plan_import(&caller, &path, &alias).await?;
+        self.operation(
+            "import_image",
+            format!("Importing image: {alias}"),
+            alias,
+            move |state, reporter| async move { images::import(&state, &reporter, plan).await },
+        )
+        .await
+    }
+
+    /// Refreshes cached remote images from their source: all of them (`image` empty), or those
+    /// named `<remote>:<alias>` or `<alias>`.
+    async fn refresh_images(&self, image: String) -> Result<OwnedObjectPath, Error> {
+        images::RefreshFilter::parse(&image)?;
+        self.operation(
+            "refresh_images",
+            "Refreshing cached images".to_owned(),
+            String::new(),
+            move |state, reporter| async move { images::refresh(&state, &reporter, image).await },
+        )
+        .await
+    }
+
     /// Deletes a local image, by alias or full fingerprint.
     async fn delete_image(&self, identifier: String) -> Result<OwnedObjectPath, Error> {
         let image = images::resolve(&self.state, &identifier).await?;
@@ -95,12 +136,18 @@ impl Manager {
     /// Creates and starts a container. An empty `image` means the configured default.
     async fn create_container(
         &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
         name: String,
         image: String,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<OwnedObjectPath, Error> {
         let image = if image.is_empty() {
-            self.get_config().remove("default_image").unwrap_or_default()
+            let caller = Caller::of(connection, &header).await?;
+            config::for_caller(&caller)
+                .await
+                .remove("default_image")
+                .unwrap_or_default()
         } else {
             image
         };

@@ -18,12 +18,13 @@ use zbus::{Connection, OwnedObjectPath, interface};
 const LINGER: Duration = Duration::from_secs(30);
 
 /// The kinds of message an operation reports (`Message(i type, s text, i indent)`); the wire
-/// also has 3 error, 4 dim and 5 hint, added here when the daemon first needs them.
+/// also has 4 dim and 5 hint, added here when the daemon first needs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MessageKind {
     Info = 0,
     Success = 1,
     Warning = 2,
+    Error = 3,
 }
 
 /// Why an operation did not succeed; the text is what the client is shown.
@@ -168,6 +169,16 @@ impl Reporter {
         let id = format!("{}-{}", self.id, self.next_progress.fetch_add(1, Ordering::Relaxed));
         let _ = OperationObject::progress_started(&self.emitter, &id, description, total, 1).await;
         id
+    }
+
+    /// Moves a progress bar to `current` (of the `total` it started with).
+    pub(crate) async fn progress_update(&self, progress: &str, current: i32) {
+        let _ = OperationObject::progress_update(&self.emitter, progress, current, 0.0).await;
+    }
+
+    /// Shows a line of text next to a progress bar.
+    pub(crate) async fn progress_text(&self, progress: &str, text: &str) {
+        let _ = OperationObject::progress_text_update(&self.emitter, progress, text).await;
     }
 
     pub(crate) async fn progress_done(&self, progress: &str, success: bool, message: &str) {

@@ -28,6 +28,8 @@ pub trait Manager {
     fn is_user_setup(&self, container_name: &str, uid: u32) -> zbus::Result<bool>;
     fn list_images(&self) -> zbus::Result<String>;
     fn delete_image(&self, identifier: &str) -> zbus::Result<OwnedObjectPath>;
+    fn import_image(&self, path: &str, alias: &str) -> zbus::Result<OwnedObjectPath>;
+    fn refresh_images(&self, image: &str) -> zbus::Result<OwnedObjectPath>;
     fn create_container(
         &self,
         name: &str,

@@ -1,6 +1,8 @@
 //! Images: list, get, aliases, import from a metadata + rootfs pair, refresh, delete.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +11,8 @@ use http::Method;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
 use crate::client::{Body, Client, decode_envelope, enc, expect_operation};
@@ -81,32 +85,52 @@ impl Client {
         self.start_operation(Method::POST, &path, Some(&json!({}))).await
     }
 
-    /// Uploads a split image (metadata tarball + rootfs tarball or squashfs). The files are
-    /// streamed, never read whole into memory. When the returned operation succeeds its
-    /// metadata holds the new image's `fingerprint`; give it an alias with
-    /// [`Client::create_image_alias`].
-    pub async fn import_image(&self, metadata: &Path, rootfs: &Path) -> Result<Operation> {
+    /// Uploads a split image (metadata tarball + rootfs tarball or squashfs) from files the
+    /// caller opened (so whoever may read them decides, not this client). The files are streamed,
+    /// never read whole into memory, and hashed on the way: the returned fingerprint is the one
+    /// Incus gives the image (sha256 over metadata then rootfs). `sent`, if given, follows the
+    /// number of file bytes sent so far.
+    ///
+    /// When the returned operation succeeds the image exists; give it an alias with
+    /// [`Client::create_image_alias`]. If an image with the same fingerprint existed already,
+    /// the operation fails and that image is left as it was.
+    pub async fn import_image(
+        &self,
+        metadata: UploadFile,
+        rootfs: UploadFile,
+        sent: Option<tokio::sync::watch::Sender<u64>>,
+    ) -> Result<ImageUpload> {
         let boundary = format!("kapsule-{:016x}", boundary_seed());
-        let (meta_stream, meta_len) = open_stream(metadata).await?;
-        let (root_stream, root_len) = open_stream(rootfs).await?;
-        let part_head = |name: &str, file: &Path| {
-            let filename = file
-                .file_name()
-                .map(|f| f.to_string_lossy().replace('"', ""))
-                .unwrap_or_default();
+        let part_head = |name: &str, file: &UploadFile| {
+            let filename = file.name.replace(['"', '\r', '\n'], "");
             format!(
                 "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
             )
         };
-        let head1 = Bytes::from(part_head("metadata", metadata));
-        let head2 = Bytes::from(format!("\r\n{}", part_head("rootfs", rootfs)));
+        let head1 = Bytes::from(part_head("metadata", &metadata));
+        let head2 = Bytes::from(format!("\r\n{}", part_head("rootfs", &rootfs)));
         let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
-        let length = head1.len() as u64 + meta_len + head2.len() as u64 + root_len + tail.len() as u64;
+        let length = head1.len() as u64 + metadata.len + head2.len() as u64 + rootfs.len + tail.len() as u64;
 
+        // Both files pass through the same tap, in order: the hash and the count cover
+        // metadata then rootfs, as Incus's own fingerprint does.
+        let hasher = Arc::new(Mutex::new(Sha256::new()));
+        let tap = {
+            let hasher = hasher.clone();
+            let total = Arc::new(AtomicU64::new(0));
+            move |chunk: Bytes| {
+                hasher.lock().expect("hasher lock").update(&chunk);
+                let now = total.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+                if let Some(sent) = &sent {
+                    sent.send_replace(now);
+                }
+                chunk
+            }
+        };
         let chunks = stream::iter([Ok(head1)])
-            .chain(meta_stream)
+            .chain(metadata.stream().map_ok(tap.clone()))
             .chain(stream::iter([Ok(head2)]))
-            .chain(root_stream)
+            .chain(rootfs.stream().map_ok(tap))
             .chain(stream::iter([Ok(tail)]));
         let body: Body = BodyExt::boxed(StreamBody::new(chunks.map_ok(Frame::data)));
         let headers = [
@@ -118,28 +142,84 @@ impl Client {
         let raw = self
             .send(Method::POST, path, &headers, body, Some(UPLOAD_TIMEOUT))
             .await?;
-        let (kind, metadata) = decode_envelope("POST", path, &raw)?;
-        expect_operation(&Method::POST, path, &kind, metadata)
+        let (kind, op_metadata) = decode_envelope("POST", path, &raw)?;
+        let operation = expect_operation(&Method::POST, path, &kind, op_metadata)?;
+        let digest = std::mem::take(&mut *hasher.lock().expect("hasher lock")).finalize();
+        let fingerprint = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(ImageUpload { operation, fingerprint })
     }
 }
 
-type FileStream = ReaderStream<tokio::fs::File>;
+/// One file of a split image, opened and ready to stream.
+#[derive(Debug)]
+pub struct UploadFile {
+    file: tokio::fs::File,
+    len: u64,
+    name: String,
+}
 
-async fn open_stream(path: &Path) -> Result<(FileStream, u64)> {
-    let local = |source| Error::LocalFile {
-        path: path.to_owned(),
-        source,
-    };
-    let file = tokio::fs::File::open(path).await.map_err(local)?;
-    let meta = file.metadata().await.map_err(local)?;
-    if !meta.is_file() {
-        return Err(local(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )));
+impl UploadFile {
+    /// Wraps a file someone opened; it must be a regular file.
+    pub async fn new(file: std::fs::File, name: impl Into<String>) -> Result<UploadFile> {
+        let name = name.into();
+        let local = |source| Error::LocalFile {
+            path: PathBuf::from(&name),
+            source,
+        };
+        let meta = file.metadata().map_err(local)?;
+        if !meta.is_file() {
+            return Err(local(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        Ok(UploadFile {
+            file: tokio::fs::File::from_std(file),
+            len: meta.len(),
+            name,
+        })
     }
-    // 256 KiB reads: few syscalls, bounded memory.
-    Ok((ReaderStream::with_capacity(file, 256 * 1024), meta.len()))
+
+    /// Opens `path` with this process's own rights.
+    pub async fn open(path: &Path) -> Result<UploadFile> {
+        let file = std::fs::File::open(path).map_err(|source| Error::LocalFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        let name = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        UploadFile::new(file, name).await
+    }
+
+    /// The file name sent to Incus.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an empty file.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn stream(self) -> ReaderStream<tokio::io::Take<tokio::fs::File>> {
+        // Exactly the announced length, even if the file grows meanwhile; 256 KiB reads: few
+        // system calls, bounded memory.
+        ReaderStream::with_capacity(self.file.take(self.len), 256 * 1024)
+    }
+}
+
+/// A started upload: the Incus operation that unpacks it and the fingerprint the image will have.
+#[derive(Debug)]
+pub struct ImageUpload {
+    pub operation: Operation,
+    pub fingerprint: String,
 }
 
 /// Distinct per upload; the boundary only has to not occur in the data, which a random-looking

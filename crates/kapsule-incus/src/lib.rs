@@ -31,3 +31,4 @@ pub use error::{Error, Result};
 pub use events::{EventKind, EventStream};
 pub use exec::{ExecOutput, ExecRequest};
 pub use files::{FileContents, FileMeta};
+pub use images::{ImageUpload, UploadFile};

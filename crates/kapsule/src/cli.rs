@@ -79,6 +79,22 @@ pub enum ImageCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Import an image from a directory.
+    ///
+    /// The directory holds a metadata tarball (incus.tar.xz, metadata.tar.xz or
+    /// metadata.tar.gz) and a root file system (rootfs.squashfs, rootfs.tar.xz or
+    /// rootfs.tar.gz). Create containers from it with `kapsule create --image local:ALIAS`.
+    Import {
+        /// The image directory (read with your own permissions).
+        dir: std::path::PathBuf,
+        /// The alias to give the image; an image that had this alias is replaced.
+        alias: String,
+    },
+    /// Refresh cached remote images from their servers.
+    Refresh {
+        /// Only this image: <remote>:<alias> or <alias> (default: every cached image).
+        image: Option<String>,
+    },
     /// Delete a local image, by alias or fingerprint.
     #[command(visible_alias = "rm")]
     Delete { image: String },
@@ -193,6 +209,36 @@ pub fn command() -> clap::Command {
     <Cli as clap::CommandFactory>::command()
 }
 
+/// Every man page: `kapsule.1` and one per subcommand (`kapsule-image-import.1`, ...), as
+/// (file name, roff text).
+pub fn man_pages() -> Vec<(String, Vec<u8>)> {
+    fn walk(cmd: clap::Command, prefix: &str, pages: &mut Vec<(String, Vec<u8>)>) {
+        let name = if prefix.is_empty() {
+            cmd.get_name().to_owned()
+        } else {
+            format!("{prefix}-{}", cmd.get_name())
+        };
+        // The page of a subcommand is named and titled with its full path.
+        let cmd = cmd.name(leak(name.clone())).bin_name(name.replace('-', " "));
+        let mut roff = Vec::new();
+        clap_mangen::Man::new(cmd.clone())
+            .render(&mut roff)
+            .expect("rendering into memory cannot fail");
+        pages.push((format!("{name}.1"), roff));
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            walk(sub.clone(), &name, pages);
+        }
+    }
+    let mut pages = Vec::new();
+    let mut cmd = command();
+    cmd.build();
+    walk(cmd, "", &mut pages);
+    pages
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +284,34 @@ mod tests {
         let v = create(&["--no-mount-home"]);
         assert!(!bool::try_from(&v["mount_home"]).unwrap());
         assert_eq!(v.len(), 1);
+    }
+
+    #[test]
+    fn man_pages_cover_every_visible_command() {
+        let pages = man_pages();
+        let names: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+        for name in [
+            "kapsule.1",
+            "kapsule-create.1",
+            "kapsule-list.1",
+            "kapsule-rm.1",
+            "kapsule-image.1",
+            "kapsule-image-import.1",
+            "kapsule-image-refresh.1",
+            "kapsule-config.1",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        assert!(
+            !names.iter().any(|n| n.contains("completions") || n.contains("help")),
+            "{names:?}"
+        );
+        let create = String::from_utf8(pages.iter().find(|(n, _)| n == "kapsule-create.1").unwrap().1.clone()).unwrap();
+        assert!(create.contains(".TH kapsule-create 1"), "{create}");
+        assert!(
+            create.contains("no\\-mount\\-home"),
+            "the schema flags are documented: {create}"
+        );
     }
 
     #[test]

@@ -9,24 +9,55 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use zbus::{Connection, MessageStream, OwnedObjectPath};
 
-/// A subscription to every operation signal, made before the call that starts the operation:
-/// an operation may report (or even finish) before its path is known to the client.
-pub async fn subscribe(connection: &Connection) -> Result<MessageStream> {
+/// What the client listens to while an operation runs: its signals, and the daemon's name (a
+/// daemon that goes away mid-operation must not leave the client waiting forever).
+#[derive(Debug)]
+pub struct Subscription {
+    signals: MessageStream,
+    owner_changes: zbus::fdo::NameOwnerChangedStream,
+}
+
+/// Subscribes to every operation signal, before the call that starts the operation: an
+/// operation may report (or even finish) before its path is known to the client.
+pub async fn subscribe(connection: &Connection) -> Result<Subscription> {
     let rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
         .interface(kapsule_dbus::OPERATION_INTERFACE)
         .path_namespace(kapsule_dbus::OPERATIONS_PATH)
         .build()?;
-    Ok(MessageStream::for_match_rule(rule, connection, None).await?)
+    let signals = MessageStream::for_match_rule(rule, connection, None).await?;
+    let owner_changes = zbus::fdo::DBusProxy::new(connection)
+        .await?
+        .receive_name_owner_changed_with_args(&[(0, kapsule_dbus::BUS_NAME)])
+        .await?;
+    Ok(Subscription { signals, owner_changes })
 }
 
 /// Shows the operation at `path` until it completes; an error with its message if it failed.
-pub async fn follow(connection: &Connection, mut signals: MessageStream, path: &OwnedObjectPath) -> Result<()> {
+pub async fn follow(connection: &Connection, subscription: Subscription, path: &OwnedObjectPath) -> Result<()> {
+    let Subscription {
+        mut signals,
+        mut owner_changes,
+    } = subscription;
     let terminal = console::Term::stderr().is_term();
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
     let op = kapsule_dbus::OperationProxy::uncached(connection, path.clone()).await?;
-    while let Some(message) = signals.next().await {
-        let message = message?;
+    loop {
+        let message = tokio::select! {
+            message = signals.next() => match message {
+                Some(message) => message?,
+                None => break,
+            },
+            Some(_) = owner_changes.next() => {
+                for bar in bars.values() {
+                    bar.abandon();
+                }
+                bail!(
+                    "the Kapsule daemon stopped while the operation was running; its outcome is unknown\n\
+                     hint: check `journalctl -u kapsule-daemon` and `kapsule list`"
+                );
+            }
+        };
         let header = message.header();
         if header.path().map(|p| p.as_str()) != Some(path.as_str()) {
             continue;

@@ -97,6 +97,20 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Image {
             command: ImageCommand::Delete { image },
         } => operation(&connection, manager.delete_image(&image)).await,
+        Command::Image {
+            command: ImageCommand::Import { dir, alias },
+        } => {
+            // The daemon has no working directory of ours: send an absolute path (symlinks are
+            // left for the daemon to follow, with our permissions).
+            let dir = std::path::absolute(&dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+            let dir = dir
+                .to_str()
+                .ok_or_else(|| anyhow!("the path {} is not valid UTF-8", dir.display()))?;
+            operation(&connection, manager.import_image(dir, &alias)).await
+        }
+        Command::Image {
+            command: ImageCommand::Refresh { image },
+        } => operation(&connection, manager.refresh_images(image.as_deref().unwrap_or(""))).await,
         Command::Config { key } => {
             let config = manager.get_config().await.map_err(explain)?;
             match key {

@@ -118,6 +118,8 @@ pub struct PrivateBus {
 impl PrivateBus {
     pub fn start() -> PrivateBus {
         let dir = tempfile::tempdir().unwrap();
+        // Other users (the test user) must reach the socket inside, as on a system bus.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let socket = dir.path().join("bus");
         let config = dir.path().join("bus.conf");
         std::fs::write(
@@ -129,7 +131,7 @@ impl PrivateBus {
   <type>session</type>
   <listen>unix:path={}</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default"><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/></policy>
+  <policy context="default"><allow user="*"/><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/></policy>
 </busconfig>"#,
                 socket.display()
             ),
@@ -296,7 +298,7 @@ pub fn tiny_image_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path
     )
     .unwrap();
     let tar = |args: &[&str]| assert!(Command::new("tar").args(args).status().unwrap().success());
-    let meta = dir.join("meta.tar.gz");
+    let meta = dir.join("metadata.tar.gz");
     let rootfs = dir.join("rootfs.tar.gz");
     tar(&[
         "-C",
@@ -313,9 +315,11 @@ pub fn tiny_image_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path
 pub async fn import_tiny_image(incus: &Client, alias: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let (meta, rootfs) = tiny_image_files(dir.path());
-    let op = incus.import_image(&meta, &rootfs).await.unwrap();
+    let meta = kapsule_incus::UploadFile::open(&meta).await.unwrap();
+    let rootfs = kapsule_incus::UploadFile::open(&rootfs).await.unwrap();
+    let upload = incus.import_image(meta, rootfs, None).await.unwrap();
     let done = incus
-        .wait_operation(&op.id, Some(std::time::Duration::from_secs(120)))
+        .wait_operation(&upload.operation.id, Some(std::time::Duration::from_secs(120)))
         .await
         .unwrap();
     let fingerprint = done.metadata_str("fingerprint").unwrap().to_owned();
@@ -323,4 +327,70 @@ pub async fn import_tiny_image(incus: &Client, alias: &str) -> String {
         incus.create_image_alias(alias, &fingerprint, "kt").await.unwrap();
     }
     fingerprint
+}
+
+/// The plain user `tests/env/up.sh` made (not root, in no Incus group), from the user database.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: std::path::PathBuf,
+}
+
+/// The test user, or a panic saying how to make them.
+pub fn test_user() -> TestUser {
+    let name = std::env::var("KAPSULE_TEST_USER").unwrap_or_else(|_| "kapsule-tester".into());
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && f[0] == name)
+        .unwrap_or_else(|| panic!("the test user '{name}' does not exist; run tests/env/up.sh"));
+    TestUser {
+        name: name.clone(),
+        uid: entry[2].parse().unwrap(),
+        gid: entry[3].parse().unwrap(),
+        home: entry[5].into(),
+    }
+}
+
+impl TestUser {
+    /// A command that runs `program` as this user (real and effective ids, their groups, their
+    /// HOME), the way they would run it from their own shell.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("setpriv");
+        command
+            .args([
+                &format!("--reuid={}", self.uid),
+                &format!("--regid={}", self.gid),
+                "--init-groups",
+                "--",
+            ])
+            .arg(program)
+            .env("HOME", &self.home)
+            .env("USER", &self.name)
+            .env("LOGNAME", &self.name)
+            .current_dir("/");
+        command
+    }
+
+    /// Writes `contents` to `path` (relative to their home) as a file they own, creating
+    /// directories on the way, as they would.
+    pub fn write_file(&self, path: &str, contents: &str) -> std::path::PathBuf {
+        let full = self.home.join(path);
+        let status = self
+            .command("sh")
+            .args([
+                "-c",
+                "mkdir -p \"$(dirname \"$1\")\" && printf %s \"$2\" > \"$1\"",
+                "sh",
+            ])
+            .arg(&full)
+            .arg(contents)
+            .status()
+            .unwrap();
+        assert!(status.success(), "writing {} as {}", full.display(), self.name);
+        full
+    }
 }

@@ -216,3 +216,87 @@ async fn image_list_and_delete_through_the_cli() {
         "other images untouched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_is_layered_with_the_callers_own_file_read_as_them() {
+    let DaemonTest { bus, .. } = &daemon_test().await;
+    let user = kapsule_integration_tests::test_user();
+    let config = |user: &kapsule_integration_tests::TestUser| {
+        let out = user
+            .command(kapsule_binary())
+            .args(["config", "default_container"])
+            .env("KAPSULE_BUS_ADDRESS", &bus.address)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_owned()
+    };
+    // Only this test writes the test user's config file.
+    let file = user.write_file(
+        ".config/kapsule/kapsule.conf",
+        "[kapsule]\ndefault_container = users-box\n",
+    );
+    assert_eq!(config(&user), "users-box");
+
+    // Their file pointing at one only root may read: the daemon reads it as them, so they learn
+    // nothing from it and get the system value.
+    let secret = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(secret.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let secret_file = secret.path().join("kapsule.conf");
+    std::fs::write(&secret_file, "[kapsule]\ndefault_container = root-secret\n").unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(&secret_file, &file).unwrap();
+    assert_eq!(config(&user), "kapsule");
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(config(&user), "kapsule", "no file: the built-in default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_dies_mid_operation_ends_the_wait() {
+    let env = env().await;
+    let bus = PrivateBus::start();
+    let mut daemon = std::process::Command::new(kapsule_integration_tests::workspace_binary("kapsule-daemon"))
+        .args(["--address", &bus.address])
+        .spawn()
+        .unwrap();
+    let client = bus.connect().await;
+    let manager = kapsule_dbus::ManagerProxy::new(&client).await.unwrap();
+    for _ in 0..100 {
+        if manager.version().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let name = unique_name("orphan");
+    let _guard = InstanceGuard(name.clone());
+    let image = format!("local:{}", env.image);
+    let cli = std::process::Command::new(kapsule_binary())
+        .args(["create", &name, "--image", &image])
+        .env("KAPSULE_BUS_ADDRESS", &bus.address)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the daemon as soon as the create is under way.
+    let mut running = false;
+    for _ in 0..400 {
+        if !manager.list_operations().await.unwrap_or_default().is_empty() {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(running, "the create operation was seen running");
+    // Without noticing, the CLI would wait for a Completed that never comes (and nextest would
+    // kill the test after its timeout).
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the Kapsule daemon stopped while the operation was running") && stderr.contains("hint:"),
+        "{stderr}"
+    );
+}

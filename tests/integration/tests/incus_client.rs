@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use kapsule_incus::models::{ConfigMap, Devices, status};
-use kapsule_incus::{Client, Error, EventKind, ExecRequest, FileMeta};
+use kapsule_incus::{Client, Error, EventKind, ExecRequest, FileMeta, UploadFile};
 use kapsule_integration_tests::{ImageGuard, InstanceGuard, container_request, env, unique_name};
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(120));
@@ -362,12 +362,21 @@ async fn images_by_alias_import_and_delete() {
     // Import a tiny split image, streamed from files.
     let dir = tempfile::tempdir().unwrap();
     let (meta, rootfs) = kapsule_integration_tests::tiny_image_files(dir.path());
-    let op = incus.import_image(&meta, &rootfs).await.unwrap();
-    let done = incus.wait_operation(&op.id, WAIT).await.unwrap();
+    let (sent_tx, sent_rx) = tokio::sync::watch::channel(0u64);
+    let meta_file = UploadFile::open(&meta).await.unwrap();
+    let root_file = UploadFile::open(&rootfs).await.unwrap();
+    let file_bytes = meta_file.len() + root_file.len();
+    let upload = incus.import_image(meta_file, root_file, Some(sent_tx)).await.unwrap();
+    let done = incus.wait_operation(&upload.operation.id, WAIT).await.unwrap();
     let fingerprint = done
         .metadata_str("fingerprint")
         .expect("import reports the fingerprint")
         .to_owned();
+    assert_eq!(
+        upload.fingerprint, fingerprint,
+        "the client's hash is Incus's fingerprint"
+    );
+    assert_eq!(*sent_rx.borrow(), file_bytes, "every byte of both files was counted");
     let _image_guard = ImageGuard(fingerprint.clone());
     let alias_name = unique_name("alias");
     incus.create_image_alias(&alias_name, &fingerprint, "kt").await.unwrap();
@@ -381,8 +390,32 @@ async fn images_by_alias_import_and_delete() {
     assert!(imported.aliases.iter().any(|a| a.name == alias_name));
 
     // Import of a missing file fails locally, before anything is sent.
-    let e = incus.import_image(&dir.path().join("nope"), &rootfs).await.unwrap_err();
+    let e = UploadFile::open(&dir.path().join("nope")).await.unwrap_err();
     assert!(matches!(e, Error::LocalFile { .. }), "{e}");
+    let e = UploadFile::open(dir.path()).await.unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+
+    // The same image again: Incus refuses it and the image is unchanged.
+    let upload = incus
+        .import_image(
+            UploadFile::open(&meta).await.unwrap(),
+            UploadFile::open(&rootfs).await.unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(upload.fingerprint, fingerprint);
+    let e = incus.wait_operation(&upload.operation.id, WAIT).await.unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert!(
+        incus
+            .get_image(&fingerprint)
+            .await
+            .unwrap()
+            .aliases
+            .iter()
+            .any(|a| a.name == alias_name)
+    );
 
     // Delete the alias, then the image.
     incus.delete_image_alias(&alias_name).await.unwrap();
