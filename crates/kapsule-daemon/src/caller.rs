@@ -87,6 +87,17 @@ impl Caller {
     }
 }
 
+/// Creates `path` and its missing parents as user `uid`:`gid`: what they could not create fails
+/// with their "Permission denied", and what is created is theirs.
+pub(crate) async fn create_dir_all_as(uid: u32, gid: u32, path: &Path) -> std::io::Result<()> {
+    let path = path.to_owned();
+    run_as(move || {
+        switch_fs_identity(uid, gid)?;
+        std::fs::create_dir_all(&path)
+    })
+    .await
+}
+
 /// Runs `work` on a fresh thread of its own. The file-system uid and gid are per thread; a thread
 /// that changed them must never run anything else, so it ends with the work.
 async fn run_as<T: Send + 'static>(work: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
@@ -108,14 +119,7 @@ async fn run_as<T: Send + 'static>(work: impl FnOnce() -> std::io::Result<T> + S
 /// is opened non-blocking (a FIFO must not hang the daemon) and must be a regular file (not a
 /// device that never ends).
 fn open_as(uid: u32, gid: u32, path: &Path) -> std::io::Result<File> {
-    // Group first: once the uid is not 0 the thread may no longer change its group.
-    nix::unistd::setfsgid(Gid::from_raw(gid));
-    nix::unistd::setfsuid(Uid::from_raw(uid));
-    if nix::unistd::setfsuid(Uid::from_raw(u32::MAX)).as_raw() != uid {
-        return Err(std::io::Error::other(
-            "could not switch to the caller's file-system identity",
-        ));
-    }
+    switch_fs_identity(uid, gid)?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_NOCTTY.bits())
@@ -127,6 +131,23 @@ fn open_as(uid: u32, gid: u32, path: &Path) -> std::io::Result<File> {
         ));
     }
     Ok(file)
+}
+
+/// Gives the current thread the file-system identity `uid`:`gid` (see [`run_as`]).
+fn switch_fs_identity(uid: u32, gid: u32) -> std::io::Result<()> {
+    // Group first: once the uid is not 0 the thread may no longer change its group.
+    nix::unistd::setfsgid(Gid::from_raw(gid));
+    nix::unistd::setfsuid(Uid::from_raw(uid));
+    // Both calls answer with the previous value; asking again (with an invalid id, which
+    // changes nothing) tells whether the switch took.
+    let uid_now = nix::unistd::setfsuid(Uid::from_raw(u32::MAX)).as_raw();
+    let gid_now = nix::unistd::setfsgid(Gid::from_raw(u32::MAX)).as_raw();
+    if uid_now != uid || gid_now != gid {
+        return Err(std::io::Error::other(
+            "could not switch to the caller's file-system identity",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -189,6 +210,21 @@ mod tests {
             nobody.read_small(&big, 1024).await.unwrap_err().kind(),
             std::io::ErrorKind::InvalidData
         );
+    }
+
+    #[tokio::test]
+    async fn directories_are_made_as_the_user() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let nested = dir.path().join("a/b");
+        let e = create_dir_all_as(65534, 65534, &nested).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(!dir.path().join("a").exists());
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        create_dir_all_as(65534, 65534, &nested).await.unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&nested).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
     }
 
     #[test]

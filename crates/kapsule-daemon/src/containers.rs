@@ -141,6 +141,29 @@ pub(crate) async fn start(state: &State, reporter: &Reporter, name: &str) -> Res
     Ok(format!("Container '{name}' started"))
 }
 
+/// Starts the container if it is not running (a no-op otherwise), without telling clients
+/// `ContainersChanged` (the original daemon did not for starts on the way in either).
+pub(crate) async fn ensure_running(state: &State, reporter: Option<&Reporter>, name: &str) -> Result<(), Failure> {
+    let instance = get_kapsule_container(state, name).await?;
+    if is_running(&instance) {
+        return Ok(());
+    }
+    match reporter {
+        Some(r) => r.info(&format!("Starting container '{name}'")).await,
+        None => log::info!("starting container '{name}'"),
+    }
+    let op = state.incus.start_instance(name).await?;
+    match reporter {
+        Some(r) => {
+            run_incus_operation(state, r, op).await?;
+        }
+        None => {
+            state.incus.wait_operation(&op.id, INCUS_WAIT).await?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn stop(state: &State, reporter: &Reporter, name: &str, force: bool) -> Result<String, Failure> {
     let instance = get_kapsule_container(state, name).await?;
     if !is_running(&instance) {

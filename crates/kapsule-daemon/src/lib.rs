@@ -11,7 +11,9 @@ mod create;
 mod images;
 mod manager;
 mod operation;
+mod users;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -38,9 +40,21 @@ pub(crate) struct State {
     pub(crate) incus: kapsule_incus::Client,
     pub(crate) operations: Arc<Operations>,
     pub(crate) connection: Connection,
+    /// One lock per container for user setups, which rewrite its user database.
+    setup_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl State {
+    /// The lock that serializes user setups in container `name`.
+    pub(crate) fn setup_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.setup_locks
+            .lock()
+            .expect("setup locks")
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
     /// Tells clients that the list of containers changed.
     pub(crate) async fn containers_changed(&self) {
         match SignalEmitter::new(&self.connection, MANAGER_PATH) {
@@ -107,6 +121,7 @@ pub async fn serve(bus: Bus) -> anyhow::Result<Connection> {
         incus,
         operations,
         connection: connection.clone(),
+        setup_locks: Default::default(),
     });
 
     let server = connection.object_server();

@@ -14,7 +14,7 @@ use zbus::{Connection, OwnedObjectPath, OwnedVariant, interface};
 
 use crate::caller::Caller;
 use crate::operation::{Failure, OperationInfo, Reporter};
-use crate::{State, config, containers, create, images};
+use crate::{State, config, containers, create, images, users};
 
 type ContainerTuple = (String, String, String, String, String);
 
@@ -78,8 +78,46 @@ impl Manager {
     /// True when the user `uid` was set up in the container.
     async fn is_user_setup(&self, container_name: String, uid: u32) -> Result<bool, Error> {
         let instance = containers::get_kapsule_container(&self.state, &container_name).await?;
-        let key = format!("user.kapsule.host-users.{uid}.mapped");
-        Ok(instance.config.get(&key).map(String::as_str) == Some("true"))
+        Ok(users::is_set_up(&instance, uid))
+    }
+
+    /// Sets a host user up in a container (starting it if needed): home, account, mounts, sudo.
+    /// The values must be the host's own account of `uid`; only root may set up someone else.
+    #[allow(clippy::too_many_arguments, reason = "the wire signature is fixed")]
+    async fn setup_user(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        container_name: String,
+        uid: u32,
+        gid: u32,
+        username: String,
+        home_dir: String,
+    ) -> Result<OwnedObjectPath, Error> {
+        let caller = Caller::of(connection, &header).await?;
+        if caller.uid != uid && caller.uid != 0 {
+            return Err(Error::NotAuthorized(format!(
+                "Only root may set up another user (you are {}, not {uid})",
+                caller.uid
+            )));
+        }
+        let account = users::requested_account(uid, gid, &username, &home_dir)?;
+        containers::get_kapsule_container(&self.state, &container_name).await?;
+        self.operation(
+            "setup_user",
+            format!("Setting up user '{username}' in {container_name}"),
+            container_name.clone(),
+            move |state, reporter| async move {
+                containers::ensure_running(&state, Some(&reporter), &container_name).await?;
+                let notes = users::Notes(Some(&reporter));
+                if users::ensure(&state, notes, &container_name, &account).await? {
+                    Ok(format!("User '{}' configured", account.name))
+                } else {
+                    Ok(format!("User '{}' was set up already", account.name))
+                }
+            },
+        )
+        .await
     }
 
     /// The local images, as Incus's own JSON objects.

@@ -30,6 +30,14 @@ pub trait Manager {
     fn delete_image(&self, identifier: &str) -> zbus::Result<OwnedObjectPath>;
     fn import_image(&self, path: &str, alias: &str) -> zbus::Result<OwnedObjectPath>;
     fn refresh_images(&self, image: &str) -> zbus::Result<OwnedObjectPath>;
+    fn setup_user(
+        &self,
+        container_name: &str,
+        uid: u32,
+        gid: u32,
+        username: &str,
+        home_dir: &str,
+    ) -> zbus::Result<OwnedObjectPath>;
     fn create_container(
         &self,
         name: &str,

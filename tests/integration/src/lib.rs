@@ -394,3 +394,51 @@ impl TestUser {
         full
     }
 }
+
+impl DaemonTest {
+    /// Creates container `name` from the test image through the daemon with `options`, and
+    /// checks that the create succeeded.
+    pub async fn create(&self, name: &str, options: std::collections::HashMap<String, zbus::OwnedVariant>) {
+        let mut signals = kapsule_signals(&self.client).await;
+        let path = self
+            .manager
+            .create_container(name, &format!("local:{}", self.env.image), options)
+            .await
+            .unwrap();
+        let seen = collect_operation_signals(&mut signals, path.as_str()).await;
+        assert_eq!(seen.last().unwrap(), "Completed(true, \"\")", "create {name}: {seen:?}");
+    }
+
+    /// Runs an operation-starting call and returns every signal of the operation it started.
+    pub async fn follow(
+        &self,
+        call: impl std::future::Future<Output = zbus::Result<zbus::OwnedObjectPath>>,
+    ) -> Vec<String> {
+        let mut signals = kapsule_signals(&self.client).await;
+        let path = call.await.unwrap();
+        collect_operation_signals(&mut signals, path.as_str()).await
+    }
+}
+
+/// Runs `sh -c script` as root in the container; returns the exit code and stdout (stderr is
+/// appended to the panic message of a caller that asserts on the code).
+pub async fn sh(incus: &Client, name: &str, script: &str) -> (i32, String) {
+    let request = kapsule_incus::ExecRequest::new(["sh", "-c", script]);
+    let out = incus
+        .exec(name, &request, std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
+    let mut stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.exit_code != 0 {
+        stdout.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    (out.exit_code, stdout)
+}
+
+/// Options for `CreateContainer`, from `(key, value)` pairs.
+pub fn options(pairs: Vec<(&str, zbus::Variant<'_>)>) -> std::collections::HashMap<String, zbus::OwnedVariant> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), zbus::OwnedVariant::try_from(v).unwrap()))
+        .collect()
+}

@@ -10,7 +10,7 @@ use kapsule_incus::models::InstanceSource;
 use kapsule_integration_tests::{
     DaemonTest, InstanceGuard, collect_operation_signals, container_request, daemon_test, kapsule_signals, unique_name,
 };
-use zbus::{OwnedVariant, Variant};
+use zbus::Variant;
 
 fn error_name(e: &zbus::Error) -> String {
     match e {
@@ -19,12 +19,7 @@ fn error_name(e: &zbus::Error) -> String {
     }
 }
 
-fn opts(pairs: Vec<(&str, Variant<'_>)>) -> HashMap<String, OwnedVariant> {
-    pairs
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), OwnedVariant::try_from(v).unwrap()))
-        .collect()
-}
+use kapsule_integration_tests::options as opts;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_list_stop_start_delete_with_signals_in_order() {

@@ -1,0 +1,651 @@
+//! User setup: making a host user at home in a container, once per (container, uid).
+//!
+//! The steps, in order (each a function below, each tested): the home mount (unless the container
+//! says `mount-home=false`), the group and the account with the user's uid, gid and name, the
+//! custom mounts (created on the host as the user), the minimal host mounts when the container
+//! has no `/.kapsule/host`, passwordless sudo, linger in session mode, and last the
+//! `user.kapsule.host-users.<uid>.mapped` marker, so a setup that fails is retried next time.
+//!
+//! Accounts are written into the container's `/etc/passwd`, `/etc/group` (and `shadow`/`gshadow`
+//! where the image has them) through the Incus files API, not with `useradd` inside: this works
+//! on every image (BusyBox and Alpine-like ones have no `useradd`), costs no process, and the
+//! files keep their owner and mode. Setups of one container run one at a time, so two users set
+//! up at once cannot lose each other's line.
+
+use std::path::{Path, PathBuf};
+
+use kapsule_dbus::Error;
+use kapsule_incus::FileMeta;
+use kapsule_incus::models::{ConfigMap, Devices, Instance};
+
+use crate::State;
+use crate::caller::{Caller, create_dir_all_as};
+use crate::operation::{Failure, Reporter};
+
+/// The host account being set up in a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Account {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    /// The home on the host.
+    pub home: PathBuf,
+    /// The login shell on the host.
+    pub shell: String,
+}
+
+impl Account {
+    /// The account of a caller, from the user database.
+    pub(crate) fn of(caller: &Caller) -> Account {
+        let shell = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(caller.uid))
+            .ok()
+            .flatten()
+            .map(|u| u.shell.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Account {
+            uid: caller.uid,
+            gid: caller.gid,
+            name: caller.name.clone(),
+            home: caller.home.clone(),
+            shell,
+        }
+    }
+
+    /// The home inside the container: `/home/<last part of the host home>`, as the original
+    /// daemon made it (so its containers keep their layout).
+    pub(crate) fn container_home(&self) -> String {
+        let base = self
+            .home
+            .file_name()
+            .map(|b| b.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.name.clone());
+        format!("/home/{base}")
+    }
+}
+
+/// The marker of a finished setup.
+pub(crate) fn mapped_key(uid: u32) -> String {
+    format!("user.kapsule.host-users.{uid}.mapped")
+}
+
+/// True once `uid` was set up in the container.
+pub(crate) fn is_set_up(instance: &Instance, uid: u32) -> bool {
+    instance.config.get(&mapped_key(uid)).map(String::as_str) == Some("true")
+}
+
+/// What the container's metadata asks of a user setup. Containers made by the original daemon
+/// are read the same way: a missing `mount-home` means true, a missing `host-rootfs` false.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Wants {
+    pub mount_home: bool,
+    pub host_rootfs: bool,
+    pub session_mode: bool,
+    pub custom_mounts: Vec<String>,
+}
+
+impl Wants {
+    pub(crate) fn of(instance: &Instance) -> Wants {
+        let get = |key: &str| instance.config.get(&format!("user.kapsule.{key}")).map(String::as_str);
+        Wants {
+            mount_home: get("mount-home") != Some("false"),
+            host_rootfs: get("host-rootfs") == Some("true"),
+            session_mode: get("session-mode") == Some("true"),
+            custom_mounts: get("custom-mounts")
+                .and_then(|json| serde_json::from_str(json).ok())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Where messages of a setup go: an operation's client, or only the log (a setup done on the
+/// way into a container has nobody to show them to).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Notes<'a>(pub Option<&'a Reporter>);
+
+impl Notes<'_> {
+    async fn info(&self, text: &str) {
+        match self.0 {
+            Some(r) => r.info(text).await,
+            None => log::info!("{text}"),
+        }
+    }
+
+    async fn warn(&self, text: &str) {
+        match self.0 {
+            Some(r) => r.warn(text).await,
+            None => log::warn!("{text}"),
+        }
+    }
+}
+
+/// Sets `account` up in the running container `name` unless that was done already. Returns
+/// whether any work was done.
+pub(crate) async fn ensure(state: &State, notes: Notes<'_>, name: &str, account: &Account) -> Result<bool, Failure> {
+    let lock = state.setup_lock(name);
+    let _serial = lock.lock().await;
+    // Read after taking the lock: a setup that just finished is not done twice.
+    let instance = state.incus.get_instance(name).await?;
+    if is_set_up(&instance, account.uid) {
+        return Ok(false);
+    }
+    let wants = Wants::of(&instance);
+    notes
+        .info(&format!("Setting up user '{}' in {name}", account.name))
+        .await;
+    if account.uid == 0 {
+        // Root is in every image already, with its own /root; only the marker is needed.
+        mark_mapped(state, name, 0).await?;
+        return Ok(true);
+    }
+    mount_home(state, notes, name, account, &wants).await?;
+    create_account(state, notes, name, account, &wants).await?;
+    mount_custom_dirs(state, notes, name, account, &wants).await?;
+    mount_minimal_host_dirs(state, name, account, &wants).await?;
+    configure_sudo(state, name, account).await?;
+    enable_linger(state, notes, name, account, &wants).await;
+    mark_mapped(state, name, account.uid).await?;
+    Ok(true)
+}
+
+fn device(pairs: &[(&str, &str)]) -> ConfigMap {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// Step 1: the host home at the container home, as a disk device.
+async fn mount_home(
+    state: &State,
+    notes: Notes<'_>,
+    name: &str,
+    account: &Account,
+    wants: &Wants,
+) -> Result<(), Failure> {
+    if !wants.mount_home {
+        notes
+            .info("Home directory not mounted (mount_home is off): the container keeps its own")
+            .await;
+        return Ok(());
+    }
+    let devices = home_devices(account);
+    state.incus.patch_instance_devices(name, &devices).await?;
+    Ok(())
+}
+
+pub(crate) fn home_devices(account: &Account) -> Devices {
+    let home = account.home.to_string_lossy();
+    let target = account.container_home();
+    Devices::from([(
+        format!("kapsule-home-{}", account.name),
+        device(&[
+            ("type", "disk"),
+            ("source", &home),
+            ("path", &target),
+            ("shift", "false"),
+        ]),
+    )])
+}
+
+/// Step 2: the group and the account, written into the container's user database; with
+/// `mount_home` off, a home of its own made from `/etc/skel`.
+async fn create_account(
+    state: &State,
+    notes: Notes<'_>,
+    name: &str,
+    account: &Account,
+    wants: &Wants,
+) -> Result<(), Failure> {
+    let home = account.container_home();
+    let shells = match state.incus.read_file(name, "/etc/shells").await {
+        Ok(f) => String::from_utf8_lossy(&f.data).into_owned(),
+        Err(_) => String::new(),
+    };
+    let shell = choose_shell(&account.shell, &shells);
+    let user = &account.name;
+    let (uid, gid) = (account.uid, account.gid);
+    let days = days_since_epoch();
+    edit_file(state, name, "/etc/group", true, |t| add_group_line(t, user, gid)).await?;
+    edit_file(state, name, "/etc/gshadow", false, |t| {
+        add_line_if_absent(t, user, &format!("{user}:!::"))
+    })
+    .await?;
+    edit_file(state, name, "/etc/passwd", true, |t| {
+        add_line_if_absent(t, user, &format!("{user}:x:{uid}:{gid}:{user}:{home}:{shell}"))
+    })
+    .await?;
+    // No password: the user never logs in with one; enter and sudo need none.
+    edit_file(state, name, "/etc/shadow", false, |t| {
+        add_line_if_absent(t, user, &format!("{user}:*:{days}:0:99999:7:::"))
+    })
+    .await?;
+    if !wants.mount_home {
+        make_own_home(state, notes, name, account, &home).await;
+    }
+    Ok(())
+}
+
+/// Rewrites a file of the container's user database with `edit`, keeping its owner and mode.
+/// A file the image does not have is an error only if it is `required`.
+async fn edit_file(
+    state: &State,
+    name: &str,
+    path: &str,
+    required: bool,
+    edit: impl Fn(&str) -> Option<String>,
+) -> Result<(), Failure> {
+    let file = match state.incus.read_file(name, path).await {
+        Ok(file) => file,
+        Err(e) if e.is_not_found() && !required => return Ok(()),
+        Err(e) => return Err(Failure::Failed(format!("Cannot read {path} in {name}: {e}"))),
+    };
+    if let Some(new) = edit(&String::from_utf8_lossy(&file.data)) {
+        state
+            .incus
+            .push_file(name, path, new.into_bytes(), file.meta)
+            .await
+            .map_err(|e| Failure::Failed(format!("Cannot write {path} in {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A home inside the container, owned by the user, with the image's `/etc/skel` in it.
+async fn make_own_home(state: &State, notes: Notes<'_>, name: &str, account: &Account, home: &str) {
+    let owner = FileMeta::new(account.uid, account.gid, 0o755);
+    if let Err(e) = state.incus.create_directory(name, home, owner).await {
+        notes.warn(&format!("Cannot create {home}: {e}")).await;
+        return;
+    }
+    let request = kapsule_incus::ExecRequest::new([
+        "sh",
+        "-c",
+        "[ -d /etc/skel ] || exit 0; cp -a /etc/skel/. \"$1\" && chown -R \"$2\" \"$1\"",
+        "sh",
+        home,
+        &format!("{}:{}", account.uid, account.gid),
+    ]);
+    match state
+        .incus
+        .exec(name, &request, std::time::Duration::from_secs(60))
+        .await
+    {
+        Ok(out) if out.exit_code == 0 => {}
+        Ok(out) => {
+            notes
+                .warn(&format!(
+                    "Copying /etc/skel into {home} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+                .await
+        }
+        Err(e) => notes.warn(&format!("Copying /etc/skel into {home} failed: {e}")).await,
+    }
+}
+
+/// The user's own shell when the image lists it, else bash when listed, else `/bin/sh`.
+pub(crate) fn choose_shell(host_shell: &str, etc_shells: &str) -> String {
+    let listed: Vec<&str> = etc_shells
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('/'))
+        .collect();
+    for candidate in [host_shell, "/bin/bash", "/usr/bin/bash"] {
+        if !candidate.is_empty() && listed.contains(&candidate) {
+            return candidate.to_owned();
+        }
+    }
+    "/bin/sh".to_owned()
+}
+
+/// `text` with `line` appended if no entry is named `name`; `None` when nothing changes.
+pub(crate) fn add_line_if_absent(text: &str, name: &str, line: &str) -> Option<String> {
+    if text.lines().any(|l| l.split(':').next() == Some(name)) {
+        return None;
+    }
+    let mut out = text.to_owned();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(line);
+    out.push('\n');
+    Some(out)
+}
+
+/// `/etc/group` with a group `name` of `gid`, unless a group of that name exists (a group with
+/// that gid under another name is left alone and a second name added, as `groupadd -o` would).
+pub(crate) fn add_group_line(text: &str, name: &str, gid: u32) -> Option<String> {
+    add_line_if_absent(text, name, &format!("{name}:x:{gid}:"))
+}
+
+fn days_since_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0)
+}
+
+/// Step 3: each custom mount, `~/x` meaning the user's own `x`, created on the host as the user
+/// and mounted at the same path inside. A directory inside a mounted home is visible through the
+/// home already and gets no mount of its own (Incus cannot hot-plug a mount below another one).
+async fn mount_custom_dirs(
+    state: &State,
+    notes: Notes<'_>,
+    name: &str,
+    account: &Account,
+    wants: &Wants,
+) -> Result<(), Failure> {
+    let mut devices = Devices::new();
+    for raw in &wants.custom_mounts {
+        let path = expand_home(raw, &account.home);
+        if !path.is_absolute() || path.components().any(|c| c == std::path::Component::ParentDir) {
+            notes
+                .warn(&format!(
+                    "Skipping the mount of '{raw}': not an absolute path without '..'"
+                ))
+                .await;
+            continue;
+        }
+        if let Err(e) = create_dir_all_as(account.uid, account.gid, &path).await {
+            notes
+                .warn(&format!("Skipping the mount of {}: {e}", path.display()))
+                .await;
+            continue;
+        }
+        let seen_through_home = wants.mount_home
+            && account.container_home() == account.home.to_string_lossy()
+            && path.starts_with(&account.home);
+        if seen_through_home {
+            continue;
+        }
+        let path = path.to_string_lossy().into_owned();
+        devices.insert(
+            custom_mount_device(&path),
+            device(&[("type", "disk"), ("source", &path), ("path", &path), ("shift", "false")]),
+        );
+    }
+    if !devices.is_empty() {
+        state.incus.patch_instance_devices(name, &devices).await?;
+    }
+    Ok(())
+}
+
+/// `~` and `~/x` are the user's home and what is in it; anything else is taken as it is.
+pub(crate) fn expand_home(raw: &str, home: &Path) -> PathBuf {
+    match raw.strip_prefix('~') {
+        Some("") => home.to_owned(),
+        Some(rest) if rest.starts_with('/') => home.join(rest.trim_start_matches('/')),
+        _ => PathBuf::from(raw),
+    }
+}
+
+/// The original daemon's device names: `kapsule-mount-<path with / and . as ->`, or a hash when
+/// that is longer than Incus allows.
+pub(crate) fn custom_mount_device(path: &str) -> String {
+    let slug: String = path
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c == '/' || c == '.' { '-' } else { c })
+        .collect();
+    let name = format!("kapsule-mount-{slug}");
+    if name.len() <= 63 {
+        return name;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(path.as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("kapsule-mount-{hex}")
+}
+
+/// Step 4: without `/.kapsule/host`, only the user's runtime directory and the X11 sockets are
+/// shared, at the same places below `/.kapsule/host` (where the socket mounts look). A source
+/// the host does not have yet (no session) is not an error: it is mounted once it exists at the
+/// next start.
+async fn mount_minimal_host_dirs(state: &State, name: &str, account: &Account, wants: &Wants) -> Result<(), Failure> {
+    if wants.host_rootfs {
+        return Ok(());
+    }
+    state
+        .incus
+        .patch_instance_devices(name, &minimal_host_devices(account.uid))
+        .await?;
+    Ok(())
+}
+
+pub(crate) fn minimal_host_devices(uid: u32) -> Devices {
+    let run = format!("/run/user/{uid}");
+    let run_target = format!("/.kapsule/host/run/user/{uid}");
+    let shared = |source: &str, path: &str| {
+        device(&[
+            ("type", "disk"),
+            ("source", source),
+            ("path", path),
+            ("shift", "false"),
+            // Sockets made on the host after the start show up inside.
+            ("propagation", "rslave"),
+            // No session yet (no runtime directory, no X server) is no error: the mount
+            // appears at the next start once the source exists. Incus then cannot check that
+            // the source is a directory, so `recursive` (which would need that) is not set.
+            ("required", "false"),
+        ])
+    };
+    Devices::from([
+        (format!("kapsule-hostrun-{uid}"), shared(&run, &run_target)),
+        (
+            "kapsule-x11".to_owned(),
+            shared("/tmp/.X11-unix", "/.kapsule/host/tmp/.X11-unix"),
+        ),
+    ])
+}
+
+/// Step 5: passwordless sudo, in a sudoers.d file sudo will read (it skips names with a `.`).
+async fn configure_sudo(state: &State, name: &str, account: &Account) -> Result<(), Failure> {
+    let root = |mode| FileMeta::new(0, 0, mode);
+    match state.incus.read_file(name, "/etc/sudoers.d").await {
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => state
+            .incus
+            .create_directory(name, "/etc/sudoers.d", root(0o750))
+            .await
+            .map_err(|e| Failure::Failed(format!("Cannot create /etc/sudoers.d in {name}: {e}")))?,
+        // Incus answers a read of a directory with "is a directory": it exists.
+        Err(_) => {}
+    }
+    let (path, rule) = sudoers_entry(&account.name);
+    state
+        .incus
+        .push_file(name, &path, rule.into_bytes(), root(0o440))
+        .await
+        .map_err(|e| Failure::Failed(format!("Cannot write {path} in {name}: {e}")))?;
+    Ok(())
+}
+
+pub(crate) fn sudoers_entry(user: &str) -> (String, String) {
+    let file: String = user
+        .chars()
+        .map(|c| if c == '.' || c == '~' { '_' } else { c })
+        .collect();
+    (
+        format!("/etc/sudoers.d/{file}"),
+        format!("{user} ALL=(ALL) NOPASSWD:ALL\n"),
+    )
+}
+
+/// Step 6: in session mode the user's own systemd instance runs without a login (it owns the
+/// session bus there). Not fatal: the container works without it.
+async fn enable_linger(state: &State, notes: Notes<'_>, name: &str, account: &Account, wants: &Wants) {
+    if !wants.session_mode {
+        return;
+    }
+    let request = kapsule_incus::ExecRequest::new(["loginctl", "enable-linger", &account.name]);
+    match state
+        .incus
+        .exec(name, &request, std::time::Duration::from_secs(30))
+        .await
+    {
+        Ok(out) if out.exit_code == 0 => {}
+        Ok(out) => {
+            notes
+                .warn(&format!(
+                    "Could not enable linger: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+                .await
+        }
+        Err(e) => notes.warn(&format!("Could not enable linger: {e}")).await,
+    }
+}
+
+/// Step 7: the marker, last, so an interrupted setup runs again.
+async fn mark_mapped(state: &State, name: &str, uid: u32) -> Result<(), Failure> {
+    let config = ConfigMap::from([(mapped_key(uid), "true".to_owned())]);
+    state.incus.patch_instance_config(name, &config).await?;
+    Ok(())
+}
+
+/// The account `SetupUser` was asked for, which must be the host's own account of that uid:
+/// the daemon does not create users the host does not have.
+pub(crate) fn requested_account(uid: u32, gid: u32, username: &str, home: &str) -> Result<Account, Error> {
+    let host =
+        Caller::from_uid(uid).map_err(|_| Error::InvalidArgument(format!("There is no user {uid} on this host")))?;
+    let account = Account::of(&host);
+    if account.gid != gid || account.name != username || account.home != Path::new(home) {
+        return Err(Error::InvalidArgument(format!(
+            "User {uid} on this host is {}:{} with home {}, not {username}:{gid} with home {home}",
+            account.name,
+            account.gid,
+            account.home.display()
+        )));
+    }
+    Ok(account)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Account {
+        Account {
+            uid: 1000,
+            gid: 1000,
+            name: "alice".into(),
+            home: "/home/alice".into(),
+            shell: "/usr/bin/zsh".into(),
+        }
+    }
+
+    #[test]
+    fn container_metadata_is_read_like_the_original() {
+        let mut i = Instance::default();
+        assert_eq!(
+            Wants::of(&i),
+            Wants {
+                mount_home: true,
+                host_rootfs: false,
+                session_mode: false,
+                custom_mounts: vec![]
+            }
+        );
+        for (k, v) in [
+            ("user.kapsule.mount-home", "false"),
+            ("user.kapsule.host-rootfs", "true"),
+            ("user.kapsule.session-mode", "true"),
+            ("user.kapsule.custom-mounts", r#"["~/src","/opt/x"]"#),
+        ] {
+            i.config.insert(k.into(), v.into());
+        }
+        assert_eq!(
+            Wants::of(&i),
+            Wants {
+                mount_home: false,
+                host_rootfs: true,
+                session_mode: true,
+                custom_mounts: vec!["~/src".into(), "/opt/x".into()]
+            }
+        );
+        assert!(!is_set_up(&i, 1000));
+        i.config.insert(mapped_key(1000), "true".into());
+        assert!(is_set_up(&i, 1000));
+        assert!(!is_set_up(&i, 1001));
+    }
+
+    #[test]
+    fn accounts_are_added_once_and_nothing_else_changes() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nubuntu:x:1000:1000::/home/ubuntu:/bin/bash";
+        let line = "alice:x:1000:1000:alice:/home/alice:/bin/bash";
+        let added = add_line_if_absent(passwd, "alice", line).unwrap();
+        assert_eq!(added, format!("{passwd}\n{line}\n"), "appended, same uid allowed");
+        assert_eq!(add_line_if_absent(&added, "alice", line), None, "idempotent");
+        assert_eq!(add_line_if_absent("", "a", "a:x"), Some("a:x\n".into()));
+        // A name that is only a prefix of another is not the same name.
+        assert!(add_line_if_absent("alice2:x:1:1::/:/bin/sh\n", "alice", line).is_some());
+        assert_eq!(
+            add_group_line("root:x:0:\n", "alice", 1000).unwrap(),
+            "root:x:0:\nalice:x:1000:\n"
+        );
+    }
+
+    #[test]
+    fn the_shell_is_the_users_own_when_the_image_has_it() {
+        let debian = "# /etc/shells\n/bin/sh\n/bin/bash\n/usr/bin/bash\n";
+        assert_eq!(choose_shell("/usr/bin/zsh", debian), "/bin/bash");
+        assert_eq!(
+            choose_shell("/usr/bin/zsh", "/usr/bin/zsh\n/bin/bash\n"),
+            "/usr/bin/zsh"
+        );
+        assert_eq!(choose_shell("/bin/bash", ""), "/bin/sh", "BusyBox: no /etc/shells");
+    }
+
+    #[test]
+    fn homes_mounts_and_sudo_follow_the_original_names() {
+        let a = alice();
+        assert_eq!(a.container_home(), "/home/alice");
+        let home = home_devices(&a);
+        assert_eq!(home["kapsule-home-alice"]["source"], "/home/alice");
+        assert_eq!(home["kapsule-home-alice"]["path"], "/home/alice");
+        let mut odd = alice();
+        odd.home = "/var/home/alice".into();
+        assert_eq!(odd.container_home(), "/home/alice");
+
+        assert_eq!(expand_home("~/src", &a.home), Path::new("/home/alice/src"));
+        assert_eq!(expand_home("~", &a.home), Path::new("/home/alice"));
+        assert_eq!(expand_home("/opt/x", &a.home), Path::new("/opt/x"));
+        assert_eq!(expand_home("~bob/x", &a.home), Path::new("~bob/x"));
+        assert_eq!(
+            custom_mount_device("/home/alice/kde.src"),
+            "kapsule-mount-home-alice-kde-src"
+        );
+        let long = format!("/{}", "x".repeat(80));
+        let device = custom_mount_device(&long);
+        assert!(device.len() <= 63 && device.starts_with("kapsule-mount-"), "{device}");
+        assert_eq!(device, custom_mount_device(&long), "stable");
+
+        let minimal = minimal_host_devices(1000);
+        assert_eq!(minimal["kapsule-hostrun-1000"]["path"], "/.kapsule/host/run/user/1000");
+        assert_eq!(minimal["kapsule-x11"]["source"], "/tmp/.X11-unix");
+
+        assert_eq!(
+            sudoers_entry("first.last"),
+            (
+                "/etc/sudoers.d/first_last".to_owned(),
+                "first.last ALL=(ALL) NOPASSWD:ALL\n".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn setup_user_wants_the_hosts_own_account() {
+        let root = requested_account(0, 0, "root", "/root").unwrap();
+        assert_eq!(root.name, "root");
+        for (uid, gid, name, home) in [
+            (0, 1, "root", "/root"),
+            (0, 0, "admin", "/root"),
+            (0, 0, "root", "/tmp"),
+        ] {
+            assert!(matches!(
+                requested_account(uid, gid, name, home),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        assert!(matches!(
+            requested_account(4_000_000_000, 1, "x", "/x"),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+}
