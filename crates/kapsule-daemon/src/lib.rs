@@ -8,6 +8,7 @@ mod caller;
 mod config;
 mod containers;
 mod create;
+mod enter;
 mod images;
 mod manager;
 mod operation;
@@ -34,12 +35,21 @@ pub enum Bus {
     Address(String),
 }
 
+/// How the daemon finds its parts. The defaults suit an installed system.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The `kapsule-nsenter` helper; default: next to the daemon, else
+    /// `/usr/lib/kapsule/kapsule-nsenter`.
+    pub nsenter: Option<std::path::PathBuf>,
+}
+
 /// What the manager and every operation share.
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) incus: kapsule_incus::Client,
     pub(crate) operations: Arc<Operations>,
     pub(crate) connection: Connection,
+    pub(crate) settings: Settings,
     /// One lock per container for user setups, which rewrite its user database.
     setup_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -81,8 +91,8 @@ pub(crate) fn incus_error(e: kapsule_incus::Error) -> Error {
 }
 
 /// Serves the API on `bus` until SIGTERM or SIGINT.
-pub async fn run(bus: Bus) -> anyhow::Result<()> {
-    let connection = serve(bus.clone()).await?;
+pub async fn run(bus: Bus, settings: Settings) -> anyhow::Result<()> {
+    let connection = serve(bus.clone(), settings).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Every message also reaches this stream, which ends when the bus connection is gone: a
     // daemon without its bus can serve nobody, so it exits (and is started again on demand).
@@ -105,7 +115,7 @@ pub async fn run(bus: Bus) -> anyhow::Result<()> {
 
 /// Connects to `bus`, serves every object, then takes the bus name. The API stays up for as long
 /// as the returned connection lives (tests run the daemon in their own process this way).
-pub async fn serve(bus: Bus) -> anyhow::Result<Connection> {
+pub async fn serve(bus: Bus, settings: Settings) -> anyhow::Result<Connection> {
     let builder = match &bus {
         Bus::System => zbus::connection::Builder::system(),
         Bus::Session => zbus::connection::Builder::session(),
@@ -121,6 +131,7 @@ pub async fn serve(bus: Bus) -> anyhow::Result<Connection> {
         incus,
         operations,
         connection: connection.clone(),
+        settings,
         setup_locks: Default::default(),
     });
 

@@ -12,6 +12,10 @@ struct Args {
     /// Serve on the bus at this D-Bus address (tests).
     #[arg(long, value_name = "ADDRESS")]
     address: Option<String>,
+    /// The kapsule-nsenter helper (default: next to this program, else
+    /// /usr/lib/kapsule/kapsule-nsenter).
+    #[arg(long, value_name = "PATH", env = "KAPSULE_NSENTER")]
+    nsenter: Option<std::path::PathBuf>,
     /// More log output (repeat for even more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -20,6 +24,7 @@ struct Args {
 fn main() {
     let args = Args::parse();
     init_logging(args.verbose);
+    let settings = kapsule_daemon::Settings { nsenter: args.nsenter };
     let bus = match (args.session, args.address) {
         (_, Some(address)) => kapsule_daemon::Bus::Address(address),
         (true, None) => kapsule_daemon::Bus::Session,
@@ -40,7 +45,7 @@ fn main() {
         .build();
     let result = runtime
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(kapsule_daemon::run(bus)));
+        .and_then(|rt| rt.block_on(kapsule_daemon::run(bus, settings)));
     if let Err(e) = result {
         log::error!("{e:#}");
         std::process::exit(1);

@@ -14,7 +14,7 @@ use zbus::{Connection, OwnedObjectPath, OwnedVariant, interface};
 
 use crate::caller::Caller;
 use crate::operation::{Failure, OperationInfo, Reporter};
-use crate::{State, config, containers, create, images, users};
+use crate::{State, config, containers, create, enter, images, users};
 
 type ContainerTuple = (String, String, String, String, String);
 
@@ -118,6 +118,98 @@ impl Manager {
             },
         )
         .await
+    }
+
+    /// Starts a session in a container as the caller: their login shell, or `command` with its
+    /// arguments exactly as given, in `working_directory` (their home when that does not exist
+    /// there, unless `working_directory_required` is set). Starts the container and sets the
+    /// caller up first when needed. An empty `container` means the caller's default.
+    ///
+    /// `stdio` holds `stdin`, `stdout` and `stderr` for a session without a terminal; with the
+    /// option `terminal` (and `rows`, `columns`) the session gets a terminal inside the container
+    /// instead. Returns the container's name and `channel` (see `kapsule_dbus::session`) plus,
+    /// with a terminal, `terminal`, its master side.
+    #[allow(clippy::too_many_arguments, reason = "one D-Bus method with its arguments")]
+    async fn enter(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        container: String,
+        command: Vec<String>,
+        working_directory: String,
+        environment: HashMap<String, String>,
+        stdio: HashMap<String, zbus::OwnedFd>,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(String, HashMap<String, zbus::OwnedFd>), Error> {
+        let caller = Caller::of(connection, &header).await?;
+        let options = enter::EnterOptions::parse(&options)?;
+        let stdio = match options.terminal {
+            Some((rows, columns)) => enter::Stdio::Terminal(rows, columns),
+            None => {
+                let mut stdio = stdio;
+                let mut take = |key: &str| {
+                    stdio.remove(key).map(std::os::fd::OwnedFd::from).ok_or_else(|| {
+                        Error::InvalidArgument(format!("No '{key}' descriptor and no terminal asked for"))
+                    })
+                };
+                enter::Stdio::Fds([take("stdin")?, take("stdout")?, take("stderr")?])
+            }
+        };
+        let session = enter::Session {
+            container,
+            command,
+            working_directory,
+            working_directory_required: options.working_directory_required,
+            environment,
+            stdio,
+        };
+        let started = enter::start(&self.state, &caller, session).await?;
+        let mut fds = HashMap::from([("channel".to_owned(), zbus::OwnedFd::from(started.channel))]);
+        if let Some(terminal) = started.terminal {
+            fds.insert("terminal".to_owned(), zbus::OwnedFd::from(terminal));
+        }
+        Ok((started.container, fds))
+    }
+
+    /// For clients of the original daemon (libkapsule-qt, Konsole): prepares the container for
+    /// the caller (start, user setup) and returns a command that enters it, `kapsule enter`,
+    /// which carries the environment in its own call rather than on its command line.
+    /// Expected failures come back in-band as `(false, message, [])`.
+    async fn prepare_enter(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        container_name: String,
+        command: Vec<String>,
+        working_directory: String,
+    ) -> Result<(bool, String, Vec<String>), Error> {
+        let caller = Caller::of(connection, &header).await?;
+        let name = enter::resolve_name(&caller, &container_name).await?;
+        match enter::prepare(&self.state, &caller, &name).await {
+            Ok(_) => {}
+            Err(Error::NotFound(message) | Error::Failed(message) | Error::InvalidArgument(message)) => {
+                return Ok((false, message, Vec::new()));
+            }
+            Err(e) => return Err(e),
+        }
+        let mut argv = vec!["kapsule".to_owned(), "enter".to_owned()];
+        if !working_directory.is_empty()
+            && self
+                .state
+                .incus
+                .read_file(&name, &working_directory)
+                .await
+                .is_err_and(|e| !e.is_not_found())
+        {
+            // The files API answers "is a directory" for one that exists.
+            argv.extend(["--cwd".to_owned(), working_directory]);
+        }
+        argv.push(name);
+        if !command.is_empty() {
+            argv.push("--".to_owned());
+            argv.extend(command);
+        }
+        Ok((true, String::new(), argv))
     }
 
     /// The local images, as Incus's own JSON objects.

@@ -34,6 +34,16 @@ pub(crate) enum Failure {
     Cancelled,
 }
 
+impl Failure {
+    /// What the client is told.
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            Failure::Failed(why) => why,
+            Failure::Cancelled => "Operation cancelled",
+        }
+    }
+}
+
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
         Failure::Failed(e.to_string())

@@ -6,6 +6,7 @@
 mod error;
 pub mod options;
 mod proxy;
+pub mod session;
 
 pub use error::Error;
 pub use proxy::{ContainerTuple, ManagerProxy, OperationProxy};

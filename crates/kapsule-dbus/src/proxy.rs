@@ -44,6 +44,22 @@ pub trait Manager {
         image: &str,
         options: HashMap<String, OwnedVariant>,
     ) -> zbus::Result<OwnedObjectPath>;
+    #[allow(clippy::too_many_arguments)]
+    fn enter(
+        &self,
+        container: &str,
+        command: &[String],
+        working_directory: &str,
+        environment: HashMap<String, String>,
+        stdio: HashMap<String, zbus::OwnedFd>,
+        options: HashMap<String, OwnedVariant>,
+    ) -> zbus::Result<(String, HashMap<String, zbus::OwnedFd>)>;
+    fn prepare_enter(
+        &self,
+        container_name: &str,
+        command: &[String],
+        working_directory: &str,
+    ) -> zbus::Result<(bool, String, Vec<String>)>;
     fn delete_container(&self, name: &str, force: bool) -> zbus::Result<OwnedObjectPath>;
     fn start_container(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn stop_container(&self, name: &str, force: bool) -> zbus::Result<OwnedObjectPath>;

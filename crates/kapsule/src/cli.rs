@@ -26,6 +26,22 @@ pub enum Command {
         #[command(flatten)]
         options: CreateFlags,
     },
+    /// Enter a container as yourself: your login shell, or a command.
+    ///
+    /// Without a name, enters the configured default container (creating it from the default
+    /// image the first time). The command's arguments are passed exactly as given, and its exit
+    /// status is kapsule's.
+    Enter {
+        /// The container (default: the configured default_container).
+        name: Option<String>,
+        /// Working directory inside (default: the current one, or your home when the container
+        /// does not have it). An explicit directory must exist there.
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<std::path::PathBuf>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// List containers.
     #[command(visible_alias = "ls")]
     List {
@@ -293,6 +309,7 @@ mod tests {
         for name in [
             "kapsule.1",
             "kapsule-create.1",
+            "kapsule-enter.1",
             "kapsule-list.1",
             "kapsule-rm.1",
             "kapsule-image.1",
@@ -312,6 +329,26 @@ mod tests {
             create.contains("no\\-mount\\-home"),
             "the schema flags are documented: {create}"
         );
+    }
+
+    #[test]
+    fn enter_takes_everything_after_the_separator_verbatim() {
+        let parse = |argv: &[&str]| match Cli::try_parse_from(argv).unwrap().command {
+            Command::Enter { name, cwd, command } => (name, cwd, command),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            parse(&["kapsule", "enter", "box", "--", "printf", "%s|", "a b", "--cwd"]),
+            (
+                Some("box".into()),
+                None,
+                vec!["printf".into(), "%s|".into(), "a b".into(), "--cwd".into()]
+            )
+        );
+        // The original CLI took `--cwd` for the name here.
+        let (name, cwd, command) = parse(&["kapsule", "enter", "--cwd", "/x", "--", "pwd"]);
+        assert_eq!((name, cwd, command), (None, Some("/x".into()), vec!["pwd".into()]));
+        assert_eq!(parse(&["kap", "enter"]), (None, None, vec![]));
     }
 
     #[test]

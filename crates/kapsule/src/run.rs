@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use comfy_table::{Table, presets::NOTHING};
+use kapsule_dbus::session::Status;
 use kapsule_dbus::{ContainerTuple, ManagerProxy};
 use zbus::Connection;
 
@@ -21,7 +22,7 @@ async fn connect() -> Result<Connection> {
 }
 
 /// A daemon error as one line, with a hint where one helps.
-fn explain(e: zbus::Error) -> anyhow::Error {
+pub(crate) fn explain(e: zbus::Error) -> anyhow::Error {
     use zbus::DBusError;
     let (name, text) = match &e {
         zbus::Error::MethodError(name, message, _) => {
@@ -43,7 +44,7 @@ fn explain(e: zbus::Error) -> anyhow::Error {
 
 /// Runs a call that starts an operation and follows it to its end. The subscription is made
 /// before the call runs (the call future is lazy), so no early signal is missed.
-async fn operation(
+pub(crate) async fn operation(
     connection: &Connection,
     call: impl std::future::Future<Output = zbus::Result<zbus::OwnedObjectPath>>,
 ) -> Result<()> {
@@ -52,25 +53,34 @@ async fn operation(
     follow::follow(connection, signals, &path).await
 }
 
-/// Runs one command.
-pub async fn run(cli: Cli) -> Result<()> {
+/// Runs one command. `enter` ends with its session's status; the others with `None` when they
+/// succeed.
+pub async fn run(cli: Cli) -> Result<Option<Status>> {
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut crate::cli::command(), "kapsule", &mut std::io::stdout());
-        return Ok(());
+        return Ok(None);
     }
     let connection = connect().await?;
     let manager = ManagerProxy::new(&connection).await.map_err(explain)?;
-    match cli.command {
+    if let Command::Enter { name, cwd, command } = cli.command {
+        let args = crate::enter::EnterArgs { name, cwd, command };
+        return crate::enter::enter(&connection, &manager, args).await.map(Some);
+    }
+    run_command(&connection, &manager, cli.command).await.map(|()| None)
+}
+
+async fn run_command(connection: &Connection, manager: &ManagerProxy<'_>, command: Command) -> Result<()> {
+    match command {
         Command::Create { name, image, options } => {
             operation(
-                &connection,
+                connection,
                 manager.create_container(&name, image.as_deref().unwrap_or(""), options.values),
             )
             .await
         }
-        Command::Start { name } => operation(&connection, manager.start_container(&name)).await,
-        Command::Stop { name, force } => operation(&connection, manager.stop_container(&name, force)).await,
-        Command::Rm { name, force } => operation(&connection, manager.delete_container(&name, force)).await,
+        Command::Start { name } => operation(connection, manager.start_container(&name)).await,
+        Command::Stop { name, force } => operation(connection, manager.stop_container(&name, force)).await,
+        Command::Rm { name, force } => operation(connection, manager.delete_container(&name, force)).await,
         Command::List { running, format } => {
             let mut containers = manager.list_containers().await.map_err(explain)?;
             if running {
@@ -96,7 +106,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Image {
             command: ImageCommand::Delete { image },
-        } => operation(&connection, manager.delete_image(&image)).await,
+        } => operation(connection, manager.delete_image(&image)).await,
         Command::Image {
             command: ImageCommand::Import { dir, alias },
         } => {
@@ -106,11 +116,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             let dir = dir
                 .to_str()
                 .ok_or_else(|| anyhow!("the path {} is not valid UTF-8", dir.display()))?;
-            operation(&connection, manager.import_image(dir, &alias)).await
+            operation(connection, manager.import_image(dir, &alias)).await
         }
         Command::Image {
             command: ImageCommand::Refresh { image },
-        } => operation(&connection, manager.refresh_images(image.as_deref().unwrap_or(""))).await,
+        } => operation(connection, manager.refresh_images(image.as_deref().unwrap_or(""))).await,
         Command::Config { key } => {
             let config = manager.get_config().await.map_err(explain)?;
             match key {
@@ -133,7 +143,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Enter { .. } => Ok(()),
     }
 }
 

@@ -166,7 +166,10 @@ impl PrivateBus {
 
     /// Runs the daemon (in this process) on this bus; it serves while the connection lives.
     pub async fn daemon(&self) -> zbus::Connection {
-        kapsule_daemon::serve(kapsule_daemon::Bus::Address(self.address.clone()))
+        let settings = kapsule_daemon::Settings {
+            nsenter: Some(workspace_binary("kapsule-nsenter")),
+        };
+        kapsule_daemon::serve(kapsule_daemon::Bus::Address(self.address.clone()), settings)
             .await
             .unwrap()
     }

@@ -218,7 +218,7 @@ async fn image_list_and_delete_through_the_cli() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn config_is_layered_with_the_callers_own_file_read_as_them() {
+async fn config_is_layered_with_the_callers_own_file_read_as_them_and_enter_uses_it() {
     let DaemonTest { bus, .. } = &daemon_test().await;
     let user = kapsule_integration_tests::test_user();
     let config = |user: &kapsule_integration_tests::TestUser| {
@@ -237,6 +237,30 @@ async fn config_is_layered_with_the_callers_own_file_read_as_them() {
         "[kapsule]\ndefault_container = users-box\n",
     );
     assert_eq!(config(&user), "users-box");
+
+    // `enter` without a name goes to their default container, made from their default image
+    // the first time, with progress.
+    let name = unique_name("default");
+    let _guard = InstanceGuard(name.clone());
+    let env = env().await;
+    user.write_file(
+        ".config/kapsule/kapsule.conf",
+        &format!(
+            "[kapsule]\ndefault_container = {name}\ndefault_image = local:{}\n",
+            env.image
+        ),
+    );
+    let out = user
+        .command(kapsule_binary())
+        .args(["enter", "--", "id", "-un"])
+        .env("KAPSULE_BUS_ADDRESS", &bus.address)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("Creating container: {name}")), "{stderr}");
+    assert_eq!(text(&out.stdout).trim(), user.name);
+    assert_eq!(env.incus.get_instance(&name).await.unwrap().status, "Running");
 
     // Their file pointing at one only root may read: the daemon reads it as them, so they learn
     // nothing from it and get the system value.

@@ -1,0 +1,83 @@
+//! The only Kapsule crate with `unsafe` code, kept to what the safe crates cannot express:
+//!
+//! * [`become_user_on_exec`]: what a session process does between `fork` and `exec` (new
+//!   session, controlling terminal, groups, gid, uid, working directory). The standard library
+//!   runs such code through the unsafe `CommandExt::pre_exec`; its `uid`/`gid` setters cannot
+//!   set supplementary groups and run before any hook, so the whole sequence lives here.
+//! * [`reset_and_raise`]: ending the process by a signal the way a child ended, which needs the
+//!   signal's default disposition back (an unsafe `sigaction`).
+//!
+//! Everything else (pidfds, setns, ptys, fd passing) comes safe from rustix.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use rustix::process::{Gid, Uid};
+
+/// Who a session process becomes before it runs its program.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the primary group may be among them).
+    pub groups: Vec<u32>,
+    /// The working directory, changed to as the user (so it must be theirs to enter).
+    pub cwd: PathBuf,
+    /// Where to go instead when `cwd` cannot be entered; `None` makes that an error.
+    pub fallback_cwd: Option<PathBuf>,
+    /// Start a new session with stdin (a terminal) as its controlling terminal.
+    pub controlling_terminal: bool,
+}
+
+/// Makes `command`'s child become `identity` just before it executes its program: a new session
+/// (with stdin as controlling terminal when asked), supplementary groups, gid, uid (all three of
+/// real, effective and saved, so nothing can be regained), then the working directory.
+///
+/// A failing step makes `Command::spawn` fail with that step's error, and nothing runs.
+pub fn become_user_on_exec(command: &mut Command, identity: Identity) {
+    let groups: Vec<Gid> = identity.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    let uid = Uid::from_raw(identity.uid);
+    let gid = Gid::from_raw(identity.gid);
+    let cwd = identity.cwd;
+    let fallback = identity.fallback_cwd;
+    let terminal = identity.controlling_terminal;
+    let hook = move || -> io::Result<()> {
+        rustix::process::setsid()?;
+        if terminal {
+            rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
+        }
+        // Per-thread system calls (no libc broadcast): the child has exactly one thread.
+        rustix::thread::set_thread_groups(&groups)?;
+        rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+        rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+        match rustix::process::chdir(&cwd) {
+            Ok(()) => Ok(()),
+            // Only the error number reaches the parent, so no message is added here.
+            Err(e) => match &fallback {
+                Some(fallback) => rustix::process::chdir(fallback).map_err(io::Error::from),
+                None => Err(io::Error::from(e)),
+            },
+        }
+    };
+    // SAFETY: `pre_exec` runs the hook in the forked child before exec. The hook only makes
+    // raw system calls through rustix's linux_raw backend (no allocation, no locks, no libc
+    // state), which is what is allowed between fork and exec; everything it uses was moved in
+    // before the fork.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+/// Ends this process by `signal` with its default action (so the parent sees "killed by
+/// `signal`", as if the process had been killed), or returns if that action does not end it.
+pub fn reset_and_raise(signal: i32) {
+    // SAFETY: restoring the default disposition of one signal has no memory-safety
+    // consequences: a handler installed for it (the CLI forwards some signals) is simply not
+    // called any more, which is the point, and `raise` only sends a signal to this thread.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+}

@@ -1,0 +1,252 @@
+//! `kapsule enter`: a session in a container as yourself, through the daemon.
+//!
+//! With a terminal on stdin and stdout, the daemon makes a terminal inside the container and
+//! hands its master side back; this process relays bytes both ways in raw mode and passes on
+//! window-size changes. Otherwise the command gets this process's own stdin, stdout and stderr
+//! (no relay at all), and Ctrl-C and friends are forwarded as signals. Either way the command's
+//! exit status (or its signal) becomes ours.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use kapsule_dbus::ManagerProxy;
+use kapsule_dbus::session::{Status, signal_line};
+use zbus::{Connection, OwnedVariant, Variant};
+
+use crate::run::{explain, operation};
+
+/// What `enter` was asked for.
+#[derive(Debug)]
+pub struct EnterArgs {
+    pub name: Option<String>,
+    pub cwd: Option<PathBuf>,
+    pub command: Vec<String>,
+}
+
+/// Enters the container and returns how the session ended.
+pub async fn enter(connection: &Connection, manager: &ManagerProxy<'_>, args: EnterArgs) -> Result<Status> {
+    let config = manager.get_config().await.map_err(explain)?;
+    if let Some(error) = config.get("error") {
+        bail!("{error}");
+    }
+    let default = config.get("default_container").cloned().unwrap_or_default();
+    let name = args.name.clone().unwrap_or_else(|| default.clone());
+    if name.is_empty() {
+        bail!("no container given and no default_container configured");
+    }
+    if name == default {
+        create_default_if_missing(connection, manager, &name).await?;
+    }
+
+    // An explicit --cwd must exist inside; the current directory is only a wish (the home is
+    // used when the container does not have it).
+    let (cwd, required) = match &args.cwd {
+        Some(dir) => (std::path::absolute(dir)?, true),
+        None => (std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")), false),
+    };
+    let cwd = cwd
+        .to_str()
+        .ok_or_else(|| anyhow!("the directory {} is not valid UTF-8", cwd.display()))?
+        .to_owned();
+    let environment: HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+
+    let stdin_tty = rustix::termios::isatty(std::io::stdin());
+    let stdout_tty = rustix::termios::isatty(std::io::stdout());
+    let mut options: HashMap<String, OwnedVariant> = HashMap::new();
+    let mut stdio: HashMap<String, zbus::OwnedFd> = HashMap::new();
+    let option = |v: Variant<'_>| OwnedVariant::try_from(v).expect("plain values convert");
+    options.insert("working_directory_required".into(), option(Variant::Bool(required)));
+    let terminal = stdin_tty && stdout_tty;
+    if terminal {
+        let size = rustix::termios::tcgetwinsize(std::io::stdout()).ok();
+        options.insert("terminal".into(), option(Variant::Bool(true)));
+        if let Some(size) = size.filter(|s| s.ws_row > 0 && s.ws_col > 0) {
+            options.insert("rows".into(), option(Variant::U32(size.ws_row.into())));
+            options.insert("columns".into(), option(Variant::U32(size.ws_col.into())));
+        }
+    } else {
+        for (key, fd) in [
+            ("stdin", std::io::stdin().as_fd().try_clone_to_owned()?),
+            ("stdout", std::io::stdout().as_fd().try_clone_to_owned()?),
+            ("stderr", std::io::stderr().as_fd().try_clone_to_owned()?),
+        ] {
+            stdio.insert(key.to_owned(), zbus::OwnedFd::from(fd));
+        }
+    }
+
+    let (container, mut fds) = manager
+        .enter(&name, &args.command, &cwd, environment, stdio, options)
+        .await
+        .map_err(explain)?;
+    let channel = UnixStream::from(OwnedFd::from(
+        fds.remove("channel")
+            .ok_or_else(|| anyhow!("the daemon sent no session channel"))?,
+    ));
+
+    let _marker = stdout_tty.then(|| ContainerMarker::push(&container));
+    match fds.remove("terminal") {
+        Some(master) if terminal => relay_terminal(OwnedFd::from(master), channel).await,
+        _ => forward_signals(channel).await,
+    }
+}
+
+/// The configured default container is made on first use, with progress, as the original CLI
+/// did; a create racing ours is fine.
+async fn create_default_if_missing(connection: &Connection, manager: &ManagerProxy<'_>, name: &str) -> Result<()> {
+    match manager.get_container_info(name).await {
+        Ok(_) => Ok(()),
+        Err(zbus::Error::MethodError(error, _, _)) if error.as_str() == "org.kde.kapsule.Error.NotFound" => {
+            eprintln!("Creating container: {name}");
+            match operation(connection, manager.create_container(name, "", HashMap::new())).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.to_string().contains("already exists") => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(explain(e)),
+    }
+}
+
+/// Konsole's container markers (OSC 777), written when stdout is a terminal: push on the way
+/// in, pop on the way out (also when the session fails).
+struct ContainerMarker;
+
+impl ContainerMarker {
+    fn push(name: &str) -> ContainerMarker {
+        let clean: String = name.chars().filter(|c| !matches!(c, ';' | '\x07' | '\x1b')).collect();
+        write_stdout(format!("\x1b]777;container;push;{clean};kapsule\x07").as_bytes());
+        ContainerMarker
+    }
+}
+
+impl Drop for ContainerMarker {
+    fn drop(&mut self) {
+        write_stdout(b"\x1b]777;container;pop;;\x07");
+    }
+}
+
+fn write_stdout(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes);
+    let _ = out.flush();
+}
+
+/// Reads the final status line from the channel (blocking; run off the async thread).
+fn read_status(channel: UnixStream) -> Result<Status> {
+    let mut line = String::new();
+    BufReader::new(channel)
+        .read_line(&mut line)
+        .context("lost the session")?;
+    Status::parse(&line).ok_or_else(|| anyhow!("the session ended without a status (its helper died)"))
+}
+
+/// Without a terminal: the command has our fds; we only pass on the signals a user sends us.
+async fn forward_signals(channel: UnixStream) -> Result<Status> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let reader = channel.try_clone()?;
+    let mut status = tokio::task::spawn_blocking(move || read_status(reader));
+    let mut streams = Vec::new();
+    for (kind, number) in [
+        (SignalKind::interrupt(), 2),
+        (SignalKind::terminate(), 15),
+        (SignalKind::hangup(), 1),
+        (SignalKind::quit(), 3),
+    ] {
+        streams.push((signal(kind)?, number));
+    }
+    loop {
+        let wait_signal = futures_util::future::select_all(streams.iter_mut().map(|(stream, number)| {
+            let number = *number;
+            Box::pin(async move {
+                stream.recv().await;
+                number
+            })
+        }));
+        tokio::select! {
+            done = &mut status => return done?,
+            (number, _, _) = wait_signal => {
+                let mut writer = &channel;
+                let _ = writer.write_all(signal_line(number).as_bytes());
+            }
+        }
+    }
+}
+
+/// With a terminal: raw mode, bytes both ways, window sizes passed on.
+async fn relay_terminal(master: OwnedFd, channel: UnixStream) -> Result<Status> {
+    let _raw = RawMode::enable()?;
+    let master_in = master.try_clone()?;
+    let master_out = master.try_clone()?;
+    // Keyboard to the session. Blocks in read() until the process exits; never joined.
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut master = std::fs::File::from(master_in);
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 || master.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    // The session's output to the screen, until the terminal's last user inside is gone.
+    let output = tokio::task::spawn_blocking(move || {
+        let mut master = std::fs::File::from(master_out);
+        let mut stdout = std::io::stdout();
+        let mut buf = [0u8; 16384];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => break, // EIO: no one holds the terminal any more
+                Ok(n) => {
+                    if stdout.write_all(&buf[..n]).and_then(|()| stdout.flush()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut resized = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
+    let mut status = tokio::task::spawn_blocking(move || read_status(channel));
+    let status = loop {
+        tokio::select! {
+            done = &mut status => break done??,
+            _ = resized.recv() => {
+                if let Ok(size) = rustix::termios::tcgetwinsize(std::io::stdout()) {
+                    let _ = rustix::termios::tcsetwinsize(&master, size);
+                }
+            }
+        }
+    };
+    // Let the last output reach the screen; a process left running in the background that
+    // still holds the terminal must not keep us here.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), output).await;
+    Ok(status)
+}
+
+/// The local terminal in raw mode for as long as this lives.
+struct RawMode {
+    saved: rustix::termios::Termios,
+}
+
+impl RawMode {
+    fn enable() -> Result<RawMode> {
+        let stdin = std::io::stdin();
+        let saved = rustix::termios::tcgetattr(&stdin).context("cannot read the terminal's settings")?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Flush, &raw)
+            .context("cannot put the terminal in raw mode")?;
+        Ok(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(std::io::stdin(), rustix::termios::OptionalActions::Flush, &self.saved);
+    }
+}
