@@ -143,11 +143,15 @@ pub(crate) async fn start(state: &State, reporter: &Reporter, name: &str) -> Res
 
 /// Starts the container if it is not running (a no-op otherwise), without telling clients
 /// `ContainersChanged` (the original daemon did not for starts on the way in either).
-pub(crate) async fn ensure_running(state: &State, reporter: Option<&Reporter>, name: &str) -> Result<(), Failure> {
-    let instance = get_kapsule_container(state, name).await?;
-    if is_running(&instance) {
+pub(crate) async fn ensure_running(
+    state: &State,
+    reporter: Option<&Reporter>,
+    instance: &Instance,
+) -> Result<(), Failure> {
+    if is_running(instance) {
         return Ok(());
     }
+    let name = instance.name.as_str();
     match reporter {
         Some(r) => r.info(&format!("Starting container '{name}'")).await,
         None => log::info!("starting container '{name}'"),

@@ -114,12 +114,12 @@ pub(crate) async fn resolve_name(caller: &Caller, name: &str) -> Result<String, 
 /// Everything before the session itself: the container exists and runs, and the caller is set
 /// up in it. Returns the caller's account.
 pub(crate) async fn prepare(state: &State, caller: &Caller, name: &str) -> Result<Account, Error> {
-    containers::get_kapsule_container(state, name).await?;
-    containers::ensure_running(state, None, name)
+    let instance = containers::get_kapsule_container(state, name).await?;
+    containers::ensure_running(state, None, &instance)
         .await
         .map_err(|e| Error::Failed(format!("Cannot start container '{name}': {}", e.message())))?;
     let account = Account::of(caller);
-    users::ensure(state, Notes(None), name, &account)
+    users::ensure(state, Notes(None), &instance, &account)
         .await
         .map_err(|e| Error::Failed(format!("Cannot set up your user in '{name}': {}", e.message())))?;
     Ok(account)
@@ -132,15 +132,7 @@ pub(crate) async fn start(state: &State, caller: &Caller, session: Session) -> R
     let account = prepare(state, caller, &name).await?;
     let environment = session_environment(&session.environment);
 
-    // The init process, as a pidfd: a pid recycled between reading and using it cannot be hit,
-    // because the pid is read again after the pidfd exists.
-    let pid = init_pid(state, &name).await?;
-    let pidfd = rustix::process::Pid::from_raw(pid as i32)
-        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
-        .ok_or_else(|| Error::Failed(format!("Container '{name}' stopped while entering it")))?;
-    if init_pid(state, &name).await? != pid {
-        return Err(Error::Failed(format!("Container '{name}' restarted while entering it")));
-    }
+    let (pid, pidfd) = container_init(state, &name).await?;
 
     let (client_channel, helper_channel) = UnixStream::pair().map_err(failed)?;
     let (control, helper_control) = UnixStream::pair().map_err(failed)?;
@@ -201,6 +193,53 @@ pub(crate) async fn start(state: &State, caller: &Caller, session: Session) -> R
 
 fn failed(e: impl std::fmt::Display) -> Error {
     Error::Failed(e.to_string())
+}
+
+/// The container's init process and a pidfd for it. Reading it from Incus costs a state request
+/// (which gathers usage figures: the slowest part of an enter), so the pid is remembered and,
+/// on later enters, checked instead: after the pidfd is open, `/proc` must show a pid-namespace
+/// init in the container's cgroup. A pid recycled by another process fails that check, and a
+/// process that died after it makes `setns` fail; neither enters the wrong place.
+async fn container_init(state: &State, name: &str) -> Result<(u32, OwnedFd), Error> {
+    let cached = state.init_pids.lock().expect("init pids").get(name).copied();
+    if let Some(pid) = cached
+        && let Some(pidfd) = open_init(pid, name)
+    {
+        return Ok((pid, pidfd));
+    }
+    let pid = init_pid(state, name).await?;
+    let pidfd =
+        open_init(pid, name).ok_or_else(|| Error::Failed(format!("Container '{name}' stopped while entering it")))?;
+    state.init_pids.lock().expect("init pids").insert(name.to_owned(), pid);
+    Ok((pid, pidfd))
+}
+
+/// A pidfd for `pid` if, once it is open, `pid` is the init of container `name`.
+fn open_init(pid: u32, name: &str) -> Option<OwnedFd> {
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?,
+        rustix::process::PidfdFlags::empty(),
+    )
+    .ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    is_container_init(&status, &cgroups, name).then_some(pidfd)
+}
+
+/// True when `/proc/<pid>/status` and `/proc/<pid>/cgroup` describe the init (pid 1 of its
+/// namespace) of container `name` (in cgroup `lxc.payload.<name>`).
+fn is_container_init(status: &str, cgroups: &str, name: &str) -> bool {
+    let payload = format!("lxc.payload.{name}");
+    let init_of_namespace = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|ids| ids.split_whitespace().last())
+        == Some("1");
+    let in_container = cgroups
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .any(|path| path.split('/').any(|component| component == payload));
+    init_of_namespace && in_container
 }
 
 async fn init_pid(state: &State, name: &str) -> Result<u32, Error> {
@@ -351,6 +390,23 @@ mod tests {
         let env = session_environment(&caller);
         let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["LANG", "MULTI", "TERM", "WAYLAND_DISPLAY"]);
+    }
+
+    #[test]
+    fn only_the_init_of_that_container_passes() {
+        let init = "Name:\tsystemd\nNSpid:\t4242\t1\n";
+        let child = "Name:\tbash\nNSpid:\t4243\t57\n";
+        let host = "Name:\tbash\nNSpid:\t4243\n";
+        let cg = "0::/lxc.payload.dev/init.scope\n";
+        assert!(is_container_init(init, cg, "dev"));
+        assert!(!is_container_init(child, cg, "dev"), "not pid 1 of its namespace");
+        assert!(!is_container_init(host, cg, "dev"));
+        assert!(
+            !is_container_init(init, cg, "de"),
+            "another container's name is not a prefix match"
+        );
+        assert!(!is_container_init(init, "0::/lxc.payload.dev-2/init.scope\n", "dev"));
+        assert!(is_container_init(init, "5:pids:/lxc.payload.dev\n0::/\n", "dev"));
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub(crate) struct State {
     pub(crate) operations: Arc<Operations>,
     pub(crate) connection: Connection,
     pub(crate) settings: Settings,
+    /// The init pid of each container entered so far (checked before each use).
+    pub(crate) init_pids: std::sync::Mutex<HashMap<String, u32>>,
     /// One lock per container for user setups, which rewrite its user database.
     setup_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -132,6 +134,7 @@ pub async fn serve(bus: Bus, settings: Settings) -> anyhow::Result<Connection> {
         operations,
         connection: connection.clone(),
         settings,
+        init_pids: Default::default(),
         setup_locks: Default::default(),
     });
 

@@ -102,15 +102,15 @@ impl Manager {
             )));
         }
         let account = users::requested_account(uid, gid, &username, &home_dir)?;
-        containers::get_kapsule_container(&self.state, &container_name).await?;
+        let instance = containers::get_kapsule_container(&self.state, &container_name).await?;
         self.operation(
             "setup_user",
             format!("Setting up user '{username}' in {container_name}"),
             container_name.clone(),
             move |state, reporter| async move {
-                containers::ensure_running(&state, Some(&reporter), &container_name).await?;
+                containers::ensure_running(&state, Some(&reporter), &instance).await?;
                 let notes = users::Notes(Some(&reporter));
-                if users::ensure(&state, notes, &container_name, &account).await? {
+                if users::ensure(&state, notes, &instance, &account).await? {
                     Ok(format!("User '{}' configured", account.name))
                 } else {
                     Ok(format!("User '{}' was set up already", account.name))

@@ -118,9 +118,19 @@ impl Notes<'_> {
     }
 }
 
-/// Sets `account` up in the running container `name` unless that was done already. Returns
-/// whether any work was done.
-pub(crate) async fn ensure(state: &State, notes: Notes<'_>, name: &str, account: &Account) -> Result<bool, Failure> {
+/// Sets `account` up in the running container `instance` unless that was done already (as the
+/// instance, read just before, says: then nothing is asked of Incus). Returns whether any work
+/// was done.
+pub(crate) async fn ensure(
+    state: &State,
+    notes: Notes<'_>,
+    instance: &Instance,
+    account: &Account,
+) -> Result<bool, Failure> {
+    if is_set_up(instance, account.uid) {
+        return Ok(false);
+    }
+    let name = instance.name.as_str();
     let lock = state.setup_lock(name);
     let _serial = lock.lock().await;
     // Read after taking the lock: a setup that just finished is not done twice.

@@ -29,19 +29,6 @@ pub struct EnterArgs {
 
 /// Enters the container and returns how the session ended.
 pub async fn enter(connection: &Connection, manager: &ManagerProxy<'_>, args: EnterArgs) -> Result<Status> {
-    let config = manager.get_config().await.map_err(explain)?;
-    if let Some(error) = config.get("error") {
-        bail!("{error}");
-    }
-    let default = config.get("default_container").cloned().unwrap_or_default();
-    let name = args.name.clone().unwrap_or_else(|| default.clone());
-    if name.is_empty() {
-        bail!("no container given and no default_container configured");
-    }
-    if name == default {
-        create_default_if_missing(connection, manager, &name).await?;
-    }
-
     // An explicit --cwd must exist inside; the current directory is only a wish (the home is
     // used when the container does not have it).
     let (cwd, required) = match &args.cwd {
@@ -52,20 +39,68 @@ pub async fn enter(connection: &Connection, manager: &ManagerProxy<'_>, args: En
         .to_str()
         .ok_or_else(|| anyhow!("the directory {} is not valid UTF-8", cwd.display()))?
         .to_owned();
-    let environment: HashMap<String, String> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let terminal = rustix::termios::isatty(std::io::stdin()) && rustix::termios::isatty(std::io::stdout());
+    let target = args.name.clone().unwrap_or_default();
+    let call = || async {
+        let (stdio, options) = request(terminal, required)?;
+        let environment: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        anyhow::Ok(
+            manager
+                .enter(&target, &args.command, &cwd, environment, stdio, options)
+                .await,
+        )
+    };
+    // One call on the way in; only when the container is missing is the configuration read, to
+    // make the default container on first use.
+    let (container, mut fds) = match call().await? {
+        Err(zbus::Error::MethodError(error, message, _)) if error.as_str() == "org.kde.kapsule.Error.NotFound" => {
+            let config = manager.get_config().await.map_err(explain)?;
+            if let Some(error) = config.get("error") {
+                bail!("{error}");
+            }
+            let default = config.get("default_container").cloned().unwrap_or_default();
+            let wanted = if target.is_empty() {
+                default.clone()
+            } else {
+                target.clone()
+            };
+            if wanted.is_empty() || wanted != default {
+                bail!(
+                    "{}",
+                    message.unwrap_or_else(|| format!("Container '{wanted}' does not exist"))
+                );
+            }
+            create_default(connection, manager, &default).await?;
+            call().await?.map_err(explain)?
+        }
+        other => other.map_err(explain)?,
+    };
+    let channel = UnixStream::from(OwnedFd::from(
+        fds.remove("channel")
+            .ok_or_else(|| anyhow!("the daemon sent no session channel"))?,
+    ));
 
-    let stdin_tty = rustix::termios::isatty(std::io::stdin());
     let stdout_tty = rustix::termios::isatty(std::io::stdout());
+    let _marker = stdout_tty.then(|| ContainerMarker::push(&container));
+    match fds.remove("terminal") {
+        Some(master) if terminal => relay_terminal(OwnedFd::from(master), channel).await,
+        _ => forward_signals(channel).await,
+    }
+}
+
+/// The descriptors and options of an `Enter` call: a terminal of our size, or our own fds.
+type EnterRequest = (HashMap<String, zbus::OwnedFd>, HashMap<String, OwnedVariant>);
+
+fn request(terminal: bool, cwd_required: bool) -> Result<EnterRequest> {
     let mut options: HashMap<String, OwnedVariant> = HashMap::new();
     let mut stdio: HashMap<String, zbus::OwnedFd> = HashMap::new();
     let option = |v: Variant<'_>| OwnedVariant::try_from(v).expect("plain values convert");
-    options.insert("working_directory_required".into(), option(Variant::Bool(required)));
-    let terminal = stdin_tty && stdout_tty;
+    options.insert("working_directory_required".into(), option(Variant::Bool(cwd_required)));
     if terminal {
-        let size = rustix::termios::tcgetwinsize(std::io::stdout()).ok();
         options.insert("terminal".into(), option(Variant::Bool(true)));
+        let size = rustix::termios::tcgetwinsize(std::io::stdout()).ok();
         if let Some(size) = size.filter(|s| s.ws_row > 0 && s.ws_col > 0) {
             options.insert("rows".into(), option(Variant::U32(size.ws_row.into())));
             options.insert("columns".into(), option(Variant::U32(size.ws_col.into())));
@@ -79,37 +114,17 @@ pub async fn enter(connection: &Connection, manager: &ManagerProxy<'_>, args: En
             stdio.insert(key.to_owned(), zbus::OwnedFd::from(fd));
         }
     }
-
-    let (container, mut fds) = manager
-        .enter(&name, &args.command, &cwd, environment, stdio, options)
-        .await
-        .map_err(explain)?;
-    let channel = UnixStream::from(OwnedFd::from(
-        fds.remove("channel")
-            .ok_or_else(|| anyhow!("the daemon sent no session channel"))?,
-    ));
-
-    let _marker = stdout_tty.then(|| ContainerMarker::push(&container));
-    match fds.remove("terminal") {
-        Some(master) if terminal => relay_terminal(OwnedFd::from(master), channel).await,
-        _ => forward_signals(channel).await,
-    }
+    Ok((stdio, options))
 }
 
-/// The configured default container is made on first use, with progress, as the original CLI
-/// did; a create racing ours is fine.
-async fn create_default_if_missing(connection: &Connection, manager: &ManagerProxy<'_>, name: &str) -> Result<()> {
-    match manager.get_container_info(name).await {
-        Ok(_) => Ok(()),
-        Err(zbus::Error::MethodError(error, _, _)) if error.as_str() == "org.kde.kapsule.Error.NotFound" => {
-            eprintln!("Creating container: {name}");
-            match operation(connection, manager.create_container(name, "", HashMap::new())).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.to_string().contains("already exists") => Ok(()),
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(explain(e)),
+/// The configured default container is made on first use from the default image, with
+/// progress, as the original CLI did; a create racing ours is fine.
+async fn create_default(connection: &Connection, manager: &ManagerProxy<'_>, name: &str) -> Result<()> {
+    eprintln!("Creating container: {name}");
+    match operation(connection, manager.create_container(name, "", HashMap::new())).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.to_string().contains("already exists") => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -120,6 +120,14 @@ async fn a_plain_user_enters_as_themselves() {
         .1;
     assert_eq!(passwd_before, passwd_after);
 
+    // After a restart the init has another pid: the remembered one is checked, not trusted.
+    let seen = test.follow(test.manager.stop_container(&name, true)).await;
+    assert_eq!(seen.last().unwrap(), "Completed(true, \"\")");
+    let (r, h) = (run.clone(), home.clone());
+    let out = blocking(move || r(&h, &["id", "-u"])).await;
+    assert!(out.status.success(), "enter starts it again: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), user.uid.to_string());
+
     // An explicit --cwd that does not exist inside is an error, in one line.
     let (t, u, n, h) = (test.clone(), user.clone(), name.clone(), home.clone());
     let out = blocking(move || {

@@ -1,0 +1,302 @@
+//! `cargo run --release -p kapsule-bench -- [--trials N] [--json FILE]`: measures, in one run on
+//! the real test environment (tests/env/up.sh), each Kapsule figure next to its floor, and prints
+//! a table (min / median / max over the trials) and writes it as JSON.
+//!
+//! Enter (issue: "enter"):
+//! - warm `kapsule enter c -- true` end to end, as a plain user, vs `incus exec c -- true` (what
+//!   the original implementation ran for every enter, after its own preparation) and vs a bare
+//!   `nsenter` into the same container (the floor: no daemon, no user switch);
+//! - the first enter into a new container (start, user setup).
+//!
+//! Everything runs as processes, as users run them: the release binaries, a daemon of its own on
+//! a private bus. Nothing is left behind.
+
+// The table is this program's output.
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("kapsule-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+struct Options {
+    trials: usize,
+    json: PathBuf,
+}
+
+fn options() -> Result<Options> {
+    let mut trials = 30;
+    let mut json = workspace().join("target/bench/enter.json");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--trials" => trials = args.next().context("--trials N")?.parse()?,
+            "--json" => json = args.next().context("--json FILE")?.into(),
+            other => bail!("unknown argument {other} (known: --trials N, --json FILE)"),
+        }
+    }
+    ensure!(trials >= 3, "at least 3 trials");
+    Ok(Options { trials, json })
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn run() -> Result<()> {
+    let options = options()?;
+    ensure!(
+        std::fs::read_to_string("/proc/self/status")?
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
+        "run as root, with the test environment up (bash tests/env/up.sh)"
+    );
+    let status = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "kapsule",
+            "-p",
+            "kapsule-daemon",
+            "-p",
+            "kapsule-nsenter",
+        ])
+        .current_dir(workspace())
+        .status()?;
+    ensure!(status.success(), "building the release binaries failed");
+    let bin = workspace().join("target/release");
+    let image = std::env::var("KAPSULE_TEST_IMAGE").unwrap_or_else(|_| "kapsule-test".into());
+    let user = std::env::var("KAPSULE_TEST_USER").unwrap_or_else(|_| "kapsule-tester".into());
+    let uid = id(&user, "-u")?;
+    let gid = id(&user, "-g")?;
+    let home = home_of(&user)?;
+
+    // The tests' own private bus (a session-type dbus-daemon any user may reach).
+    let bus = kapsule_integration_tests::PrivateBus::start();
+    let _daemon = Daemon::start(&bin, &bus.address)?;
+    let as_user = |args: &[&str]| -> Command {
+        let mut c = Command::new("setpriv");
+        c.args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--init-groups",
+            "--",
+        ])
+        .arg(bin.join("kapsule"))
+        .args(args)
+        .env("KAPSULE_BUS_ADDRESS", &bus.address)
+        .env("HOME", &home)
+        .current_dir(&home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        c
+    };
+
+    let name = format!("kb-enter-{}", std::process::id());
+    let _container = Container(name.clone());
+    let out = Command::new(bin.join("kapsule"))
+        .args(["create", &name, "--image", &format!("local:{image}")])
+        .env("KAPSULE_BUS_ADDRESS", &bus.address)
+        .output()?;
+    ensure!(out.status.success(), "create: {}", String::from_utf8_lossy(&out.stderr));
+
+    let mut rows = Vec::new();
+    // The first enter in that new container: start is done; user setup happens now.
+    let first = time_once(&mut as_user(&["enter", &name, "--", "true"]))?;
+    let warm = measure(options.trials, || as_user(&["enter", &name, "--", "true"]))?;
+    let incus = measure(options.trials, || {
+        let mut c = Command::new("incus");
+        c.args(["exec", &name, "--", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        c
+    })?;
+    let pid = init_pid(&name)?;
+    let nsenter = measure(options.trials, || {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &pid, "-m", "-u", "-i", "-n", "-p", "-C", "--", "true"])
+            .stdin(Stdio::null());
+        c
+    })?;
+    rows.push(Row::new(
+        "warm kapsule enter c -- true (user)",
+        &warm,
+        Some(("incus exec c -- true", &incus)),
+    ));
+    rows.push(Row::new("incus exec c -- true (root)", &incus, None));
+    rows.push(Row::new("bare nsenter -t PID ... true (root)", &nsenter, None));
+    rows.push(Row::new("first kapsule enter (user setup)", &[first], None));
+
+    println!("{:<40} {:>9} {:>9} {:>9}  ratio", "enter", "min ms", "median", "max");
+    for row in &rows {
+        println!(
+            "{:<40} {:>9.1} {:>9.1} {:>9.1}  {}",
+            row.name,
+            row.min,
+            row.median,
+            row.max,
+            row.ratio
+                .as_ref()
+                .map(|(what, r)| format!("{r:.2}x of {what}"))
+                .unwrap_or_default()
+        );
+    }
+    let json = serde_json::json!({
+        "trials": options.trials,
+        "machine": machine(),
+        "rows": rows.iter().map(|r| serde_json::json!({
+            "name": r.name, "min_ms": r.min, "median_ms": r.median, "max_ms": r.max,
+            "ratio": r.ratio.as_ref().map(|(what, ratio)| serde_json::json!({"against": what, "median_ratio": ratio})),
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = options.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&options.json, serde_json::to_string_pretty(&json)?)?;
+    eprintln!("wrote {}", options.json.display());
+    Ok(())
+}
+
+struct Row {
+    name: String,
+    min: f64,
+    median: f64,
+    max: f64,
+    ratio: Option<(String, f64)>,
+}
+
+impl Row {
+    fn new(name: &str, samples: &[Duration], against: Option<(&str, &[Duration])>) -> Row {
+        let (min, median, max) = stats(samples);
+        Row {
+            name: name.to_owned(),
+            min,
+            median,
+            max,
+            ratio: against.map(|(what, floor)| (what.to_owned(), median / stats(floor).1)),
+        }
+    }
+}
+
+fn stats(samples: &[Duration]) -> (f64, f64, f64) {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    (ms[0], ms[ms.len() / 2], ms[ms.len() - 1])
+}
+
+fn time_once(command: &mut Command) -> Result<Duration> {
+    let start = Instant::now();
+    let out = command.output()?;
+    let took = start.elapsed();
+    ensure!(
+        out.status.success(),
+        "{:?} failed: {}",
+        command,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
+}
+
+/// One warm-up run, then `trials` timed runs.
+fn measure(trials: usize, make: impl Fn() -> Command) -> Result<Vec<Duration>> {
+    time_once(&mut make())?;
+    (0..trials).map(|_| time_once(&mut make())).collect()
+}
+
+fn id(user: &str, flag: &str) -> Result<String> {
+    let out = Command::new("id").args([flag, user]).output()?;
+    ensure!(out.status.success(), "no user {user}: run tests/env/up.sh");
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+fn home_of(user: &str) -> Result<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && f[0] == user)
+        .map(|f| f[5].to_owned())
+        .context("no such user")
+}
+
+fn init_pid(name: &str) -> Result<String> {
+    let out = Command::new("incus")
+        .args(["query", &format!("/1.0/instances/{name}/state")])
+        .output()?;
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(state["pid"].as_i64().context("no init pid")?.to_string())
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    serde_json::json!({"cpu": cpu, "cores": cores, "kernel": kernel.trim()})
+}
+
+/// The daemon as a process of its own on the bus, stopped when dropped.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(bin: &Path, address: &str) -> Result<Daemon> {
+        let child = Command::new(bin.join("kapsule-daemon"))
+            .args(["--address", address])
+            .stderr(Stdio::null())
+            .spawn()?;
+        let daemon = Daemon(child);
+        for _ in 0..200 {
+            let out = Command::new("busctl")
+                .args([
+                    &format!("--address={address}"),
+                    "call",
+                    "org.freedesktop.DBus",
+                    "/org/freedesktop/DBus",
+                    "org.freedesktop.DBus",
+                    "NameHasOwner",
+                    "s",
+                    "org.kde.kapsule",
+                ])
+                .stderr(Stdio::null())
+                .output()?;
+            if String::from_utf8_lossy(&out.stdout).trim() == "b true" {
+                return Ok(daemon);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("the daemon did not take its name")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A container removed when dropped.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("incus").args(["delete", "--force", &self.0]).output();
+    }
+}
