@@ -144,18 +144,19 @@ pub(crate) async fn start(state: &State, caller: &Caller, session: Session) -> R
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .map_err(|e| Error::Failed(format!("Cannot run {}: {e}", helper_path.display())))?;
-    let helper_pid = helper.id().unwrap_or(0);
+    // Never 0: written to cgroup.procs, 0 would move the daemon itself.
+    let helper_pid = helper
+        .id()
+        .ok_or_else(|| Error::Failed("The session helper ended at once".into()))?;
     // Reap the helper whenever it ends (with its session, perhaps hours from now).
     tokio::spawn(async move {
         let _ = helper.wait().await;
     });
-    join_container_cgroups(&name, pid, helper_pid).map_err(|e| {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(helper_pid as i32).expect("a running child has a pid"),
-            rustix::process::Signal::KILL,
-        );
-        Error::Failed(format!("Cannot join the cgroup of '{name}': {e}"))
-    })?;
+    if let Err(e) = join_container_cgroups(&name, pid, helper_pid) {
+        // The helper has not been told anything yet; without its request it just exits.
+        drop(control);
+        return Err(Error::Failed(format!("Cannot join the cgroup of '{name}': {e}")));
+    }
 
     let (terminal, stdio) = match session.stdio {
         Stdio::Terminal(rows, columns) => (Some((rows, columns)), Vec::new()),

@@ -11,11 +11,14 @@ use crate::caller::Caller;
 use crate::containers::{INCUS_WAIT, run_incus_operation};
 use crate::operation::{Failure, MessageKind, Reporter};
 
-/// Refuses names no image can have: empty, huge, or with control characters or slashes.
+/// Refuses names no image can have: empty, huge, with control characters or spaces; an alias
+/// (a local name, used in Incus URLs) has no slash either, while a remote image may
+/// (`images:debian/12`).
 fn validate_image_name(name: &str, what: &str) -> Result<(), Error> {
+    let slash_allowed = what != "alias";
     if name.is_empty()
         || name.len() > 256
-        || name.contains(|c: char| c.is_control() || c.is_whitespace() || c == '/' && what == "alias")
+        || name.contains(|c: char| c.is_control() || c.is_whitespace() || (c == '/' && !slash_allowed))
     {
         return Err(Error::InvalidArgument(format!(
             "Invalid image {what} '{}'",

@@ -271,21 +271,29 @@ async fn make_own_home(state: &State, notes: Notes<'_>, name: &str, account: &Ac
         home,
         &format!("{}:{}", account.uid, account.gid),
     ]);
+    let what = format!("Copying /etc/skel into {home}");
+    run_best_effort(state, notes, name, &request, &what).await;
+}
+
+/// Runs a step that is not worth failing the setup for; a failure becomes a warning.
+async fn run_best_effort(
+    state: &State,
+    notes: Notes<'_>,
+    name: &str,
+    request: &kapsule_incus::ExecRequest,
+    what: &str,
+) {
     match state
         .incus
-        .exec(name, &request, std::time::Duration::from_secs(60))
+        .exec(name, request, std::time::Duration::from_secs(60))
         .await
     {
         Ok(out) if out.exit_code == 0 => {}
         Ok(out) => {
-            notes
-                .warn(&format!(
-                    "Copying /etc/skel into {home} failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-                .await
+            let why = String::from_utf8_lossy(&out.stderr);
+            notes.warn(&format!("{what} failed: {}", why.trim())).await
         }
-        Err(e) => notes.warn(&format!("Copying /etc/skel into {home} failed: {e}")).await,
+        Err(e) => notes.warn(&format!("{what} failed: {e}")).await,
     }
 }
 
@@ -484,22 +492,7 @@ async fn enable_linger(state: &State, notes: Notes<'_>, name: &str, account: &Ac
         return;
     }
     let request = kapsule_incus::ExecRequest::new(["loginctl", "enable-linger", &account.name]);
-    match state
-        .incus
-        .exec(name, &request, std::time::Duration::from_secs(30))
-        .await
-    {
-        Ok(out) if out.exit_code == 0 => {}
-        Ok(out) => {
-            notes
-                .warn(&format!(
-                    "Could not enable linger: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-                .await
-        }
-        Err(e) => notes.warn(&format!("Could not enable linger: {e}")).await,
-    }
+    run_best_effort(state, notes, name, &request, "Enabling linger").await;
 }
 
 /// Step 7: the marker, last, so an interrupted setup runs again.

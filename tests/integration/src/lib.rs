@@ -182,6 +182,32 @@ impl Drop for PrivateBus {
     }
 }
 
+/// The daemon as a process of its own on `bus` (as in production), once it answers: the
+/// process, a client connection and a manager proxy on it.
+pub async fn daemon_process(
+    bus: &PrivateBus,
+) -> (
+    std::process::Child,
+    zbus::Connection,
+    kapsule_dbus::ManagerProxy<'static>,
+) {
+    let mut daemon = Command::new(workspace_binary("kapsule-daemon"))
+        .args(["--address", &bus.address])
+        .spawn()
+        .unwrap();
+    let client = bus.connect().await;
+    let manager = kapsule_dbus::ManagerProxy::new(&client).await.unwrap();
+    for _ in 0..200 {
+        if manager.version().await.is_ok() {
+            return (daemon, client, manager);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    panic!("the daemon process did not answer on its bus within 10 s");
+}
+
 /// Every signal an operation emitted, in order, as readable strings like `Completed(true, "")`.
 pub async fn collect_operation_signals(stream: &mut zbus::MessageStream, path: &str) -> Vec<String> {
     use futures_util::StreamExt;

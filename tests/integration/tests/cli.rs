@@ -279,18 +279,7 @@ async fn config_is_layered_with_the_callers_own_file_read_as_them_and_enter_uses
 async fn a_daemon_that_dies_mid_operation_ends_the_wait() {
     let env = env().await;
     let bus = PrivateBus::start();
-    let mut daemon = std::process::Command::new(kapsule_integration_tests::workspace_binary("kapsule-daemon"))
-        .args(["--address", &bus.address])
-        .spawn()
-        .unwrap();
-    let client = bus.connect().await;
-    let manager = kapsule_dbus::ManagerProxy::new(&client).await.unwrap();
-    for _ in 0..100 {
-        if manager.version().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let (mut daemon, _client, manager) = kapsule_integration_tests::daemon_process(&bus).await;
     let name = unique_name("orphan");
     let _guard = InstanceGuard(name.clone());
     let image = format!("local:{}", env.image);

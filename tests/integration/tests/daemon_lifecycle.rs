@@ -387,23 +387,10 @@ async fn schema_config_and_images_are_served() {
 async fn the_daemon_process_exits_when_its_bus_goes_away() {
     let _env = kapsule_integration_tests::env().await;
     let bus = kapsule_integration_tests::PrivateBus::start();
-    let mut daemon = std::process::Command::new(kapsule_integration_tests::workspace_binary("kapsule-daemon"))
-        .args(["--address", &bus.address])
-        .spawn()
-        .unwrap();
-    let client = bus.connect().await;
-    let manager = kapsule_dbus::ManagerProxy::new(&client).await.unwrap();
-    let mut version = None;
-    for _ in 0..100 {
-        if let Ok(v) = manager.version().await {
-            version = Some(v);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut daemon, client, manager) = kapsule_integration_tests::daemon_process(&bus).await;
     assert_eq!(
-        version.as_deref(),
-        Some(env!("CARGO_PKG_VERSION")),
+        manager.version().await.unwrap(),
+        env!("CARGO_PKG_VERSION"),
         "the daemon answers on its bus"
     );
     drop(manager);
