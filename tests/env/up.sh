@@ -56,7 +56,10 @@ start_incusd() {
     [ -x "$incusd" ] || die "$incusd not found; is incus-base installed?"
     log "starting incusd"
     # setsid: incusd must not die with the shell that started it, nor get its terminal's signals.
-    setsid "$incusd" --group root ${KAPSULE_INCUSD_DEBUG:+--debug} --logfile "$KAPSULE_TEST_RUN/incusd.log" \
+    # A fixed PATH, as systemd gives services: what incusd runs (LXC hooks among them) must not
+    # depend on the shell that started the environment.
+    setsid env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        "$incusd" --group root ${KAPSULE_INCUSD_DEBUG:+--debug} --logfile "$KAPSULE_TEST_RUN/incusd.log" \
         </dev/null >"$KAPSULE_TEST_RUN/incusd.out" 2>&1 &
     echo $! >"$KAPSULE_TEST_RUN/incusd.pid"
     if ! incus admin waitready --timeout=60; then

@@ -7,7 +7,7 @@ use kapsule_dbus::Error;
 use kapsule_incus::models::Instance;
 
 use crate::State;
-use crate::operation::{Failure, Reporter};
+use crate::operation::{Failure, MessageKind, Reporter};
 
 /// Every Kapsule container carries config keys under this prefix (the original daemon's too).
 pub(crate) const META_PREFIX: &str = "user.kapsule.";
@@ -134,6 +134,14 @@ pub(crate) async fn start(state: &State, reporter: &Reporter, name: &str) -> Res
     if is_running(&instance) {
         reporter.warn(&format!("Container '{name}' is already running")).await;
         return Ok(String::new());
+    }
+    if instance.config.get("raw.lxc").is_some_and(|raw| {
+        raw.lines()
+            .any(|l| l.starts_with("lxc.hook.mount=") && l.contains("nvidia"))
+    }) {
+        reporter
+            .say(MessageKind::Dim, "NVIDIA userspace drivers are injected on start")
+            .await;
     }
     let op = state.incus.start_instance(name).await?;
     run_incus_operation(state, reporter, op).await?;

@@ -13,7 +13,7 @@ use zbus::OwnedVariant;
 
 use crate::State;
 use crate::containers::{run_incus_operation, validate_name};
-use crate::operation::{Failure, Reporter};
+use crate::operation::{Failure, MessageKind, Reporter};
 
 /// Remote image servers a client may name as `<remote>:<alias>`.
 const REMOTES: &[(&str, &str)] = &[
@@ -236,24 +236,64 @@ pub(crate) fn devices(options: &CreateOptions, gpu_present: bool) -> Devices {
 }
 
 /// Whether the host has a GPU Incus can pass through.
-pub(crate) fn host_has_gpu() -> bool {
-    std::path::Path::new("/dev/dri").is_dir() || std::path::Path::new("/dev/nvidia0").exists()
+/// True when Incus can give containers a GPU (it refuses to start a `gpu` device otherwise).
+/// An error counts as no GPU: the container then starts, without one.
+pub(crate) async fn host_has_gpu(state: &State) -> bool {
+    match state.incus.gpu_count().await {
+        Ok(n) => n > 0,
+        Err(e) => {
+            log::warn!("cannot ask Incus for GPUs: {e}");
+            false
+        }
+    }
+}
+
+/// The `raw.lxc` lines of a container: the NVIDIA mount hook when asked for and installed.
+pub(crate) fn raw_lxc(options: &CreateOptions, nvidia_hook: Option<&std::path::Path>) -> String {
+    let mut lines = String::new();
+    if options.gpu
+        && options.nvidia_drivers
+        && let Some(hook) = nvidia_hook
+    {
+        lines.push_str(&format!("lxc.hook.mount={}\n", hook.display()));
+    }
+    lines
 }
 
 /// The operation's work: create, start, fix up; on failure or cancellation, remove what was made.
 pub(crate) async fn run(state: &State, reporter: &Reporter, plan: Plan) -> Result<String, Failure> {
     let name = plan.name.clone();
-    let gpu = host_has_gpu();
+    let gpu = host_has_gpu(state).await;
+    let nvidia_hook = state.settings.nvidia_hook_path();
     reporter.info(&format!("Image: {}", plan.image_label)).await;
     if plan.options.gpu && !gpu {
         reporter
             .warn("No GPU found on this host; the container gets none")
             .await;
     }
+    if plan.options.gpu && plan.options.nvidia_drivers {
+        match &nvidia_hook {
+            Some(_) => {
+                reporter
+                    .say(MessageKind::Dim, "NVIDIA userspace drivers will be injected on start")
+                    .await
+            }
+            None => {
+                reporter
+                    .warn("NVIDIA driver injection is not installed (kapsule-nvidia-hook); the container gets none")
+                    .await
+            }
+        }
+    }
+    let mut config = config(&plan.options);
+    let raw = raw_lxc(&plan.options, nvidia_hook.as_deref());
+    if !raw.is_empty() {
+        config.insert("raw.lxc".into(), raw);
+    }
     let request = InstancesPost {
         name: name.clone(),
         source: plan.source,
-        config: config(&plan.options),
+        config,
         devices: devices(&plan.options, gpu),
         profiles: Vec::new(),
         kind: "container".into(),
@@ -369,6 +409,24 @@ mod tests {
         assert_eq!(c["user.kapsule.nvidia-drivers"], "false");
         assert_eq!(c["user.kapsule.custom-mounts"], r#"["~/src"]"#);
         assert!(!c.contains_key("user.kapsule.session-mode"));
+    }
+
+    #[test]
+    fn the_nvidia_hook_is_registered_only_when_asked_for_and_installed() {
+        let hook = std::path::Path::new("/usr/lib/kapsule/kapsule-nvidia-hook");
+        let mut o = defaults();
+        o.gpu = true;
+        o.nvidia_drivers = true;
+        assert_eq!(
+            raw_lxc(&o, Some(hook)),
+            "lxc.hook.mount=/usr/lib/kapsule/kapsule-nvidia-hook\n"
+        );
+        assert_eq!(raw_lxc(&o, None), "", "not installed: no hook LXC could not run");
+        o.nvidia_drivers = false;
+        assert_eq!(raw_lxc(&o, Some(hook)), "");
+        o.nvidia_drivers = true;
+        o.gpu = false;
+        assert_eq!(raw_lxc(&o, Some(hook)), "");
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub(crate) async fn start(state: &State, caller: &Caller, session: Session) -> R
 
     let (client_channel, helper_channel) = UnixStream::pair().map_err(failed)?;
     let (control, helper_control) = UnixStream::pair().map_err(failed)?;
-    let helper_path = helper_path(&state.settings);
+    let helper_path = state.settings.nsenter_path();
     let mut helper = tokio::process::Command::new(&helper_path)
         .env_clear()
         .stdin(std::process::Stdio::from(OwnedFd::from(helper_control)))
@@ -288,23 +288,6 @@ pub(crate) fn session_environment(caller: &HashMap<String, String>) -> Vec<(Stri
         .collect();
     env.sort();
     env
-}
-
-/// `kapsule-nsenter`: as configured, next to the daemon (a build or installed tree keeps them
-/// together), or the installed path.
-fn helper_path(settings: &crate::Settings) -> PathBuf {
-    if let Some(path) = &settings.nsenter {
-        return path.clone();
-    }
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        let sibling = dir.join("kapsule-nsenter");
-        if sibling.exists() {
-            return sibling;
-        }
-    }
-    PathBuf::from("/usr/lib/kapsule/kapsule-nsenter")
 }
 
 /// Puts process `pid` into the cgroups of container `name` (whose init is `init_pid`), where

@@ -41,6 +41,40 @@ pub struct Settings {
     /// The `kapsule-nsenter` helper; default: next to the daemon, else
     /// `/usr/lib/kapsule/kapsule-nsenter`.
     pub nsenter: Option<std::path::PathBuf>,
+    /// The NVIDIA mount hook registered in containers made with `nvidia_drivers`; default:
+    /// next to the daemon, else `/usr/lib/kapsule/kapsule-nvidia-hook`.
+    pub nvidia_hook: Option<std::path::PathBuf>,
+}
+
+impl Settings {
+    /// `kapsule-nsenter`: as configured, next to the daemon (a build or an installed tree keeps
+    /// them together), or the installed path.
+    pub(crate) fn nsenter_path(&self) -> std::path::PathBuf {
+        self.nsenter.clone().unwrap_or_else(|| installed("kapsule-nsenter"))
+    }
+
+    /// The NVIDIA hook, if it is installed (a container must not get a hook LXC cannot run: it
+    /// would not start).
+    pub(crate) fn nvidia_hook_path(&self) -> Option<std::path::PathBuf> {
+        let path = self
+            .nvidia_hook
+            .clone()
+            .unwrap_or_else(|| installed("kapsule-nvidia-hook"));
+        path.is_file().then_some(path)
+    }
+}
+
+/// A helper program: next to the daemon, else in `/usr/lib/kapsule`.
+fn installed(name: &str) -> std::path::PathBuf {
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let sibling = dir.join(name);
+        if sibling.exists() {
+            return sibling;
+        }
+    }
+    std::path::Path::new("/usr/lib/kapsule").join(name)
 }
 
 /// What the manager and every operation share.

@@ -16,6 +16,10 @@ struct Args {
     /// /usr/lib/kapsule/kapsule-nsenter).
     #[arg(long, value_name = "PATH", env = "KAPSULE_NSENTER")]
     nsenter: Option<std::path::PathBuf>,
+    /// The NVIDIA mount hook (default: next to this program, else
+    /// /usr/lib/kapsule/kapsule-nvidia-hook).
+    #[arg(long, value_name = "PATH", env = "KAPSULE_NVIDIA_HOOK")]
+    nvidia_hook: Option<std::path::PathBuf>,
     /// More log output (repeat for even more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -24,7 +28,10 @@ struct Args {
 fn main() {
     let args = Args::parse();
     init_logging(args.verbose);
-    let settings = kapsule_daemon::Settings { nsenter: args.nsenter };
+    let settings = kapsule_daemon::Settings {
+        nsenter: args.nsenter,
+        nvidia_hook: args.nvidia_hook,
+    };
     let bus = match (args.session, args.address) {
         (_, Some(address)) => kapsule_daemon::Bus::Address(address),
         (true, None) => kapsule_daemon::Bus::Session,

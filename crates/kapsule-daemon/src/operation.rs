@@ -18,13 +18,15 @@ use zbus::{Connection, OwnedObjectPath, interface};
 const LINGER: Duration = Duration::from_secs(30);
 
 /// The kinds of message an operation reports (`Message(i type, s text, i indent)`); the wire
-/// also has 4 dim and 5 hint, added here when the daemon first needs them.
+/// also has 5 hint, added here when the daemon first needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MessageKind {
     Info = 0,
     Success = 1,
     Warning = 2,
     Error = 3,
+    /// Detail a client may show less prominently.
+    Dim = 4,
 }
 
 /// Why an operation did not succeed; the text is what the client is shown.

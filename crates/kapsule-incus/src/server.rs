@@ -9,4 +9,11 @@ impl Client {
     pub async fn server(&self) -> Result<Server> {
         self.get_json("/1.0").await
     }
+
+    /// How many GPUs Incus can hand to containers (`GET /1.0/resources`): a `gpu` device on a
+    /// host where this is 0 makes the container fail to start.
+    pub async fn gpu_count(&self) -> Result<u64> {
+        let resources: serde_json::Value = self.get_json("/1.0/resources").await?;
+        Ok(resources["gpu"]["total"].as_u64().unwrap_or(0))
+    }
 }

@@ -168,6 +168,7 @@ impl PrivateBus {
     pub async fn daemon(&self) -> zbus::Connection {
         let settings = kapsule_daemon::Settings {
             nsenter: Some(workspace_binary("kapsule-nsenter")),
+            nvidia_hook: Some(workspace_binary("kapsule-nvidia-hook")),
         };
         kapsule_daemon::serve(kapsule_daemon::Bus::Address(self.address.clone()), settings)
             .await
