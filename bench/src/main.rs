@@ -309,8 +309,12 @@ struct Daemon(std::process::Child);
 
 impl Daemon {
     fn start(bin: &Path, address: &str) -> Result<Daemon> {
+        // The test containers' own network namespace: the image's dockerd must not touch the
+        // machine's network.
         let child = Command::new(bin.join("kapsule-daemon"))
             .args(["--address", address])
+            .arg("--network-namespace")
+            .arg(kapsule_integration_tests::test_network_namespace())
             .stderr(Stdio::null())
             .spawn()?;
         let daemon = Daemon(child);

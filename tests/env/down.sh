@@ -17,5 +17,9 @@ if [ -f "$KAPSULE_TEST_RUN/incusd.pid" ]; then
     fi
     stop_pidfile "$KAPSULE_TEST_RUN/incusd.pid" incusd
 fi
+# Its containers are stopped now; the namespace goes too.
+if [ -e "/run/netns/$KAPSULE_TEST_NETNS_NAME" ]; then
+    ip netns delete "$KAPSULE_TEST_NETNS_NAME" && log "removed network namespace $KAPSULE_TEST_NETNS_NAME"
+fi
 rm -f "$KAPSULE_TEST_RUN/env"
 log "down"

@@ -15,6 +15,8 @@ KAPSULE_TEST_RUN=${KAPSULE_TEST_RUN:-/run/kapsule-test}
 KAPSULE_TEST_IMAGE=${KAPSULE_TEST_IMAGE:-kapsule-test}
 # A plain, non-root user for the tests that call as someone else (up.sh creates it).
 KAPSULE_TEST_USER=${KAPSULE_TEST_USER:-kapsule-tester}
+# The network namespace test containers share instead of the host's (up.sh creates it).
+KAPSULE_TEST_NETNS_NAME=${KAPSULE_TEST_NETNS_NAME:-kapsule-test}
 INCUS_SOCKET=${INCUS_SOCKET:-/var/lib/incus/unix.socket}
 
 log() { printf '[env] %s\n' "$*" >&2; }

@@ -13,7 +13,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
 
-HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux)
+HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux iproute2)
 
 install_packages() {
     local suite missing=() p
@@ -135,12 +135,23 @@ create_test_user() {
     fi
 }
 
+# The network the test containers share in place of the host's: a namespace of their own with
+# only loopback, so what runs inside (dockerd, podman networks) never touches the machine's.
+create_test_netns() {
+    if [ ! -e "/run/netns/$KAPSULE_TEST_NETNS_NAME" ]; then
+        ip netns add "$KAPSULE_TEST_NETNS_NAME"
+        ip -n "$KAPSULE_TEST_NETNS_NAME" link set lo up
+        log "created network namespace $KAPSULE_TEST_NETNS_NAME"
+    fi
+}
+
 write_env() {
     cat >"$KAPSULE_TEST_RUN/env" <<EOF
 # Written by tests/env/up.sh; source it to talk to the test environment.
 export INCUS_SOCKET=$INCUS_SOCKET
 export KAPSULE_TEST_IMAGE=$KAPSULE_TEST_IMAGE
 export KAPSULE_TEST_USER=$KAPSULE_TEST_USER
+export KAPSULE_TEST_NETNS=/run/netns/$KAPSULE_TEST_NETNS_NAME
 export KAPSULE_TEST_SYSTEM_BUS=unix:path=$KAPSULE_TEST_RUN/dbus/system_bus_socket
 EOF
 }
@@ -152,5 +163,6 @@ configure_incus
 import_image
 start_private_bus
 create_test_user
+create_test_netns
 write_env
 log "ready: incusd $(incus query /1.0 | jq -r .environment.server_version), image $KAPSULE_TEST_IMAGE, private bus $KAPSULE_TEST_RUN/dbus/system_bus_socket"

@@ -248,9 +248,20 @@ pub(crate) async fn host_has_gpu(state: &State) -> bool {
     }
 }
 
-/// The `raw.lxc` lines of a container: the NVIDIA mount hook when asked for and installed.
-pub(crate) fn raw_lxc(options: &CreateOptions, nvidia_hook: Option<&std::path::Path>) -> String {
-    let mut lines = String::new();
+/// The `raw.lxc` lines of a container: the network namespace it shares (the host's: LXC opens
+/// the path in incusd's `forkstart`, which lives in the host's), and the NVIDIA mount hook when
+/// asked for and installed.
+///
+/// `lxc.namespace.share.net=<path>` is the host networking every Incus accepts: 6.0 rejects the
+/// original's `lxc.net.0.type=none` (only address keys of `lxc.net.*` pass its raw.lxc check),
+/// while `lxc.namespace.*` passes old and new. Containers the original made with
+/// `lxc.net.0.type=none`, on an Incus that took it, are left as they are and keep working.
+pub(crate) fn raw_lxc(
+    options: &CreateOptions,
+    network_namespace: &std::path::Path,
+    nvidia_hook: Option<&std::path::Path>,
+) -> String {
+    let mut lines = format!("lxc.namespace.share.net={}\n", network_namespace.display());
     if options.gpu
         && options.nvidia_drivers
         && let Some(hook) = nvidia_hook
@@ -286,10 +297,12 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, plan: Plan) -> Resul
         }
     }
     let mut config = config(&plan.options);
-    let raw = raw_lxc(&plan.options, nvidia_hook.as_deref());
-    if !raw.is_empty() {
-        config.insert("raw.lxc".into(), raw);
-    }
+    let raw = raw_lxc(
+        &plan.options,
+        &state.settings.network_namespace_path(),
+        nvidia_hook.as_deref(),
+    );
+    config.insert("raw.lxc".into(), raw);
     let request = InstancesPost {
         name: name.clone(),
         source: plan.source,
@@ -412,21 +425,27 @@ mod tests {
     }
 
     #[test]
-    fn the_nvidia_hook_is_registered_only_when_asked_for_and_installed() {
+    fn raw_lxc_shares_the_network_and_registers_the_hook_only_when_asked_for_and_installed() {
         let hook = std::path::Path::new("/usr/lib/kapsule/kapsule-nvidia-hook");
+        let host = std::path::Path::new("/proc/self/ns/net");
+        let net = "lxc.namespace.share.net=/proc/self/ns/net\n";
         let mut o = defaults();
         o.gpu = true;
         o.nvidia_drivers = true;
         assert_eq!(
-            raw_lxc(&o, Some(hook)),
-            "lxc.hook.mount=/usr/lib/kapsule/kapsule-nvidia-hook\n"
+            raw_lxc(&o, host, Some(hook)),
+            format!("{net}lxc.hook.mount=/usr/lib/kapsule/kapsule-nvidia-hook\n")
         );
-        assert_eq!(raw_lxc(&o, None), "", "not installed: no hook LXC could not run");
+        assert_eq!(raw_lxc(&o, host, None), net, "not installed: no hook LXC could not run");
         o.nvidia_drivers = false;
-        assert_eq!(raw_lxc(&o, Some(hook)), "");
+        assert_eq!(raw_lxc(&o, host, Some(hook)), net);
         o.nvidia_drivers = true;
         o.gpu = false;
-        assert_eq!(raw_lxc(&o, Some(hook)), "");
+        assert_eq!(raw_lxc(&o, host, Some(hook)), net);
+        assert_eq!(
+            raw_lxc(&o, std::path::Path::new("/run/netns/test"), None),
+            "lxc.namespace.share.net=/run/netns/test\n"
+        );
     }
 
     #[test]

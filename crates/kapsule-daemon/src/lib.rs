@@ -44,6 +44,10 @@ pub struct Settings {
     /// The NVIDIA mount hook registered in containers made with `nvidia_drivers`; default:
     /// next to the daemon, else `/usr/lib/kapsule/kapsule-nvidia-hook`.
     pub nvidia_hook: Option<std::path::PathBuf>,
+    /// The network namespace containers share; default `/proc/self/ns/net`, which LXC opens in
+    /// incusd's own process: the host's network. Tests give a namespace of their own, so nothing
+    /// a container does (dockerd making bridges) touches the machine's network.
+    pub network_namespace: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -51,6 +55,13 @@ impl Settings {
     /// them together), or the installed path.
     pub(crate) fn nsenter_path(&self) -> std::path::PathBuf {
         self.nsenter.clone().unwrap_or_else(|| installed("kapsule-nsenter"))
+    }
+
+    /// The network namespace new containers share.
+    pub(crate) fn network_namespace_path(&self) -> std::path::PathBuf {
+        self.network_namespace
+            .clone()
+            .unwrap_or_else(|| "/proc/self/ns/net".into())
     }
 
     /// The NVIDIA hook, if it is installed (a container must not get a hook LXC cannot run: it

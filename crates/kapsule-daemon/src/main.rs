@@ -20,6 +20,10 @@ struct Args {
     /// /usr/lib/kapsule/kapsule-nvidia-hook).
     #[arg(long, value_name = "PATH", env = "KAPSULE_NVIDIA_HOOK")]
     nvidia_hook: Option<std::path::PathBuf>,
+    /// The network namespace containers share (default: the host's, /proc/self/ns/net as
+    /// incusd sees it). For tests that must not touch the machine's network.
+    #[arg(long, value_name = "PATH", env = "KAPSULE_NETWORK_NAMESPACE")]
+    network_namespace: Option<std::path::PathBuf>,
     /// More log output (repeat for even more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -31,6 +35,7 @@ fn main() {
     let settings = kapsule_daemon::Settings {
         nsenter: args.nsenter,
         nvidia_hook: args.nvidia_hook,
+        network_namespace: args.network_namespace,
     };
     let bus = match (args.session, args.address) {
         (_, Some(address)) => kapsule_daemon::Bus::Address(address),

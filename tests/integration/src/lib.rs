@@ -169,6 +169,7 @@ impl PrivateBus {
         let settings = kapsule_daemon::Settings {
             nsenter: Some(workspace_binary("kapsule-nsenter")),
             nvidia_hook: Some(workspace_binary("kapsule-nvidia-hook")),
+            network_namespace: Some(test_network_namespace()),
         };
         kapsule_daemon::serve(kapsule_daemon::Bus::Address(self.address.clone()), settings)
             .await
@@ -194,6 +195,8 @@ pub async fn daemon_process(
 ) {
     let mut daemon = Command::new(workspace_binary("kapsule-daemon"))
         .args(["--address", &bus.address])
+        .arg("--network-namespace")
+        .arg(test_network_namespace())
         .spawn()
         .unwrap();
     let client = bus.connect().await;
@@ -357,6 +360,20 @@ pub async fn import_tiny_image(incus: &Client, alias: &str) -> String {
         incus.create_image_alias(alias, &fingerprint, "kt").await.unwrap();
     }
     fingerprint
+}
+
+/// The network namespace `tests/env/up.sh` made for test containers to share in place of the
+/// host's (so dockerd and podman inside never change the machine's network), or a panic.
+pub fn test_network_namespace() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(
+        std::env::var("KAPSULE_TEST_NETNS").unwrap_or_else(|_| "/run/netns/kapsule-test".into()),
+    );
+    assert!(
+        path.exists(),
+        "the test network namespace {} does not exist; run tests/env/up.sh",
+        path.display()
+    );
+    path
 }
 
 /// The plain user `tests/env/up.sh` made (not root, in no Incus group), from the user database.

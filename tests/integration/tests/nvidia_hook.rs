@@ -149,9 +149,11 @@ async fn a_real_lxc_start_runs_the_hook() {
         "{seen:?}"
     );
     let instance = incus.get_instance(&name).await.unwrap();
-    assert_eq!(
-        instance.config["raw.lxc"],
-        format!("lxc.hook.mount={}\n", workspace_binary("kapsule-nvidia-hook").display())
+    let hook_line = format!("lxc.hook.mount={}", workspace_binary("kapsule-nvidia-hook").display());
+    assert!(
+        instance.config["raw.lxc"].lines().any(|l| l == hook_line),
+        "{}",
+        instance.config["raw.lxc"]
     );
     assert_eq!(instance.status, "Running");
 
