@@ -140,14 +140,21 @@ fn supervise(mut child: std::process::Child, pidfd: OwnedFd, channel: UnixStream
 }
 
 /// Joins the container and starts the command. Errors are what the client is told.
-fn start(request: &EnterRequest, mut fds: Vec<OwnedFd>) -> Result<Session, String> {
-    let expected = if request.terminal.is_some() { 2 } else { 5 };
-    if fds.len() != expected {
-        return Err(format!("expected {expected} descriptors, got {}", fds.len()));
-    }
-    let stdio: Vec<OwnedFd> = fds.drain(2..).collect();
-    let channel = UnixStream::from(fds.pop().expect("two left"));
-    let container = fds.pop().expect("one left");
+fn start(request: &EnterRequest, fds: Vec<OwnedFd>) -> Result<Session, String> {
+    let count = fds.len();
+    let mut fds = fds.into_iter();
+    let (Some(container), Some(channel)) = (fds.next(), fds.next()) else {
+        return Err(format!(
+            "expected the container's pidfd and a channel, got {count} descriptors"
+        ));
+    };
+    let channel = UnixStream::from(channel);
+    // Without a terminal: exactly stdin, stdout and stderr follow; with one, nothing.
+    let stdio: Option<[OwnedFd; 3]> = match (request.terminal, <[OwnedFd; 3]>::try_from(fds.collect::<Vec<_>>())) {
+        (None, Ok(stdio)) => Some(stdio),
+        (Some(_), Err(rest)) if rest.is_empty() => None,
+        _ => return Err(format!("unexpected number of descriptors: {count}")),
+    };
 
     let all = ThreadNameSpaceType::MOUNT
         | ThreadNameSpaceType::PROCESS_ID
@@ -169,9 +176,8 @@ fn start(request: &EnterRequest, mut fds: Vec<OwnedFd>) -> Result<Session, Strin
             (slave, out, err, Some(master))
         }
         None => {
-            let mut stdio = stdio.into_iter();
-            let (i, o, e) = (stdio.next(), stdio.next(), stdio.next());
-            (i.expect("3"), o.expect("3"), e.expect("3"), None)
+            let [i, o, e] = stdio.ok_or("no stdin, stdout and stderr were passed")?;
+            (i, o, e, None)
         }
     };
 

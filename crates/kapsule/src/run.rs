@@ -37,6 +37,11 @@ pub(crate) fn explain(e: zbus::Error) -> anyhow::Error {
                 "the Kapsule daemon is not running and could not be started\nhint: check `systemctl status kapsule-daemon`"
             )
         }
+        // The daemon went away before it answered (it crashed or was stopped mid-call).
+        "org.freedesktop.DBus.Error.NoReply" => anyhow!(
+            "the Kapsule daemon stopped while handling the request; its outcome is unknown\n\
+             hint: check `journalctl -u kapsule-daemon` and `kapsule list`"
+        ),
         "org.kde.kapsule.Error.IncusUnavailable" => anyhow!("{text}\nhint: check `systemctl status incus`"),
         _ => anyhow!("{text}"),
     }
@@ -218,4 +223,24 @@ fn print_images(images: &[serde_json::Value], format: Format) {
 fn write_out(text: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stdout(), "{text}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_troubles_come_with_a_hint() {
+        let gone = explain(zbus::Error::FDO(Box::new(zbus::fdo::Error::NoReply(
+            "Message recipient disconnected from message bus without replying".into(),
+        ))));
+        let text = gone.to_string();
+        assert!(
+            text.starts_with("the Kapsule daemon stopped while handling the request"),
+            "{text}"
+        );
+        assert!(text.contains("\nhint: "), "{text}");
+        let absent = explain(zbus::Error::FDO(Box::new(zbus::fdo::Error::ServiceUnknown("x".into()))));
+        assert!(absent.to_string().contains("is not running"), "{absent}");
+    }
 }
