@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use kapsule_integration_tests::InstanceGuard;
 
 fn main() {
     if let Err(e) = run() {
@@ -76,40 +77,34 @@ fn run() -> Result<()> {
     ensure!(status.success(), "building the release binaries failed");
     let bin = workspace().join("target/release");
     let image = std::env::var("KAPSULE_TEST_IMAGE").unwrap_or_else(|_| "kapsule-test".into());
-    let user = std::env::var("KAPSULE_TEST_USER").unwrap_or_else(|_| "kapsule-tester".into());
-    let uid = id(&user, "-u")?;
-    let gid = id(&user, "-g")?;
-    let home = home_of(&user)?;
+    let user = kapsule_integration_tests::test_user();
 
     // The tests' own private bus (a session-type dbus-daemon any user may reach).
     let bus = kapsule_integration_tests::PrivateBus::start();
     let _daemon = Daemon::start(&bin, &bus.address)?;
     let as_user = |args: &[&str]| -> Command {
-        let mut c = Command::new("setpriv");
-        c.args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={gid}"),
-            "--init-groups",
-            "--",
-        ])
-        .arg(bin.join("kapsule"))
-        .args(args)
-        .env("KAPSULE_BUS_ADDRESS", &bus.address)
-        .env("HOME", &home)
-        .current_dir(&home)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        let mut c = user.command(bin.join("kapsule"));
+        c.args(args)
+            .env("KAPSULE_BUS_ADDRESS", &bus.address)
+            .current_dir(&user.home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         c
     };
+    let create = |name: &str| -> Result<InstanceGuard> {
+        let guard = InstanceGuard(name.to_owned());
+        let out = Command::new(bin.join("kapsule"))
+            .args(["create", name, "--image", &format!("local:{image}")])
+            .env("KAPSULE_BUS_ADDRESS", &bus.address)
+            .output()?;
+        ensure!(out.status.success(), "create: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(guard)
+    };
 
+    let home = user.home.to_str().context("a home that is UTF-8")?;
     let name = format!("kb-enter-{}", std::process::id());
-    let _container = Container(name.clone());
-    let out = Command::new(bin.join("kapsule"))
-        .args(["create", &name, "--image", &format!("local:{image}")])
-        .env("KAPSULE_BUS_ADDRESS", &bus.address)
-        .output()?;
-    ensure!(out.status.success(), "create: {}", String::from_utf8_lossy(&out.stderr));
+    let _container = create(&name)?;
 
     let mut rows = Vec::new();
     // The first enter in a new container (running; the user setup happens now), in a few
@@ -117,12 +112,7 @@ fn run() -> Result<()> {
     let mut first = Vec::new();
     for n in 0..3 {
         let fresh = format!("{name}-f{n}");
-        let _fresh = Container(fresh.clone());
-        let out = Command::new(bin.join("kapsule"))
-            .args(["create", &fresh, "--image", &format!("local:{image}")])
-            .env("KAPSULE_BUS_ADDRESS", &bus.address)
-            .output()?;
-        ensure!(out.status.success(), "create: {}", String::from_utf8_lossy(&out.stderr));
+        let _fresh = create(&fresh)?;
         first.push(time_once(&mut as_user(&["enter", &fresh, "--", "true"]))?);
     }
     let warm = measure(options.trials, || as_user(&["enter", &name, "--", "true"]))?;
@@ -139,17 +129,8 @@ fn run() -> Result<()> {
     let old_path = measure_pair(
         options.trials,
         || {
-            let mut c = Command::new("setpriv");
-            c.args([
-                &format!("--reuid={uid}"),
-                &format!("--regid={gid}"),
-                "--init-groups",
-                "--",
-            ])
-            .args(["busctl", &format!("--address={}", bus.address), "call"])
-            .args(["org.kde.kapsule", "/org/kde/kapsule", "org.kde.kapsule.Manager"])
-            .args(["PrepareEnter", "sass", &name, "1", "true", &home])
-            .stdout(Stdio::null());
+            let mut c = user.call_manager(&bus, &[], "PrepareEnter", "sass", &[&name, "1", "true", home]);
+            c.stdout(Stdio::null());
             c
         },
         || {
@@ -266,22 +247,6 @@ fn measure_pair(trials: usize, first: impl Fn() -> Command, second: impl Fn() ->
         .collect()
 }
 
-fn id(user: &str, flag: &str) -> Result<String> {
-    let out = Command::new("id").args([flag, user]).output()?;
-    ensure!(out.status.success(), "no user {user}: run tests/env/up.sh");
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
-
-fn home_of(user: &str) -> Result<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd")?;
-    passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() >= 7 && f[0] == user)
-        .map(|f| f[5].to_owned())
-        .context("no such user")
-}
-
 fn init_pid(name: &str) -> Result<String> {
     let out = Command::new("incus")
         .args(["query", &format!("/1.0/instances/{name}/state")])
@@ -345,14 +310,5 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// A container removed when dropped.
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("incus").args(["delete", "--force", &self.0]).output();
     }
 }

@@ -23,8 +23,8 @@ pub(crate) struct Caller {
     pub(crate) gid: u32,
     pub(crate) name: String,
     pub(crate) home: PathBuf,
-    /// The calling process, when the bus knows it.
-    pub(crate) pid: Option<u32>,
+    /// The login shell on the host.
+    pub(crate) shell: String,
 }
 
 impl Caller {
@@ -42,9 +42,7 @@ impl Caller {
         let uid = credentials
             .unix_user_id()
             .ok_or_else(|| Error::NotAuthorized("The bus does not know the caller's user".into()))?;
-        let mut caller = Caller::from_uid(uid)?;
-        caller.pid = credentials.process_id();
-        Ok(caller)
+        Caller::from_uid(uid)
     }
 
     /// The account of `uid` in the user database.
@@ -57,7 +55,7 @@ impl Caller {
             gid: user.gid.as_raw(),
             name: user.name,
             home: user.dir,
-            pid: None,
+            shell: user.shell.to_string_lossy().into_owned(),
         })
     }
 

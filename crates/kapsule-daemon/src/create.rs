@@ -206,9 +206,13 @@ pub(crate) fn config(options: &CreateOptions) -> ConfigMap {
     config
 }
 
+/// One device's settings, from `(key, value)` pairs.
+pub(crate) fn device(pairs: &[(&str, &str)]) -> ConfigMap {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
 /// The root disk, the GPU when asked for and present, and the host filesystem.
 pub(crate) fn devices(options: &CreateOptions, gpu_present: bool) -> Devices {
-    let device = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     let mut devices = Devices::new();
     devices.insert(
         "root".into(),

@@ -20,6 +20,7 @@ use kapsule_incus::models::{ConfigMap, Devices, Instance};
 
 use crate::State;
 use crate::caller::{Caller, create_dir_all_as};
+use crate::create::device;
 use crate::operation::{Failure, Reporter};
 
 /// The host account being set up in a container.
@@ -35,19 +36,14 @@ pub(crate) struct Account {
 }
 
 impl Account {
-    /// The account of a caller, from the user database.
+    /// The account of a caller (already looked up in the user database).
     pub(crate) fn of(caller: &Caller) -> Account {
-        let shell = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(caller.uid))
-            .ok()
-            .flatten()
-            .map(|u| u.shell.to_string_lossy().into_owned())
-            .unwrap_or_default();
         Account {
             uid: caller.uid,
             gid: caller.gid,
             name: caller.name.clone(),
             home: caller.home.clone(),
-            shell,
+            shell: caller.shell.clone(),
         }
     }
 
@@ -155,10 +151,6 @@ pub(crate) async fn ensure(
     enable_linger(state, notes, name, account, &wants).await;
     mark_mapped(state, name, account.uid).await?;
     Ok(true)
-}
-
-fn device(pairs: &[(&str, &str)]) -> ConfigMap {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 /// Step 1: the host home at the container home, as a disk device.

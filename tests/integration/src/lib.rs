@@ -68,6 +68,21 @@ impl Drop for InstanceGuard {
     }
 }
 
+/// Removes a file or directory (with what is in it) when dropped, whether the test passed or
+/// panicked: what a test placed on the machine goes again.
+#[derive(Debug)]
+pub struct RemoveOnDrop(pub std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = if self.0.is_dir() {
+            std::fs::remove_dir_all(&self.0)
+        } else {
+            std::fs::remove_file(&self.0)
+        };
+    }
+}
+
 /// Deletes the image alias and the image when dropped.
 #[derive(Debug)]
 pub struct ImageGuard(pub String);
@@ -419,6 +434,26 @@ impl TestUser {
             .env("USER", &self.name)
             .env("LOGNAME", &self.name)
             .current_dir("/");
+        command
+    }
+
+    /// `busctl [options] call` of the Manager method `method` on `bus`, as this user, with the
+    /// arguments in busctl's notation after `signature`.
+    pub fn call_manager(
+        &self,
+        bus: &PrivateBus,
+        options: &[&str],
+        method: &str,
+        signature: &str,
+        args: &[&str],
+    ) -> Command {
+        let mut command = self.command("busctl");
+        command
+            .arg(format!("--address={}", bus.address))
+            .args(options)
+            .args(["call", "org.kde.kapsule", "/org/kde/kapsule", "org.kde.kapsule.Manager"])
+            .args([method, signature])
+            .args(args);
         command
     }
 

@@ -272,21 +272,13 @@ async fn prepare_enter_serves_old_clients_without_exposing_the_environment() {
     test.create(&name, Default::default()).await;
     let call = |container: &str, workdir: &str| {
         let out = user
-            .command("busctl")
-            .args([
-                &format!("--address={}", test.bus.address),
-                "--json=short",
-                "call",
-                "org.kde.kapsule",
-                "/org/kde/kapsule",
-                "org.kde.kapsule.Manager",
+            .call_manager(
+                &test.bus,
+                &["--json=short"],
                 "PrepareEnter",
                 "sass",
-                container,
-                "1",
-                "bash",
-                workdir,
-            ])
+                &[container, "1", "bash", workdir],
+            )
             .env("SECRET_TOKEN", "hunter2")
             .output()
             .unwrap();

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Command;
 
 use kapsule_integration_tests::{
-    DaemonTest, ImageGuard, collect_operation_signals, daemon_test, kapsule_binary, kapsule_signals, test_user,
-    tiny_image_files, unique_name,
+    DaemonTest, ImageGuard, RemoveOnDrop, collect_operation_signals, daemon_test, kapsule_binary, kapsule_signals,
+    test_user, tiny_image_files, unique_name,
 };
 
 fn error_of(e: zbus::Error) -> (String, String) {
@@ -161,7 +161,7 @@ async fn a_user_imports_only_what_they_can_read() {
     // Their own directory, named relative to where they stand: imported.
     let own = format!("kt-image-{}", unique_name("dir"));
     let own_dir = user.home.join(&own);
-    let _cleanup = RemoveDir(own_dir.clone());
+    let _cleanup = RemoveOnDrop(own_dir.clone());
     std::fs::create_dir_all(&own_dir).unwrap();
     let (meta, rootfs) = tiny_image_files(&own_dir);
     let own_fp = fingerprint_of(&meta, &rootfs);
@@ -182,14 +182,6 @@ async fn a_user_imports_only_what_they_can_read() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("Image '{alias}' imported")), "{stderr}");
     assert_eq!(incus.get_image_alias(&alias).await.unwrap().target, own_fp);
-}
-
-struct RemoveDir(std::path::PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kapsule_integration_tests::{DaemonTest, InstanceGuard, daemon_test, options, unique_name, workspace_binary};
+use kapsule_integration_tests::{
+    DaemonTest, InstanceGuard, RemoveOnDrop, daemon_test, options, unique_name, workspace_binary,
+};
 use zbus::Variant;
 
 /// A fake `nvidia-container-cli` that writes its arguments, one per line, and then the rootfs LXC
@@ -103,15 +105,6 @@ fn the_hook_in_a_throwaway_namespace() {
     assert!(!record.exists());
 }
 
-/// Puts a file in place for the length of a test and removes it after, pass or fail.
-struct Placed(PathBuf);
-
-impl Drop for Placed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_lxc_start_runs_the_hook() {
     let test: &DaemonTest = &daemon_test().await;
@@ -127,9 +120,9 @@ async fn a_real_lxc_start_runs_the_hook() {
     let record = records.path().join("call");
 
     // The fakes, where the hook run by incusd finds them (incusd's PATH has /usr/local/sbin).
-    let cli = Placed(PathBuf::from("/usr/local/sbin/nvidia-container-cli"));
+    let cli = RemoveOnDrop(PathBuf::from("/usr/local/sbin/nvidia-container-cli"));
     fake_cli(&cli.0, &record);
-    let device = Placed(PathBuf::from("/dev/nvidia0"));
+    let device = RemoveOnDrop(PathBuf::from("/dev/nvidia0"));
     let status = Command::new("mknod")
         .args(["/dev/nvidia0", "c", "195", "0"])
         .status()

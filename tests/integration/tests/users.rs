@@ -2,7 +2,9 @@
 //! mounts made on the host as the user, sudo, the minimal host mounts, the marker; done once;
 //! only root sets up someone else; images without useradd work too.
 
-use kapsule_integration_tests::{DaemonTest, InstanceGuard, daemon_test, options, sh, test_user, unique_name};
+use kapsule_integration_tests::{
+    DaemonTest, InstanceGuard, RemoveOnDrop, daemon_test, options, sh, test_user, unique_name,
+};
 use zbus::Variant as Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,9 +16,9 @@ async fn a_user_is_set_up_once_with_home_mounts_and_sudo() {
     let _guard = InstanceGuard(name.clone());
     let mount = format!("kt-mount-{name}");
     let mount_dir = user.home.join(&mount);
-    let _cleanup = RemoveDir(mount_dir.clone());
+    let _cleanup = RemoveOnDrop(mount_dir.clone());
     let outside = std::path::PathBuf::from(format!("/tmp/kt-outside-{name}"));
-    let _cleanup2 = RemoveDir(outside.clone());
+    let _cleanup2 = RemoveOnDrop(outside.clone());
     test.create(
         &name,
         options(vec![(
@@ -53,7 +55,7 @@ async fn a_user_is_set_up_once_with_home_mounts_and_sudo() {
 
     // The home is the host's: a file written on one side is seen on the other.
     let marker = user.write_file(&format!("{mount}/../kt-home-{name}"), "from the host");
-    let _marker = RemoveFile(marker);
+    let _marker = RemoveOnDrop(marker);
     let (code, out) = sh(incus, &name, &format!("cat /home/{}/kt-home-{name}", user.name)).await;
     assert_eq!((code, out.as_str()), (0, "from the host"));
     let (code, out) = sh(
@@ -67,7 +69,7 @@ async fn a_user_is_set_up_once_with_home_mounts_and_sudo() {
     .await;
     assert_eq!(code, 0, "{out}");
     let back = user.home.join(format!("kt-back-{name}"));
-    let _back = RemoveFile(back.clone());
+    let _back = RemoveOnDrop(back.clone());
     assert_eq!(std::fs::read_to_string(&back).unwrap(), "from the container\n");
 
     // The custom mounts were made on the host as the user. One in the home is seen through the
@@ -178,21 +180,13 @@ async fn setup_user_takes_no_ones_word_for_an_identity() {
     }
     // The test user asking for root's setup is refused; nothing changes.
     let out = user
-        .command("busctl")
-        .args([
-            &format!("--address={}", test.bus.address),
-            "call",
-            "org.kde.kapsule",
-            "/org/kde/kapsule",
-            "org.kde.kapsule.Manager",
+        .call_manager(
+            &test.bus,
+            &[],
             "SetupUser",
             "suuss",
-            &name,
-            "0",
-            "0",
-            "root",
-            "/root",
-        ])
+            &[&name, "0", "0", "root", "/root"],
+        )
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -205,20 +199,4 @@ async fn setup_user_takes_no_ones_word_for_an_identity() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
-}
-
-struct RemoveDir(std::path::PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct RemoveFile(std::path::PathBuf);
-
-impl Drop for RemoveFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
