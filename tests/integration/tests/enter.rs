@@ -77,9 +77,12 @@ async fn a_plain_user_enters_as_themselves() {
     let out = blocking(move || r(&h, &["pwd"])).await;
     assert_eq!(text(&out.stdout).trim(), home);
     // A directory the container does not have: the session starts in the home instead.
-    let r = run.clone();
-    let out = blocking(move || r("/tmp", &["pwd"])).await;
+    let host_only = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(host_only.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (r, d) = (run.clone(), host_only.path().to_str().unwrap().to_owned());
+    let out = blocking(move || r(&d, &["pwd"])).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), format!("/home/{}", user.name));
 
     // Arguments exactly as given: no shell re-splits or expands them.
     let (r, h) = (run.clone(), home.clone());
