@@ -1,4 +1,8 @@
-//! The instance files API: push files, directories and symlinks with owner and mode; read files.
+//! The instance files API: push files, directories and symlinks with owner and mode; read files;
+//! list directories.
+//!
+//! Incus (6.0) *replaces* whatever is at the path of a push: a directory pushed where the image
+//! has a file turns that file into an empty directory. [`Client::ensure_directory`] looks first.
 
 use bytes::Bytes;
 use http::Method;
@@ -29,6 +33,20 @@ pub struct FileContents {
     pub meta: FileMeta,
 }
 
+/// What a GET of a path says.
+struct Entry {
+    /// `file`, `directory` or `symlink`.
+    kind: String,
+    meta: FileMeta,
+    body: Bytes,
+}
+
+/// A directory listing: the names are the metadata of a sync answer.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    metadata: Vec<String>,
+}
+
 impl Client {
     fn files_path(name: &str, path: &str) -> String {
         format!("/1.0/instances/{}/files?path={}", enc(name), enc(path))
@@ -54,7 +72,8 @@ impl Client {
         self.push(name, path, "file", meta, data.into()).await
     }
 
-    /// Creates a directory. The parent must exist.
+    /// Creates a directory. The parent must exist. A directory already there gets `meta`; a file
+    /// or symlink already there is replaced (use [`Client::ensure_directory`] to keep it).
     pub async fn create_directory(&self, name: &str, path: &str, meta: FileMeta) -> Result<()> {
         self.push(name, path, "directory", meta, Bytes::new()).await
     }
@@ -65,10 +84,68 @@ impl Client {
             .await
     }
 
+    /// Creates a directory unless one is there already, which is left exactly as it is; anything
+    /// else at `path` is an error and stays. The parent must exist. True when it was created.
+    pub async fn ensure_directory(&self, name: &str, path: &str, meta: FileMeta) -> Result<bool> {
+        match self.get_path(name, path).await {
+            Ok(entry) if entry.kind == "directory" => Ok(false),
+            Ok(entry) => Err(Error::AlreadyExists {
+                method: "POST",
+                path: Self::files_path(name, path),
+                message: format!("{path} exists and is a {}, not a directory", entry.kind),
+            }),
+            Err(e) if e.is_not_found() => {
+                self.create_directory(name, path, meta).await?;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads a regular file. A directory is an error, not a listing.
     pub async fn read_file(&self, name: &str, path: &str) -> Result<FileContents> {
+        let entry = self.get_path(name, path).await?;
+        if entry.kind == "directory" {
+            return Err(Error::Api {
+                method: "GET",
+                path: Self::files_path(name, path),
+                status: 400,
+                message: format!("{path} is a directory"),
+            });
+        }
+        Ok(FileContents {
+            data: entry.body,
+            meta: entry.meta,
+        })
+    }
+
+    /// The names in a directory (no `.` or `..`), in Incus's order. A file is an error.
+    pub async fn list_directory(&self, name: &str, path: &str) -> Result<Vec<String>> {
+        let entry = self.get_path(name, path).await?;
+        let url = Self::files_path(name, path);
+        if entry.kind != "directory" {
+            return Err(Error::Api {
+                method: "GET",
+                path: url,
+                status: 400,
+                message: format!("{path} is not a directory"),
+            });
+        }
+        let listing: Envelope = serde_json::from_slice(&entry.body).map_err(|e| Error::Protocol {
+            what: format!("GET {url}"),
+            reason: format!("not a directory listing: {e}"),
+        })?;
+        Ok(listing.metadata)
+    }
+
+    /// GET of a path: its type, owner and mode from the headers, and the raw body (the file, or
+    /// the JSON listing of a directory).
+    async fn get_path(&self, name: &str, path: &str) -> Result<Entry> {
         let url = Self::files_path(name, path);
         let raw = self.send(Method::GET, &url, &[], empty(), None).await?;
+        if !raw.status.is_success() {
+            decode_envelope("GET", &url, &raw)?;
+        }
         let header = |key: &str| {
             raw.headers
                 .get(key)
@@ -76,23 +153,15 @@ impl Client {
                 .unwrap_or("")
                 .to_owned()
         };
-        if !raw.status.is_success() {
-            decode_envelope("GET", &url, &raw)?;
-        }
-        if header("x-incus-type") == "directory" {
-            return Err(Error::Api {
-                method: "GET",
-                path: url,
-                status: 400,
-                message: format!("{path} is a directory"),
-            });
-        }
-        let meta = FileMeta {
-            uid: header("x-incus-uid").parse().unwrap_or(0),
-            gid: header("x-incus-gid").parse().unwrap_or(0),
-            mode: u32::from_str_radix(&header("x-incus-mode"), 8).unwrap_or(0),
-        };
-        Ok(FileContents { data: raw.body, meta })
+        Ok(Entry {
+            kind: header("x-incus-type"),
+            meta: FileMeta {
+                uid: header("x-incus-uid").parse().unwrap_or(0),
+                gid: header("x-incus-gid").parse().unwrap_or(0),
+                mode: u32::from_str_radix(&header("x-incus-mode"), 8).unwrap_or(0),
+            },
+            body: raw.body,
+        })
     }
 
     /// Deletes a file, symlink or empty directory.

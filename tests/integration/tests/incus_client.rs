@@ -102,6 +102,38 @@ async fn container_lifecycle_files_exec_and_devices() {
         ),
         "a directory is not a file"
     );
+    let mut listing = incus.list_directory(&name, "/srv/kt").await.unwrap();
+    listing.sort();
+    assert_eq!(listing, ["data.bin", "link"]);
+    assert!(
+        incus.list_directory(&name, "/srv/kt/data.bin").await.is_err(),
+        "a file is not a directory"
+    );
+    assert!(
+        incus
+            .list_directory(&name, "/srv/nothing")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    // ensure_directory: creates once, leaves a directory as it is, never replaces a file (a plain
+    // push would turn the file into an empty directory).
+    let made = incus
+        .ensure_directory(&name, "/srv/kt/sub", FileMeta::new(0, 0, 0o700))
+        .await
+        .unwrap();
+    assert!(made);
+    let again = incus
+        .ensure_directory(&name, "/srv/kt", FileMeta::new(0, 0, 0o700))
+        .await
+        .unwrap();
+    assert!(!again);
+    assert!(matches!(
+        incus
+            .ensure_directory(&name, "/srv/kt/data.bin", FileMeta::new(0, 0, 0o755))
+            .await,
+        Err(Error::AlreadyExists { .. })
+    ));
 
     // Exec: exit code and both streams, argv passed as is (no shell splitting).
     let out = incus
@@ -110,14 +142,17 @@ async fn container_lifecycle_files_exec_and_devices() {
             &ExecRequest::new([
                 "sh",
                 "-c",
-                "stat -c '%u:%g %a' /srv/kt/data.bin; readlink /srv/kt/link; echo oops >&2; exit 7",
+                "stat -c '%u:%g %a' /srv/kt/data.bin /srv/kt /srv/kt/sub; readlink /srv/kt/link; echo oops >&2; exit 7",
             ]),
             Duration::from_secs(60),
         )
         .await
         .unwrap();
     assert_eq!(out.exit_code, 7);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "1000:1001 640\ndata.bin\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1000:1001 640\n1000:1000 750\n0:0 700\ndata.bin\n"
+    );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
     let mut request = ExecRequest::new(["printf", "%s|", "a b", "$HOME"]);
     request.cwd = Some("/srv/kt".into());
