@@ -13,7 +13,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
 
-HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux iproute2)
+HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux iproute2 kmod busybox-static)
 
 install_packages() {
     local suite missing=() p
@@ -135,6 +135,20 @@ create_test_user() {
     fi
 }
 
+# What systemd-modules-load does at boot with the list Kapsule ships: nested docker and podman
+# need these modules, and a container cannot load them. A kernel without loadable modules (no
+# /proc/modules) has what it has built in.
+load_kernel_modules() {
+    local list=$KAPSULE_ROOT/units/modules-load.d/kapsule.conf module
+    if [ ! -e /proc/modules ]; then
+        log "kernel without loadable modules: nothing to load from ${list#"$KAPSULE_ROOT"/}"
+        return 0
+    fi
+    grep -Ev '^[[:space:]]*([#;]|$)' "$list" | while read -r module; do
+        modprobe "$module" || die "cannot load kernel module $module (listed in ${list#"$KAPSULE_ROOT"/})"
+    done
+}
+
 # The network the test containers share in place of the host's: a namespace of their own with
 # only loopback, so what runs inside (dockerd, podman networks) never touches the machine's.
 create_test_netns() {
@@ -163,6 +177,7 @@ configure_incus
 import_image
 start_private_bus
 create_test_user
+load_kernel_modules
 create_test_netns
 write_env
 log "ready: incusd $(incus query /1.0 | jq -r .environment.server_version), image $KAPSULE_TEST_IMAGE, private bus $KAPSULE_TEST_RUN/dbus/system_bus_socket"

@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use kapsule_dbus::Error;
 use kapsule_dbus::options::{self, CreateOptions};
-use kapsule_incus::FileMeta;
 use kapsule_incus::models::{ConfigMap, Devices, Image, InstanceSource, InstancesPost};
 use zbus::OwnedVariant;
 
@@ -300,6 +299,7 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, plan: Plan) -> Resul
             }
         }
     }
+    let session_mode = plan.options.session_mode;
     let mut config = config(&plan.options);
     let raw = raw_lxc(
         &plan.options,
@@ -324,7 +324,7 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, plan: Plan) -> Resul
         if reporter.is_cancelled() {
             return Err(Failure::Cancelled);
         }
-        fix_up(state, reporter, &name).await
+        crate::fixups::run(state, reporter, &name, session_mode).await
     }
     .await;
     match created {
@@ -346,34 +346,6 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, plan: Plan) -> Resul
             })
         }
     }
-}
-
-/// Post-create fixes that every container needs.
-async fn fix_up(state: &State, reporter: &Reporter, name: &str) -> Result<(), Failure> {
-    let root = FileMeta::new(0, 0, 0o755);
-    // Konsole detects Kapsule containers by /.kapsule; it exists even without the host mount.
-    match state.incus.create_directory(name, "/.kapsule", root).await {
-        Ok(()) => {}
-        Err(e) if e.status() == Some(409) || e.to_string().contains("exists") => {}
-        Err(e) => return Err(e.into()),
-    }
-    // Masked, as systemctl mask would: with the host's network there is nothing to wait for, and
-    // the unit would stall boot for 30 s.
-    if let Err(e) = state
-        .incus
-        .create_symlink(
-            name,
-            "/etc/systemd/system/systemd-networkd-wait-online.service",
-            "/dev/null",
-            root,
-        )
-        .await
-    {
-        reporter
-            .warn(&format!("Could not mask systemd-networkd-wait-online: {e}"))
-            .await;
-    }
-    Ok(())
 }
 
 /// Removes a container the pipeline made but could not finish. Errors are logged: the failure the

@@ -201,7 +201,7 @@ fn failed(e: impl std::fmt::Display) -> Error {
 /// on later enters, checked instead: after the pidfd is open, `/proc` must show a pid-namespace
 /// init in the container's cgroup. A pid recycled by another process fails that check, and a
 /// process that died after it makes `setns` fail; neither enters the wrong place.
-async fn container_init(state: &State, name: &str) -> Result<(u32, OwnedFd), Error> {
+pub(crate) async fn container_init(state: &State, name: &str) -> Result<(u32, OwnedFd), Error> {
     let cached = state.init_pids.lock().expect("init pids").get(name).copied();
     if let Some(pid) = cached
         && let Some(pidfd) = open_init(pid, name)

@@ -9,6 +9,7 @@ mod config;
 mod containers;
 mod create;
 mod enter;
+mod fixups;
 mod images;
 mod manager;
 mod operation;

@@ -204,44 +204,65 @@ async fn create_account(
     let user = &account.name;
     let (uid, gid) = (account.uid, account.gid);
     let days = days_since_epoch();
-    edit_file(state, name, "/etc/group", true, |t| add_group_line(t, user, gid)).await?;
-    edit_file(state, name, "/etc/gshadow", false, |t| {
+    use IfMissing::{Create, Fail, Skip};
+    edit_file(state, name, "/etc/group", Fail, |t| add_group_line(t, user, gid)).await?;
+    edit_file(state, name, "/etc/gshadow", Skip, |t| {
         add_line_if_absent(t, user, &format!("{user}:!::"))
     })
     .await?;
-    edit_file(state, name, "/etc/passwd", true, |t| {
+    edit_file(state, name, "/etc/passwd", Fail, |t| {
         add_line_if_absent(t, user, &format!("{user}:x:{uid}:{gid}:{user}:{home}:{shell}"))
     })
     .await?;
     // No password: the user never logs in with one; enter and sudo need none.
-    edit_file(state, name, "/etc/shadow", false, |t| {
+    edit_file(state, name, "/etc/shadow", Skip, |t| {
         add_line_if_absent(t, user, &format!("{user}:*:{days}:0:99999:7:::"))
     })
     .await?;
+    // Subordinate ids, as useradd gives them: rootless podman and buildah map their user
+    // namespaces with these. Made when the image has no such file yet: a useradd there would too.
+    for path in ["/etc/subuid", "/etc/subgid"] {
+        edit_file(state, name, path, Create(FileMeta::new(0, 0, 0o644)), |t| {
+            add_subordinate_range(t, user, uid)
+        })
+        .await?;
+    }
     if !wants.mount_home {
         make_own_home(state, notes, name, account, &home).await;
     }
     Ok(())
 }
 
+/// What to do when the image lacks a file of its user database.
+#[derive(Clone, Copy, Debug)]
+enum IfMissing {
+    Fail,
+    Skip,
+    /// Start from an empty file with this owner and mode.
+    Create(FileMeta),
+}
+
 /// Rewrites a file of the container's user database with `edit`, keeping its owner and mode.
-/// A file the image does not have is an error only if it is `required`.
 async fn edit_file(
     state: &State,
     name: &str,
     path: &str,
-    required: bool,
+    if_missing: IfMissing,
     edit: impl Fn(&str) -> Option<String>,
 ) -> Result<(), Failure> {
-    let file = match state.incus.read_file(name, path).await {
-        Ok(file) => file,
-        Err(e) if e.is_not_found() && !required => return Ok(()),
+    let (text, meta) = match state.incus.read_file(name, path).await {
+        Ok(file) => (String::from_utf8_lossy(&file.data).into_owned(), file.meta),
+        Err(e) if e.is_not_found() => match if_missing {
+            IfMissing::Skip => return Ok(()),
+            IfMissing::Create(meta) => (String::new(), meta),
+            IfMissing::Fail => return Err(Failure::Failed(format!("Cannot read {path} in {name}: {e}"))),
+        },
         Err(e) => return Err(Failure::Failed(format!("Cannot read {path} in {name}: {e}"))),
     };
-    if let Some(new) = edit(&String::from_utf8_lossy(&file.data)) {
+    if let Some(new) = edit(&text) {
         state
             .incus
-            .push_file(name, path, new.into_bytes(), file.meta)
+            .push_file(name, path, new.into_bytes(), meta)
             .await
             .map_err(|e| Failure::Failed(format!("Cannot write {path} in {name}: {e}")))?;
     }
@@ -322,6 +343,34 @@ pub(crate) fn add_line_if_absent(text: &str, name: &str, line: &str) -> Option<S
 /// that gid under another name is left alone and a second name added, as `groupadd -o` would).
 pub(crate) fn add_group_line(text: &str, name: &str, gid: u32) -> Option<String> {
     add_line_if_absent(text, name, &format!("{name}:x:{gid}:"))
+}
+
+/// The first subordinate id useradd gives out, and how many each user gets (login.defs'
+/// `SUB_UID_MIN` and `SUB_UID_COUNT`).
+const SUBORDINATE_FIRST: u64 = 100_000;
+const SUBORDINATE_COUNT: u64 = 65_536;
+
+/// `/etc/subuid` (or `subgid`) with a range for `user` after every range already given out,
+/// unless the user (by name or uid) has one; `None` when nothing changes.
+pub(crate) fn add_subordinate_range(text: &str, user: &str, uid: u32) -> Option<String> {
+    let uid = uid.to_string();
+    let mut next = SUBORDINATE_FIRST;
+    for line in text.lines() {
+        let mut fields = line.trim().split(':');
+        let (Some(owner), Some(start), Some(count)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        if owner == user || owner == uid {
+            return None;
+        }
+        if let (Ok(start), Ok(count)) = (start.parse::<u64>(), count.parse::<u64>()) {
+            next = next.max(start.saturating_add(count));
+        }
+    }
+    if next.saturating_add(SUBORDINATE_COUNT) > u64::from(u32::MAX) {
+        return None;
+    }
+    add_line_if_absent(text, user, &format!("{user}:{next}:{SUBORDINATE_COUNT}"))
 }
 
 fn days_since_epoch() -> u64 {
@@ -447,16 +496,11 @@ pub(crate) fn minimal_host_devices(uid: u32) -> Devices {
 /// Step 5: passwordless sudo, in a sudoers.d file sudo will read (it skips names with a `.`).
 async fn configure_sudo(state: &State, name: &str, account: &Account) -> Result<(), Failure> {
     let root = |mode| FileMeta::new(0, 0, mode);
-    match state.incus.read_file(name, "/etc/sudoers.d").await {
-        Ok(_) => {}
-        Err(e) if e.is_not_found() => state
-            .incus
-            .create_directory(name, "/etc/sudoers.d", root(0o750))
-            .await
-            .map_err(|e| Failure::Failed(format!("Cannot create /etc/sudoers.d in {name}: {e}")))?,
-        // Incus answers a read of a directory with "is a directory": it exists.
-        Err(_) => {}
-    }
+    state
+        .incus
+        .ensure_directory(name, "/etc/sudoers.d", root(0o750))
+        .await
+        .map_err(|e| Failure::Failed(format!("Cannot create /etc/sudoers.d in {name}: {e}")))?;
     let (path, rule) = sudoers_entry(&account.name);
     state
         .incus
@@ -573,6 +617,39 @@ mod tests {
         assert_eq!(
             add_group_line("root:x:0:\n", "alice", 1000).unwrap(),
             "root:x:0:\nalice:x:1000:\n"
+        );
+    }
+
+    #[test]
+    fn subordinate_ranges_follow_those_given_out() {
+        assert_eq!(
+            add_subordinate_range("", "alice", 1000).as_deref(),
+            Some("alice:100000:65536\n")
+        );
+        assert_eq!(
+            add_subordinate_range("bob:100000:65536\ncarol:165536:65536", "alice", 1000).as_deref(),
+            Some("bob:100000:65536\ncarol:165536:65536\nalice:231072:65536\n")
+        );
+        // A low range (a hand-made one) does not pull the next below the first useradd gives.
+        assert_eq!(
+            add_subordinate_range("dave:5000:10\n", "alice", 1000).as_deref(),
+            Some("dave:5000:10\nalice:100000:65536\n")
+        );
+        assert_eq!(add_subordinate_range("alice:300000:65536\n", "alice", 1000), None);
+        assert_eq!(
+            add_subordinate_range("1000:300000:65536\n", "alice", 1000),
+            None,
+            "by uid"
+        );
+        assert_eq!(
+            add_subordinate_range("x:4294900000:65536\n", "alice", 1000),
+            None,
+            "no room left: nothing written"
+        );
+        // Comments and junk lines are kept and skipped.
+        assert_eq!(
+            add_subordinate_range("# ids\njunk\n", "alice", 1000).as_deref(),
+            Some("# ids\njunk\nalice:100000:65536\n")
         );
     }
 

@@ -340,9 +340,53 @@ pub fn tiny_image_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path
     let root = dir.join("rootfs");
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::write(root.join("etc/kt-marker"), unique_name("img")).unwrap();
+    pack_image(dir, "kt tiny")
+}
+
+/// A root filesystem in `dir/rootfs` that boots: the host's static BusyBox (tests/env/up.sh
+/// installs it) for every command, and an init that waits until Incus stops it. Add files,
+/// then [`pack_image`] it.
+pub fn busybox_rootfs(dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.join("rootfs");
+    for sub in [
+        "bin", "sbin", "etc", "usr/bin", "tmp", "proc", "sys", "dev", "run", "root", "var/log",
+    ] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox is not installed on the host; run tests/env/up.sh");
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "sleep", "cat", "echo", "printf", "id", "ls", "rm", "mkdir", "touch", "stat",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    write_executable(
+        &root.join("sbin/init"),
+        "#!/bin/sh\n# Stopped by Incus with SIGPWR (clean stop) or SIGTERM.\ntrap 'exit 0' PWR TERM\nwhile :; do sleep 3600 & wait; done\n",
+    );
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    root
+}
+
+/// Writes an executable file (mode 0755).
+pub fn write_executable(path: &std::path::Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Packs `dir/rootfs` as a split image (`metadata.tar.gz`, `rootfs.tar.gz` in `dir`) and
+/// returns the two paths.
+pub fn pack_image(dir: &std::path::Path, description: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let root = dir.join("rootfs");
     std::fs::write(
         dir.join("metadata.yaml"),
-        "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: kt tiny\n",
+        format!("architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: {description}\n"),
     )
     .unwrap();
     let tar = |args: &[&str]| assert!(Command::new("tar").args(args).status().unwrap().success());
@@ -359,12 +403,15 @@ pub fn tiny_image_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path
     (meta, rootfs)
 }
 
-/// Imports a tiny image under `alias` (none when empty) and returns its fingerprint.
-pub async fn import_tiny_image(incus: &Client, alias: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let (meta, rootfs) = tiny_image_files(dir.path());
-    let meta = kapsule_incus::UploadFile::open(&meta).await.unwrap();
-    let rootfs = kapsule_incus::UploadFile::open(&rootfs).await.unwrap();
+/// Imports a split image under `alias` (none when empty) and returns its fingerprint.
+pub async fn import_image_files(
+    incus: &Client,
+    meta: &std::path::Path,
+    rootfs: &std::path::Path,
+    alias: &str,
+) -> String {
+    let meta = kapsule_incus::UploadFile::open(meta).await.unwrap();
+    let rootfs = kapsule_incus::UploadFile::open(rootfs).await.unwrap();
     let upload = incus.import_image(meta, rootfs, None).await.unwrap();
     let done = incus
         .wait_operation(&upload.operation.id, Some(std::time::Duration::from_secs(120)))
@@ -375,6 +422,13 @@ pub async fn import_tiny_image(incus: &Client, alias: &str) -> String {
         incus.create_image_alias(alias, &fingerprint, "kt").await.unwrap();
     }
     fingerprint
+}
+
+/// Imports a tiny image under `alias` (none when empty) and returns its fingerprint.
+pub async fn import_tiny_image(incus: &Client, alias: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, rootfs) = tiny_image_files(dir.path());
+    import_image_files(incus, &meta, &rootfs, alias).await
 }
 
 /// The network namespace `tests/env/up.sh` made for test containers to share in place of the
@@ -437,6 +491,13 @@ impl TestUser {
         command
     }
 
+    /// `kapsule` as this user, talking to the daemon on `bus`.
+    pub fn kapsule(&self, bus: &PrivateBus) -> Command {
+        let mut command = self.command(kapsule_binary());
+        command.env("KAPSULE_BUS_ADDRESS", &bus.address);
+        command
+    }
+
     /// `busctl [options] call` of the Manager method `method` on `bus`, as this user, with the
     /// arguments in busctl's notation after `signature`.
     pub fn call_manager(
@@ -481,14 +542,21 @@ impl DaemonTest {
     /// Creates container `name` from the test image through the daemon with `options`, and
     /// checks that the create succeeded.
     pub async fn create(&self, name: &str, options: std::collections::HashMap<String, zbus::OwnedVariant>) {
-        let mut signals = kapsule_signals(&self.client).await;
-        let path = self
-            .manager
-            .create_container(name, &format!("local:{}", self.env.image), options)
-            .await
-            .unwrap();
-        let seen = collect_operation_signals(&mut signals, path.as_str()).await;
+        self.create_from(name, &format!("local:{}", self.env.image), options)
+            .await;
+    }
+
+    /// Creates container `name` from `image`, checks that the create succeeded and returns
+    /// the operation's signals.
+    pub async fn create_from(
+        &self,
+        name: &str,
+        image: &str,
+        options: std::collections::HashMap<String, zbus::OwnedVariant>,
+    ) -> Vec<String> {
+        let seen = self.follow(self.manager.create_container(name, image, options)).await;
         assert_eq!(seen.last().unwrap(), "Completed(true, \"\")", "create {name}: {seen:?}");
+        seen
     }
 
     /// Runs an operation-starting call and returns every signal of the operation it started.

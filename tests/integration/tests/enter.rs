@@ -13,11 +13,10 @@ use kapsule_integration_tests::{
 
 /// `kapsule enter <name> <args...>` as the test user, from `dir`, with `stdin`.
 fn enter(test: &DaemonTest, user: &TestUser, dir: &str, args: &[&str], stdin: Stdio) -> Output {
-    user.command(kapsule_binary())
+    user.kapsule(&test.bus)
         .arg("enter")
         .args(args)
         .current_dir(dir)
-        .env("KAPSULE_BUS_ADDRESS", &test.bus.address)
         .stdin(stdin)
         .output()
         .unwrap()

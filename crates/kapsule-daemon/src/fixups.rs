@@ -1,0 +1,286 @@
+//! What a new container gets once, right after it first started, in this order (the original
+//! daemon's): `/.kapsule` (Konsole's marker), `systemd-networkd-wait-online` masked, the image's
+//! own `/.kapsule/init/*` scripts, file capabilities on `newuidmap`/`newgidmap`, and the cgroupfs
+//! drop-in for rootless podman.
+//!
+//! Only the marker is required; every other step that fails is a warning and creation goes on,
+//! as a container without it still works for most of what users do.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use kapsule_incus::{ExecRequest, FileMeta};
+
+use crate::State;
+use crate::operation::{Failure, MessageKind, Reporter};
+
+/// Where an image keeps the scripts to run once when a container is made from it.
+pub(crate) const INIT_DIR: &str = "/.kapsule/init";
+
+/// How long one init script may run. Key rings and package caches take a while; a script still
+/// running then is reported and left alone.
+const INIT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// The podman drop-in: its default cgroup manager is systemd, which only works with a systemd
+/// user session podman can reach; users entering a container have none, so rootless podman
+/// would fail to make its cgroups.
+pub(crate) const PODMAN_DROP_IN: (&str, &str) = (
+    "/etc/containers/containers.conf.d/50-kapsule-cgroupfs.conf",
+    "# Written by Kapsule when the container was created: rootless podman here has no systemd\n\
+     # user session to manage its cgroups, so it manages them itself.\n\
+     [engine]\n\
+     cgroup_manager = \"cgroupfs\"\n",
+);
+
+/// The helpers rootless podman maps its user namespaces with, and the capability each needs.
+/// Images lose file capabilities on the way (tarballs without xattrs, lxc/lxc-ci#955), so they
+/// are set again. Helpers an image makes setuid-root instead (Debian) are left alone: on a
+/// setuid-root file, capabilities take the place of root's (capabilities(7)), and newuidmap
+/// then fails to open the map files.
+const ID_MAP_HELPERS: [(&str, u32); 2] = [("usr/bin/newuidmap", CAP_SETUID), ("usr/bin/newgidmap", CAP_SETGID)];
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+
+/// Every step, in order. `session_mode` containers run their own systemd user session and keep
+/// podman's default cgroup manager.
+pub(crate) async fn run(state: &State, reporter: &Reporter, name: &str, session_mode: bool) -> Result<(), Failure> {
+    let root = FileMeta::new(0, 0, 0o755);
+    // Konsole detects Kapsule containers by /.kapsule; it exists even without the host mount.
+    state
+        .incus
+        .ensure_directory(name, "/.kapsule", root)
+        .await
+        .map_err(|e| Failure::Failed(format!("Cannot create /.kapsule: {e}")))?;
+    // Masked, as systemctl mask would: with the host's network there is nothing to wait for, and
+    // the unit would stall boot for 30 s.
+    if let Err(e) = state
+        .incus
+        .create_symlink(
+            name,
+            "/etc/systemd/system/systemd-networkd-wait-online.service",
+            "/dev/null",
+            root,
+        )
+        .await
+    {
+        reporter
+            .warn(&format!("Could not mask systemd-networkd-wait-online: {e}"))
+            .await;
+    }
+    run_init_scripts(state, reporter, name).await?;
+    if let Err(e) = set_id_map_capabilities(state, name).await {
+        reporter
+            .warn(&format!(
+                "Could not set file capabilities on newuidmap/newgidmap (rootless podman may fail): {e}"
+            ))
+            .await;
+    }
+    if !session_mode && let Err(e) = write_podman_drop_in(state, name).await {
+        reporter
+            .warn(&format!("Could not write the rootless podman drop-in: {e}"))
+            .await;
+    }
+    Ok(())
+}
+
+/// Runs every entry of the image's `/.kapsule/init/` as root, in name order, one at a time.
+/// A failing script is a warning with its exit code and error output; only a cancel stops them.
+async fn run_init_scripts(state: &State, reporter: &Reporter, name: &str) -> Result<(), Failure> {
+    let mut scripts = match state.incus.list_directory(name, INIT_DIR).await {
+        Ok(scripts) => scripts,
+        Err(e) if e.is_not_found() => {
+            log::debug!("{name}: the image has no {INIT_DIR}");
+            return Ok(());
+        }
+        Err(e) => {
+            reporter.warn(&format!("Cannot list {INIT_DIR}: {e}")).await;
+            return Ok(());
+        }
+    };
+    scripts.sort();
+    for script in scripts {
+        let path = format!("{INIT_DIR}/{script}");
+        reporter.say(MessageKind::Dim, &format!("Running {path}")).await;
+        let request = ExecRequest::new([path.as_str()]);
+        let out = tokio::select! {
+            out = state.incus.exec(name, &request, INIT_SCRIPT_TIMEOUT) => out,
+            () = reporter.cancelled() => return Err(Failure::Cancelled),
+        };
+        match out {
+            Ok(out) if out.exit_code == 0 => {}
+            Ok(out) => {
+                reporter
+                    .warn(&init_script_failure(&path, out.exit_code, &out.stderr))
+                    .await
+            }
+            Err(e) => reporter.warn(&format!("{path} failed: {e}")).await,
+        }
+    }
+    Ok(())
+}
+
+/// The warning for a script that exited non-zero: its code and the end of its error output.
+pub(crate) fn init_script_failure(path: &str, code: i32, stderr: &[u8]) -> String {
+    const KEEP: usize = 2000;
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    let tail = match text.char_indices().rev().nth(KEEP) {
+        Some((cut, _)) => format!("...{}", &text[cut..]),
+        None => text.to_owned(),
+    };
+    if tail.is_empty() {
+        format!("{path} exited with code {code}")
+    } else {
+        format!("{path} exited with code {code}: {tail}")
+    }
+}
+
+/// `cap_setuid+ep` on newuidmap and `cap_setgid+ep` on newgidmap, where the image has them.
+///
+/// Set directly as the `security.capability` attribute, through the container's root as its init
+/// sees it, so the image needs no `setcap`. The paths are resolved with `RESOLVE_IN_ROOT`: a
+/// symlink in the image cannot lead out of the container.
+async fn set_id_map_capabilities(state: &State, name: &str) -> Result<(), String> {
+    let (pid, pidfd) = crate::enter::container_init(state, name)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let root = rustix::fs::open(
+            format!("/proc/{pid}/root"),
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| format!("cannot open the container's root: {e}"))?;
+        // The pid was the container's init when its pidfd was opened; a pidfd that is not
+        // readable now says the same process is still running, so `root` is the container's.
+        if exited(&pidfd) {
+            return Err("the container stopped".into());
+        }
+        for (path, cap) in ID_MAP_HELPERS {
+            set_file_capability(&root, path, cap).map_err(|e| format!("/{path}: {e}"))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+fn exited(pidfd: &OwnedFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
+    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+}
+
+/// Gives the regular file at `path` (below `root`) the capability `cap`, effective and
+/// permitted. A missing file, or one that is setuid-root, is nothing to do.
+fn set_file_capability(root: &OwnedFd, path: &str, cap: u32) -> std::io::Result<()> {
+    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, XattrFlags};
+    let file = match rustix::fs::openat2(
+        root,
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let stat = rustix::fs::fstat(&file)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if stat.st_uid == 0 && Mode::from_raw_mode(stat.st_mode).contains(Mode::SUID) {
+        return Ok(());
+    }
+    // An O_PATH descriptor takes no xattr calls; its /proc/self/fd link names exactly the file
+    // opened above, wherever the path pointed in the meantime.
+    let by_fd = format!("/proc/self/fd/{}", file.as_fd().as_raw_fd());
+    rustix::fs::setxattr(
+        by_fd.as_str(),
+        "security.capability",
+        &file_capability(cap),
+        XattrFlags::empty(),
+    )?;
+    Ok(())
+}
+
+/// The `security.capability` value (`struct vfs_cap_data`, revision 2, little-endian) that
+/// `setcap <cap>+ep` writes: the capability permitted and the effective flag set.
+pub(crate) fn file_capability(cap: u32) -> [u8; 20] {
+    const VFS_CAP_REVISION_2: u32 = 0x0200_0000;
+    const VFS_CAP_FLAGS_EFFECTIVE: u32 = 0x1;
+    let mut permitted = [0u32; 2];
+    permitted[(cap / 32) as usize] |= 1 << (cap % 32);
+    let words = [
+        VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE,
+        permitted[0],
+        0, // inheritable, low
+        permitted[1],
+        0, // inheritable, high
+    ];
+    let mut out = [0u8; 20];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    out
+}
+
+/// `cgroup_manager = "cgroupfs"` for podman, in a drop-in of its own so the image's
+/// containers.conf stays the image's.
+async fn write_podman_drop_in(state: &State, name: &str) -> Result<(), kapsule_incus::Error> {
+    let dir = FileMeta::new(0, 0, 0o755);
+    state.incus.ensure_directory(name, "/etc/containers", dir).await?;
+    state
+        .incus
+        .ensure_directory(name, "/etc/containers/containers.conf.d", dir)
+        .await?;
+    let (path, text) = PODMAN_DROP_IN;
+    state
+        .incus
+        .push_file(name, path, text.as_bytes().to_vec(), FileMeta::new(0, 0, 0o644))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_are_what_setcap_writes() {
+        // `setcap cap_setuid+ep f; getfattr -e hex -n security.capability f`
+        assert_eq!(
+            file_capability(CAP_SETUID),
+            [1, 0, 0, 2, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(file_capability(CAP_SETGID)[4], 0x40);
+        // A capability above 31 lands in the second word (cap_setfcap is 31, cap_bpf 39).
+        assert_eq!(file_capability(39)[12..16], [0x80, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_failed_init_script_says_its_code_and_the_end_of_its_errors() {
+        assert_eq!(
+            init_script_failure("/.kapsule/init/a", 3, b""),
+            "/.kapsule/init/a exited with code 3"
+        );
+        assert_eq!(
+            init_script_failure("/.kapsule/init/a", 1, b"no keyring\n"),
+            "/.kapsule/init/a exited with code 1: no keyring"
+        );
+        let long = "x".repeat(5000) + "END";
+        let said = init_script_failure("/s", 1, long.as_bytes());
+        assert!(
+            said.len() < 2100 && said.ends_with("END") && said.contains(": ..."),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn the_drop_in_is_a_valid_engine_section() {
+        let (path, text) = PODMAN_DROP_IN;
+        assert!(path.starts_with("/etc/containers/containers.conf.d/") && path.ends_with(".conf"));
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(lines, ["[engine]", "cgroup_manager = \"cgroupfs\""]);
+    }
+}
