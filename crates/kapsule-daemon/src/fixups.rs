@@ -1,7 +1,7 @@
 //! What a new container gets once, right after it first started, in this order (the original
-//! daemon's): `/.kapsule` (Konsole's marker), `systemd-networkd-wait-online` masked, the image's
-//! own `/.kapsule/init/*` scripts, file capabilities on `newuidmap`/`newgidmap`, and the cgroupfs
-//! drop-in for rootless podman.
+//! daemon's, plus the host name): `/.kapsule` (Konsole's marker), `systemd-networkd-wait-online`
+//! masked, the container's name in `/etc/hosts`, the image's own `/.kapsule/init/*` scripts,
+//! file capabilities on `newuidmap`/`newgidmap`, and the cgroupfs drop-in for rootless podman.
 //!
 //! Only the marker is required; every other step that fails is a warning and creation goes on,
 //! as a container without it still works for most of what users do.
@@ -67,6 +67,11 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, name: &str, session_
             .warn(&format!("Could not mask systemd-networkd-wait-online: {e}"))
             .await;
     }
+    if let Err(e) = name_in_hosts(state, name).await {
+        reporter
+            .warn(&format!("Could not add '{name}' to /etc/hosts: {e}"))
+            .await;
+    }
     run_init_scripts(state, reporter, name).await?;
     if let Err(e) = set_id_map_capabilities(state, name).await {
         reporter
@@ -81,6 +86,42 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, name: &str, session_
             .await;
     }
     Ok(())
+}
+
+/// The container's host name in its `/etc/hosts`. On the host's network no DNS server knows it,
+/// and sudo, among others, looks it up on every run ("unable to resolve host").
+async fn name_in_hosts(state: &State, name: &str) -> Result<(), kapsule_incus::Error> {
+    let (text, meta) = match state.incus.read_file(name, "/etc/hosts").await {
+        Ok(file) => (String::from_utf8_lossy(&file.data).into_owned(), file.meta),
+        Err(e) if e.is_not_found() => (String::new(), FileMeta::new(0, 0, 0o644)),
+        Err(e) => return Err(e),
+    };
+    match hosts_with_name(&text, name) {
+        Some(new) => state.incus.push_file(name, "/etc/hosts", new.into_bytes(), meta).await,
+        None => Ok(()),
+    }
+}
+
+/// `hosts` with a `127.0.1.1 <name>` line (Debian's convention for the own name) added, unless
+/// a line names it already; `None` when nothing changes.
+pub(crate) fn hosts_with_name(hosts: &str, name: &str) -> Option<String> {
+    let named = hosts.lines().any(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        line.split_whitespace().skip(1).any(|host| host == name)
+    });
+    if named {
+        return None;
+    }
+    let mut out = if hosts.is_empty() {
+        "127.0.0.1\tlocalhost\n::1\tlocalhost\n".to_owned()
+    } else {
+        hosts.to_owned()
+    };
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&format!("127.0.1.1\t{name}\n"));
+    Some(out)
 }
 
 /// Runs every entry of the image's `/.kapsule/init/` as root, in name order, one at a time.
@@ -273,6 +314,29 @@ mod tests {
         assert!(
             said.len() < 2100 && said.ends_with("END") && said.contains(": ..."),
             "{said}"
+        );
+    }
+
+    #[test]
+    fn the_own_name_is_added_to_hosts_once() {
+        let debian = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n";
+        assert_eq!(
+            hosts_with_name(debian, "dev").as_deref(),
+            Some("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\tdev\n")
+        );
+        assert_eq!(hosts_with_name("127.0.1.1 box dev\n", "dev"), None);
+        assert!(
+            hosts_with_name("127.0.1.1 box\t# dev\n", "dev").is_some(),
+            "a comment names nothing"
+        );
+        assert_eq!(
+            hosts_with_name("10.0.0.1 dev-server", "dev").as_deref(),
+            Some("10.0.0.1 dev-server\n127.0.1.1\tdev\n"),
+            "another name containing it is not it"
+        );
+        assert_eq!(
+            hosts_with_name("", "dev").as_deref(),
+            Some("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\tdev\n")
         );
     }
 

@@ -62,10 +62,43 @@ pub struct InstanceGuard(pub String);
 
 impl Drop for InstanceGuard {
     fn drop(&mut self) {
+        // A create still under way in Incus (its daemon killed, say) would make the instance
+        // after the delete below: wait for Incus to finish what it does with it first.
+        let resource = format!("/1.0/instances/{}", self.0);
+        for _ in 0..600 {
+            if !incus_is_busy_with(&resource) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         // Drop cannot await; the CLI does the same job synchronously. Errors are ignored: the
         // instance may already be gone, which is what the test wanted.
         let _ = Command::new("incus").args(["delete", "--force", &self.0]).output();
     }
+}
+
+/// True while a running or pending Incus operation names `resource` (e.g. `/1.0/instances/x`).
+fn incus_is_busy_with(resource: &str) -> bool {
+    let Ok(out) = Command::new("incus")
+        .args(["query", "/1.0/operations?recursion=1"])
+        .output()
+    else {
+        return false;
+    };
+    let Ok(ops) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return false;
+    };
+    ["running", "pending"]
+        .iter()
+        .filter_map(|state| ops.get(*state).and_then(|v| v.as_array()))
+        .flatten()
+        .filter_map(|op| op.get("resources").and_then(|r| r.get("instances")))
+        .filter_map(|list| list.as_array())
+        .flatten()
+        .any(|r| {
+            r.as_str()
+                .is_some_and(|r| r == resource || r.starts_with(&format!("{resource}?")))
+        })
 }
 
 /// Removes a file or directory (with what is in it) when dropped, whether the test passed or

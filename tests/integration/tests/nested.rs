@@ -3,7 +3,7 @@
 //! import from a tarball, and two podman containers with network namespaces of their own talk to
 //! each other. And what creation does for that: the image's `/.kapsule/init/*` scripts run once,
 //! in order; newuidmap/newgidmap get their file capabilities without a way out of the container;
-//! podman gets its cgroupfs drop-in.
+//! podman gets its cgroupfs drop-in; the container's name resolves.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
@@ -80,6 +80,12 @@ async fn docker_and_podman_run_offline_in_a_container_made_by_kapsule_create() {
     )
     .await;
     assert_eq!(succeeded("sudo podman run", &out), "hello from podman\n");
+    // sudo finds the container's own name (it is in /etc/hosts: no DNS knows it).
+    assert!(
+        !text(&out.stderr).contains("unable to resolve host"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Docker: dockerd was started by the container's systemd (socket-activated on first use).
     let out = enter_sh(
@@ -215,6 +221,13 @@ async fn creation_runs_the_images_init_scripts_once_and_prepares_podman() {
         rustix::fs::getxattr(host_file.path(), "security.capability", &mut value),
         Err(rustix::io::Errno::NODATA),
         "a symlink in the image must not lead the daemon to the host's files"
+    );
+
+    // Its own name resolves, in an image that had no /etc/hosts.
+    let (code, hosts) = sh(incus, &name, "cat /etc/hosts").await;
+    assert_eq!(
+        (code, hosts),
+        (0, format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{name}\n"))
     );
 
     // The drop-in, in an image that had no /etc/containers at all.

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Kapsule's main job, end to end, on a fresh Debian 12 machine as root (README's first command):
+#   1. sets the environment up (up.sh: Incus, the container image, the test user, a network
+#      namespace of its own) and builds Kapsule;
+#   2. starts the daemon on a bus of its own (the system bus needs the bus policy the packaging
+#      installs);
+#   3. as the plain user kapsule-tester: `kapsule create`s a container, `kapsule enter`s it, and
+#      runs a nested podman container in it, from an image made there out of a tarball (no
+#      registry is needed or reached).
+# The container shares the `kapsule-test` network namespace instead of the host's, so the docker
+# and podman networks inside never change this machine's network.
+#
+# The daemon and its bus stop when the script ends; the container is removed unless
+# KAPSULE_TRY_KEEP=1. Incus stays up (tests/env/down.sh stops it).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_root
+
+bash "$KAPSULE_ROOT/tests/env/up.sh"
+# shellcheck disable=SC1091
+source "$KAPSULE_TEST_RUN/env"
+
+command -v cargo >/dev/null || die "cargo not found; a Rust toolchain >= 1.89 is required"
+log "building kapsule, kapsule-daemon and kapsule-nsenter (release)"
+cargo build --release --quiet --manifest-path "$KAPSULE_ROOT/Cargo.toml" \
+    -p kapsule -p kapsule-daemon -p kapsule-nsenter
+run=$KAPSULE_TEST_RUN/try
+bin=$run/bin
+# A place the plain user can reach whatever the checkout's permissions (root's home is 0700);
+# the daemon finds kapsule-nsenter next to itself.
+mkdir -p "$bin"
+chmod 0755 "$run" "$bin"
+install -m 0755 "$KAPSULE_ROOT"/target/release/{kapsule,kapsule-daemon,kapsule-nsenter} "$bin/"
+cat >"$run/bus.conf" <<EOF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path=$run/bus</listen>
+  <auth>EXTERNAL</auth>
+  <!-- Every local user may talk to the daemon, as on the system bus with Kapsule's policy. -->
+  <policy context="default">
+    <allow user="*"/><allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/>
+  </policy>
+</busconfig>
+EOF
+rm -f "$run/bus"
+dbus-daemon --config-file="$run/bus.conf" --fork --print-pid >"$run/bus.pid"
+export KAPSULE_BUS_ADDRESS=unix:path=$run/bus
+
+name=try
+stop() {
+    if [ "${KAPSULE_TRY_KEEP:-0}" != 1 ] && incus info "$name" >/dev/null 2>&1; then
+        log "removing the container $name (KAPSULE_TRY_KEEP=1 keeps it)"
+        incus delete --force "$name" >/dev/null || true
+    fi
+    stop_pidfile "$run/daemon.pid" kapsule-daemon
+    stop_pidfile "$run/bus.pid" "the demo's dbus-daemon"
+}
+trap stop EXIT
+
+"$bin/kapsule-daemon" --address "$KAPSULE_BUS_ADDRESS" --network-namespace "$KAPSULE_TEST_NETNS" \
+    >"$run/daemon.log" 2>&1 &
+echo $! >"$run/daemon.pid"
+for _ in $(seq 1 100); do
+    timeout 10 "$bin/kapsule" list >/dev/null 2>&1 && break
+    sleep 0.1
+done
+timeout 10 "$bin/kapsule" list >/dev/null 2>"$run/list.err" ||
+    { cat "$run/list.err" "$run/daemon.log" >&2; die "the daemon did not come up"; }
+
+if incus info "$name" >/dev/null 2>&1; then
+    log "a container '$name' is left from an earlier run; removing it"
+    "$bin/kapsule" rm --force "$name"
+fi
+
+# What the user types, as the user.
+as_user() {
+    setpriv --reuid="$(id -u "$KAPSULE_TEST_USER")" --regid="$(id -g "$KAPSULE_TEST_USER")" --init-groups \
+        env HOME="$(getent passwd "$KAPSULE_TEST_USER" | cut -d: -f6)" USER="$KAPSULE_TEST_USER" \
+        LOGNAME="$KAPSULE_TEST_USER" KAPSULE_BUS_ADDRESS="$KAPSULE_BUS_ADDRESS" "$@"
+}
+cd /
+
+printf '\n$ kapsule create %s --image local:%s\n' "$name" "$KAPSULE_TEST_IMAGE"
+as_user "$bin/kapsule" create "$name" --image "local:$KAPSULE_TEST_IMAGE"
+
+printf '\n$ kapsule enter %s -- ...   (as %s)\n' "$name" "$KAPSULE_TEST_USER"
+# shellcheck disable=SC2016 # expanded inside the container
+as_user "$bin/kapsule" enter "$name" -- sh -c '
+    set -e
+    echo "inside $(uname -n) as $(id -un) (uid $(id -u)), home $HOME"
+    d=$(mktemp -d)
+    mkdir -p "$d/bin" && cp /bin/busybox "$d/bin/" && ln -s busybox "$d/bin/sh" && ln -s busybox "$d/bin/echo"
+    tar -C "$d" -cf "$d.tar" . && rm -rf "$d"
+    sudo podman import -q "$d.tar" localhost/hello >/dev/null && rm -f "$d.tar"
+    echo "\$ sudo podman run --rm localhost/hello echo ..."
+    sudo podman run --rm localhost/hello echo "Hello from a podman container nested in a Kapsule container"
+'
+printf '\nDone: created, entered, nested container ran.\n'
