@@ -21,5 +21,6 @@ fi
 if [ -e "/run/netns/$KAPSULE_TEST_NETNS_NAME" ]; then
     ip netns delete "$KAPSULE_TEST_NETNS_NAME" && log "removed network namespace $KAPSULE_TEST_NETNS_NAME"
 fi
+rm -f "$POLKIT_ACTION" "$POLKIT_RULES" "$POLKIT_TEST_RULES"
 rm -f "$KAPSULE_TEST_RUN/env"
 log "down"

@@ -15,6 +15,15 @@ KAPSULE_TEST_RUN=${KAPSULE_TEST_RUN:-/run/kapsule-test}
 KAPSULE_TEST_IMAGE=${KAPSULE_TEST_IMAGE:-kapsule-test}
 # A plain, non-root user for the tests that call as someone else (up.sh creates it).
 KAPSULE_TEST_USER=${KAPSULE_TEST_USER:-kapsule-tester}
+# A second plain user, whom no polkit rule favours (up.sh creates it).
+KAPSULE_TEST_OTHER_USER=${KAPSULE_TEST_OTHER_USER:-kapsule-other}
+# Where up.sh installs Kapsule's polkit files and the tests' rule (down.sh removes them).
+# shellcheck disable=SC2034 # used by up.sh and down.sh
+POLKIT_ACTION=/usr/share/polkit-1/actions/org.kde.kapsule.policy
+# shellcheck disable=SC2034
+POLKIT_RULES=/usr/share/polkit-1/rules.d/50-org.kde.kapsule.rules
+# shellcheck disable=SC2034
+POLKIT_TEST_RULES=/etc/polkit-1/rules.d/40-kapsule-tests.rules
 # The network namespace test containers share instead of the host's (up.sh creates it).
 KAPSULE_TEST_NETNS_NAME=${KAPSULE_TEST_NETNS_NAME:-kapsule-test}
 INCUS_SOCKET=${INCUS_SOCKET:-/var/lib/incus/unix.socket}

@@ -126,13 +126,27 @@ start_private_bus() {
     die "polkitd did not take its name on the private bus within 10 s"
 }
 
-# A plain user for the tests that call the daemon as someone other than root: no Incus group, a
-# home of its own. Kept after down.sh, like the images, so the next run need not make it again.
-create_test_user() {
-    if ! id "$KAPSULE_TEST_USER" >/dev/null 2>&1; then
-        useradd --create-home --shell /bin/bash --comment "Kapsule tests" "$KAPSULE_TEST_USER"
-        log "created test user $KAPSULE_TEST_USER ($(id -u "$KAPSULE_TEST_USER"))"
-    fi
+# Plain users for the tests that call the daemon as someone other than root: no Incus group, a
+# home of their own. The first stands in for an administrator at the computer (see the polkit
+# rules below), the second is nobody special. Kept after down.sh, like the images, so the next run
+# need not make them again.
+create_test_users() {
+    local user
+    for user in "$KAPSULE_TEST_USER" "$KAPSULE_TEST_OTHER_USER"; do
+        if ! id "$user" >/dev/null 2>&1; then
+            useradd --create-home --shell /bin/bash --comment "Kapsule tests" "$user"
+            log "created test user $user ($(id -u "$user"))"
+        fi
+    done
+}
+
+# Kapsule's polkit actions and rules where polkitd reads them (it reads actions only from
+# /usr/share/polkit-1/actions), and the tests' own rule; down.sh removes all three.
+install_polkit_files() {
+    install -m 0644 "$KAPSULE_ROOT/polkit/org.kde.kapsule.policy" "$POLKIT_ACTION"
+    install -m 0644 "$KAPSULE_ROOT/polkit/50-org.kde.kapsule.rules" "$POLKIT_RULES"
+    install -d -m 0755 "$(dirname "$POLKIT_TEST_RULES")"
+    install -m 0644 "$KAPSULE_ROOT/tests/env/polkit/40-kapsule-tests.rules" "$POLKIT_TEST_RULES"
 }
 
 # What systemd-modules-load does at boot with the list Kapsule ships: nested docker and podman
@@ -165,6 +179,7 @@ write_env() {
 export INCUS_SOCKET=$INCUS_SOCKET
 export KAPSULE_TEST_IMAGE=$KAPSULE_TEST_IMAGE
 export KAPSULE_TEST_USER=$KAPSULE_TEST_USER
+export KAPSULE_TEST_OTHER_USER=$KAPSULE_TEST_OTHER_USER
 export KAPSULE_TEST_NETNS=/run/netns/$KAPSULE_TEST_NETNS_NAME
 export KAPSULE_TEST_SYSTEM_BUS=unix:path=$KAPSULE_TEST_RUN/dbus/system_bus_socket
 EOF
@@ -176,7 +191,8 @@ start_incusd
 configure_incus
 import_image
 start_private_bus
-create_test_user
+create_test_users
+install_polkit_files
 load_kernel_modules
 create_test_netns
 write_env

@@ -7,6 +7,7 @@ use kapsule_dbus::Error;
 use kapsule_incus::models::Instance;
 
 use crate::State;
+use crate::authority::Action;
 use crate::operation::{Failure, MessageKind, Reporter};
 
 /// Every Kapsule container carries config keys under this prefix (the original daemon's too).
@@ -14,6 +15,28 @@ pub(crate) const META_PREFIX: &str = "user.kapsule.";
 
 /// How long an operation waits for Incus before giving up.
 pub(crate) const INCUS_WAIT: Option<Duration> = Some(Duration::from_secs(600));
+
+/// The uid of the user who created a container (their containers are theirs to enter).
+pub(crate) const OWNER_KEY: &str = "user.kapsule.owner";
+
+/// True when `uid` may use `instance` as their own: they created it, or, in a container made by
+/// the original daemon (which recorded no owner), they were set up in it.
+pub(crate) fn is_owner(instance: &Instance, uid: u32) -> bool {
+    match instance.config.get(OWNER_KEY) {
+        Some(owner) => *owner == uid.to_string(),
+        None => crate::users::is_set_up(instance, uid),
+    }
+}
+
+/// What `uid` needs to be allowed to enter `instance`: one's own container, entering; anyone
+/// else's, managing containers.
+pub(crate) fn enter_action(instance: &Instance, uid: u32) -> Action {
+    if is_owner(instance, uid) {
+        Action::EnterContainer
+    } else {
+        Action::ManageContainer
+    }
+}
 
 /// True for instances Kapsule made (or the original daemon made): the daemon never touches others.
 pub(crate) fn is_kapsule(instance: &Instance) -> bool {

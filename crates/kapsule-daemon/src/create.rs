@@ -42,6 +42,8 @@ pub(crate) struct Plan {
     pub image_label: String,
     pub source: InstanceSource,
     pub options: CreateOptions,
+    /// The uid of the user creating it, recorded as its owner.
+    pub owner: u32,
 }
 
 /// Checks a create request without changing anything.
@@ -50,6 +52,7 @@ pub(crate) async fn plan(
     name: &str,
     image: &str,
     client_options: &HashMap<String, OwnedVariant>,
+    owner: u32,
 ) -> Result<Plan, Error> {
     validate_name(name)?;
     let client = options::from_dbus(client_options)?;
@@ -69,6 +72,7 @@ pub(crate) async fn plan(
         image_label: image.to_owned(),
         source,
         options,
+        owner,
     })
 }
 
@@ -301,6 +305,7 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, plan: Plan) -> Resul
     }
     let session_mode = plan.options.session_mode;
     let mut config = config(&plan.options);
+    config.insert(crate::containers::OWNER_KEY.into(), plan.owner.to_string());
     let raw = raw_lxc(
         &plan.options,
         &state.settings.network_namespace_path(),

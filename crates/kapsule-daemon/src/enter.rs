@@ -13,6 +13,7 @@ use kapsule_dbus::Error;
 use kapsule_nsenter::{EnterRequest, Reply, Request};
 
 use crate::State;
+use crate::authority::Requester;
 use crate::caller::Caller;
 use crate::containers;
 use crate::users::{self, Account, Notes};
@@ -113,8 +114,12 @@ pub(crate) async fn resolve_name(caller: &Caller, name: &str) -> Result<String, 
 
 /// Everything before the session itself: the container exists and runs, and the caller is set
 /// up in it. Returns the caller's account.
-pub(crate) async fn prepare(state: &State, caller: &Caller, name: &str) -> Result<Account, Error> {
+/// The caller must be allowed to enter it (see [`containers::enter_action`]).
+pub(crate) async fn prepare(state: &State, who: &Requester<'_>, name: &str) -> Result<Account, Error> {
+    let caller = &who.caller;
     let instance = containers::get_kapsule_container(state, name).await?;
+    who.authorize(containers::enter_action(&instance, caller.uid), &[("container", name)])
+        .await?;
     containers::ensure_running(state, None, &instance)
         .await
         .map_err(|e| Error::Failed(format!("Cannot start container '{name}': {}", e.message())))?;
@@ -125,11 +130,11 @@ pub(crate) async fn prepare(state: &State, caller: &Caller, name: &str) -> Resul
     Ok(account)
 }
 
-/// Starts `session` as `caller`.
-pub(crate) async fn start(state: &State, caller: &Caller, session: Session) -> Result<Started, Error> {
+/// Starts `session` as the caller of `who`.
+pub(crate) async fn start(state: &State, who: &Requester<'_>, session: Session) -> Result<Started, Error> {
     check_bounds(&session)?;
-    let name = resolve_name(caller, &session.container).await?;
-    let account = prepare(state, caller, &name).await?;
+    let name = resolve_name(&who.caller, &session.container).await?;
+    let account = prepare(state, who, &name).await?;
     let environment = session_environment(&session.environment);
 
     let (pid, pidfd) = container_init(state, &name).await?;

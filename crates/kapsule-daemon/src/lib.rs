@@ -4,6 +4,7 @@
 //! across an Incus call: the Incus client is cheap to clone and the operation registry locks only
 //! to insert or remove an entry.
 
+mod authority;
 mod caller;
 mod config;
 mod containers;

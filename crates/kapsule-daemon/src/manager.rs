@@ -12,6 +12,7 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, interface};
 
+use crate::authority::{Action, Requester};
 use crate::caller::Caller;
 use crate::operation::{Failure, OperationInfo, Reporter};
 use crate::{State, config, containers, create, enter, images, users};
@@ -82,7 +83,8 @@ impl Manager {
     }
 
     /// Sets a host user up in a container (starting it if needed): home, account, mounts, sudo.
-    /// The values must be the host's own account of `uid`; only root may set up someone else.
+    /// The values must be the host's own account of `uid`. Setting oneself up in one's own
+    /// container needs `enter-container`; anything else `manage-container`.
     #[allow(clippy::too_many_arguments, reason = "the wire signature is fixed")]
     async fn setup_user(
         &self,
@@ -94,16 +96,18 @@ impl Manager {
         username: String,
         home_dir: String,
     ) -> Result<OwnedObjectPath, Error> {
-        let caller = Caller::of(connection, &header).await?;
-        if caller.uid != uid && caller.uid != 0 {
-            return Err(Error::NotAuthorized(format!(
-                "Only root may set up another user (you are {}, not {uid})",
-                caller.uid
-            )));
-        }
-        let account = users::requested_account(uid, gid, &username, &home_dir)?;
+        let who = Requester::of(connection, &header).await?;
         let instance = containers::get_kapsule_container(&self.state, &container_name).await?;
+        // Oneself in one's own container is entering; anyone else, or anywhere else, managing.
+        let action = if who.caller.uid == uid {
+            containers::enter_action(&instance, uid)
+        } else {
+            Action::ManageContainer
+        };
+        who.authorize(action, &[("container", &container_name)]).await?;
+        let account = users::requested_account(uid, gid, &username, &home_dir)?;
         self.operation(
+            &who,
             "setup_user",
             format!("Setting up user '{username}' in {container_name}"),
             container_name.clone(),
@@ -141,7 +145,7 @@ impl Manager {
         stdio: HashMap<String, zbus::OwnedFd>,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<(String, HashMap<String, zbus::OwnedFd>), Error> {
-        let caller = Caller::of(connection, &header).await?;
+        let who = Requester::of(connection, &header).await?;
         let options = enter::EnterOptions::parse(&options)?;
         let stdio = match options.terminal {
             Some((rows, columns)) => enter::Stdio::Terminal(rows, columns),
@@ -163,7 +167,7 @@ impl Manager {
             environment,
             stdio,
         };
-        let started = enter::start(&self.state, &caller, session).await?;
+        let started = enter::start(&self.state, &who, session).await?;
         let mut fds = HashMap::from([("channel".to_owned(), zbus::OwnedFd::from(started.channel))]);
         if let Some(terminal) = started.terminal {
             fds.insert("terminal".to_owned(), zbus::OwnedFd::from(terminal));
@@ -183,9 +187,9 @@ impl Manager {
         command: Vec<String>,
         working_directory: String,
     ) -> Result<(bool, String, Vec<String>), Error> {
-        let caller = Caller::of(connection, &header).await?;
-        let name = enter::resolve_name(&caller, &container_name).await?;
-        match enter::prepare(&self.state, &caller, &name).await {
+        let who = Requester::of(connection, &header).await?;
+        let name = enter::resolve_name(&who.caller, &container_name).await?;
+        match enter::prepare(&self.state, &who, &name).await {
             Ok(_) => {}
             Err(Error::NotFound(message) | Error::Failed(message) | Error::InvalidArgument(message)) => {
                 return Ok((false, message, Vec::new()));
@@ -227,9 +231,11 @@ impl Manager {
         path: String,
         alias: String,
     ) -> Result<OwnedObjectPath, Error> {
-        let caller = Caller::of(connection, &header).await?;
-        let plan = images::plan_import(&caller, &path, &alias).await?;
+        let who = Requester::of(connection, &header).await?;
+        who.authorize(Action::ManageImages, &[]).await?;
+        let plan = images::plan_import(&who.caller, &path, &alias).await?;
         self.operation(
+            &who,
             "import_image",
             format!("Importing image: {alias}"),
             alias,
@@ -240,9 +246,17 @@ impl Manager {
 
     /// Refreshes cached remote images from their source: all of them (`image` empty), or those
     /// named `<remote>:<alias>` or `<alias>`.
-    async fn refresh_images(&self, image: String) -> Result<OwnedObjectPath, Error> {
+    async fn refresh_images(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        image: String,
+    ) -> Result<OwnedObjectPath, Error> {
+        let who = Requester::of(connection, &header).await?;
+        who.authorize(Action::ManageImages, &[]).await?;
         images::RefreshFilter::parse(&image)?;
         self.operation(
+            &who,
             "refresh_images",
             "Refreshing cached images".to_owned(),
             String::new(),
@@ -252,9 +266,17 @@ impl Manager {
     }
 
     /// Deletes a local image, by alias or full fingerprint.
-    async fn delete_image(&self, identifier: String) -> Result<OwnedObjectPath, Error> {
+    async fn delete_image(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        identifier: String,
+    ) -> Result<OwnedObjectPath, Error> {
+        let who = Requester::of(connection, &header).await?;
+        who.authorize(Action::ManageImages, &[]).await?;
         let image = images::resolve(&self.state, &identifier).await?;
         self.operation(
+            &who,
             "delete_image",
             format!("Deleting image: {identifier}"),
             identifier,
@@ -272,17 +294,19 @@ impl Manager {
         image: String,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<OwnedObjectPath, Error> {
+        let who = Requester::of(connection, &header).await?;
+        who.authorize(Action::ManageContainer, &[("container", &name)]).await?;
         let image = if image.is_empty() {
-            let caller = Caller::of(connection, &header).await?;
-            config::for_caller(&caller)
+            config::for_caller(&who.caller)
                 .await
                 .remove("default_image")
                 .unwrap_or_default()
         } else {
             image
         };
-        let plan = create::plan(&self.state, &name, &image, &options).await?;
+        let plan = create::plan(&self.state, &name, &image, &options, who.caller.uid).await?;
         self.operation(
+            &who,
             "create",
             format!("Creating container: {name}"),
             name,
@@ -292,7 +316,15 @@ impl Manager {
     }
 
     /// Deletes a container; a running one only with `force`.
-    async fn delete_container(&self, name: String, force: bool) -> Result<OwnedObjectPath, Error> {
+    async fn delete_container(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        name: String,
+        force: bool,
+    ) -> Result<OwnedObjectPath, Error> {
+        let who = Requester::of(connection, &header).await?;
+        who.authorize(Action::ManageContainer, &[("container", &name)]).await?;
         let instance = containers::get_kapsule_container(&self.state, &name).await?;
         if containers::is_running(&instance) && !force {
             return Err(Error::Failed(format!(
@@ -300,6 +332,7 @@ impl Manager {
             )));
         }
         self.operation(
+            &who,
             "delete",
             format!("Removing container: {name}"),
             name.clone(),
@@ -309,9 +342,17 @@ impl Manager {
     }
 
     /// Starts a container.
-    async fn start_container(&self, name: String) -> Result<OwnedObjectPath, Error> {
+    async fn start_container(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        name: String,
+    ) -> Result<OwnedObjectPath, Error> {
+        let who = Requester::of(connection, &header).await?;
+        who.authorize(Action::ManageContainer, &[("container", &name)]).await?;
         containers::get_kapsule_container(&self.state, &name).await?;
         self.operation(
+            &who,
             "start",
             format!("Starting container: {name}"),
             name.clone(),
@@ -321,9 +362,18 @@ impl Manager {
     }
 
     /// Stops a container (killing it with `force`).
-    async fn stop_container(&self, name: String, force: bool) -> Result<OwnedObjectPath, Error> {
+    async fn stop_container(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        name: String,
+        force: bool,
+    ) -> Result<OwnedObjectPath, Error> {
+        let who = Requester::of(connection, &header).await?;
+        who.authorize(Action::ManageContainer, &[("container", &name)]).await?;
         containers::get_kapsule_container(&self.state, &name).await?;
         self.operation(
+            &who,
             "stop",
             format!("Stopping container: {name}"),
             name.clone(),
@@ -338,6 +388,7 @@ impl Manager {
     /// state and its reporter.
     async fn operation<W, F>(
         &self,
+        who: &Requester<'_>,
         kind: &'static str,
         description: String,
         target: String,
@@ -352,6 +403,7 @@ impl Manager {
             kind,
             description,
             target,
+            requester: who.caller.uid,
         };
         self.state
             .operations

@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, interface};
+
+use crate::authority::{Action, Requester};
 
 /// How long a finished operation stays on the bus for late readers of its status.
 const LINGER: Duration = Duration::from_secs(30);
@@ -65,6 +68,8 @@ pub(crate) struct OperationObject {
     kind: String,
     description: String,
     target: String,
+    /// The uid of who started it: they may cancel it.
+    requester: u32,
     state: Arc<Mutex<State>>,
     cancel: CancellationToken,
 }
@@ -102,13 +107,22 @@ impl OperationObject {
         self.state.lock().expect("state lock").error.clone()
     }
 
-    /// Asks the work to stop. False when it is not running any more.
-    async fn cancel(&self) -> bool {
+    /// Asks the work to stop. False when it is not running any more. Whoever started it may;
+    /// anyone else needs `manage-container`.
+    async fn cancel(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<bool, kapsule_dbus::Error> {
+        let who = Requester::of(connection, &header).await?;
+        if who.caller.uid != self.requester {
+            who.authorize(Action::ManageContainer, &[]).await?;
+        }
         if self.state.lock().expect("state lock").status != "running" {
-            return false;
+            return Ok(false);
         }
         self.cancel.cancel();
-        true
+        Ok(true)
     }
 
     #[zbus(signal)]
@@ -221,6 +235,8 @@ pub(crate) struct OperationInfo {
     pub kind: &'static str,
     pub description: String,
     pub target: String,
+    /// The uid of the caller who started it.
+    pub requester: u32,
 }
 
 impl Operations {
@@ -260,6 +276,7 @@ impl Operations {
             kind: info.kind.to_owned(),
             description: info.description.clone(),
             target: info.target,
+            requester: info.requester,
             state: state.clone(),
             cancel: cancel.clone(),
         };

@@ -154,13 +154,35 @@ pub fn container_request(env: &TestEnv, name: &str, start: bool) -> InstancesPos
     }
 }
 
-/// A private message bus for one test (a plain session-type bus: every test gets its own, so
-/// tests running at once never compete for `org.kde.kapsule`). Killed when dropped.
+/// A private message bus for one test, with a polkitd of its own (every test gets its own, so
+/// tests running at once never compete for `org.kde.kapsule`, and polkit answers about the
+/// callers of this bus). Both killed when dropped.
 #[derive(Debug)]
 pub struct PrivateBus {
     pub address: String,
     child: std::process::Child,
+    polkitd: Option<std::process::Child>,
     _dir: tempfile::TempDir,
+}
+
+/// Where Debian installs polkitd.
+const POLKITD: &str = "/usr/lib/polkit-1/polkitd";
+
+/// True when `name` has an owner on the bus at `address`.
+pub fn bus_name_has_owner(address: &str, name: &str) -> bool {
+    Command::new("busctl")
+        .arg(format!("--address={address}"))
+        .args([
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "NameHasOwner",
+            "s",
+            name,
+        ])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "b true")
 }
 
 impl PrivateBus {
@@ -197,11 +219,29 @@ impl PrivateBus {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(socket.exists(), "dbus-daemon did not create its socket");
-        PrivateBus {
+        let mut bus = PrivateBus {
             address: format!("unix:path={}", socket.display()),
             child,
+            polkitd: None,
             _dir: dir,
+        };
+        // polkitd reads the actions and rules tests/env/up.sh installed, and drops to its own user.
+        let polkitd = Command::new(POLKITD)
+            .arg("--no-debug")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {POLKITD} ({e}); run tests/env/up.sh"));
+        bus.polkitd = Some(polkitd);
+        for _ in 0..300 {
+            if bus_name_has_owner(&bus.address, "org.freedesktop.PolicyKit1") {
+                return bus;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        panic!("polkitd did not take its name on the test's bus within 6 s");
     }
 
     /// A client connection to this bus.
@@ -227,6 +267,10 @@ impl PrivateBus {
 
 impl Drop for PrivateBus {
     fn drop(&mut self) {
+        if let Some(polkitd) = &mut self.polkitd {
+            let _ = polkitd.kill();
+            let _ = polkitd.wait();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -487,9 +531,19 @@ pub struct TestUser {
     pub home: std::path::PathBuf,
 }
 
-/// The test user, or a panic saying how to make them.
+/// The test user, or a panic saying how to make them. The test polkit rule lets them enter and
+/// manage containers and images, as an administrator at the computer.
 pub fn test_user() -> TestUser {
-    let name = std::env::var("KAPSULE_TEST_USER").unwrap_or_else(|_| "kapsule-tester".into());
+    user_from_env("KAPSULE_TEST_USER", "kapsule-tester")
+}
+
+/// The second test user: the test polkit rule lets them enter their own containers, nothing more.
+pub fn other_user() -> TestUser {
+    user_from_env("KAPSULE_TEST_OTHER_USER", "kapsule-other")
+}
+
+fn user_from_env(variable: &str, default: &str) -> TestUser {
+    let name = std::env::var(variable).unwrap_or_else(|_| default.into());
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
     let entry = passwd
         .lines()

@@ -59,6 +59,7 @@ async fn docker_and_podman_run_offline_in_a_container_made_by_kapsule_create() {
     // Rootless podman keeps its store in the home, which is the host's: it goes with the test.
     let _store = RemoveOnDrop(user.home.join(".local/share/containers"));
     let _config = RemoveOnDrop(user.home.join(".config/containers"));
+    let _cni = RemoveOnDrop(user.home.join(".config/cni"));
     let _tarball = RemoveOnDrop(user.home.join("kt-bb.tar"));
 
     let image = format!("local:{}", test.env.image);

@@ -3,7 +3,7 @@
 //! only root sets up someone else; images without useradd work too.
 
 use kapsule_integration_tests::{
-    DaemonTest, InstanceGuard, RemoveOnDrop, daemon_test, options, sh, test_user, unique_name,
+    DaemonTest, InstanceGuard, RemoveOnDrop, daemon_test, options, other_user, sh, test_user, unique_name,
 };
 use zbus::Variant as Value;
 
@@ -178,8 +178,8 @@ async fn setup_user_takes_no_ones_word_for_an_identity() {
             "{uid} {gid} {username} {home}: {e}"
         );
     }
-    // The test user asking for root's setup is refused; nothing changes.
-    let out = user
+    // A plain user asking for root's setup is refused; nothing changes.
+    let out = other_user()
         .call_manager(
             &test.bus,
             &[],
@@ -191,7 +191,10 @@ async fn setup_user_takes_no_ones_word_for_an_identity() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("Only root may set up another user"), "{stderr}");
+    assert!(
+        stderr.contains("You are not allowed to manage Kapsule containers"),
+        "{stderr}"
+    );
     assert!(!test.manager.is_user_setup(&name, 0).await.unwrap());
     let e = test
         .manager

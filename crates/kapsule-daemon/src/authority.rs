@@ -1,0 +1,119 @@
+//! Authorization: polkit decides, before any work, whether the caller may do what a method asks.
+//!
+//! The subject is the caller's unique bus name (polkit's `system-bus-name`): polkitd asks the bus
+//! itself who is behind it, so nothing the caller sends, and no pid the daemon would have to look
+//! up (and could race), takes part. User interaction (a password dialog through the caller's
+//! authentication agent) is allowed only when the call said it may wait for one
+//! (`ALLOW_INTERACTIVE_AUTHORIZATION`). The actions and their defaults are in
+//! `polkit/org.kde.kapsule.policy`.
+
+use std::collections::HashMap;
+
+use kapsule_dbus::Error;
+use zbus::Connection;
+use zbus::message::{Flags, Header};
+use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
+
+use crate::caller::Caller;
+
+/// What a method asks to do, as a polkit action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Enter one's own container, set oneself up in it.
+    EnterContainer,
+    /// Create, start, stop, delete containers; set up someone else; enter someone else's.
+    ManageContainer,
+    /// Import, refresh, delete images.
+    ManageImages,
+}
+
+impl Action {
+    /// The polkit action id.
+    pub(crate) fn id(self) -> &'static str {
+        match self {
+            Action::EnterContainer => "org.kde.kapsule.enter-container",
+            Action::ManageContainer => "org.kde.kapsule.manage-container",
+            Action::ManageImages => "org.kde.kapsule.manage-images",
+        }
+    }
+
+    /// What the caller is told when polkit says no.
+    fn refusal(self) -> &'static str {
+        match self {
+            Action::EnterContainer => "You are not allowed to enter this container",
+            Action::ManageContainer => "You are not allowed to manage Kapsule containers",
+            Action::ManageImages => "You are not allowed to manage Kapsule images",
+        }
+    }
+}
+
+/// Asks polkit whether the sender of `header` may do `action`; `Ok` when it may.
+///
+/// A refusal is `NotAuthorized`, with a hint when authentication would have helped; a polkit
+/// that cannot be asked refuses too (and says why): no answer is never a yes.
+pub(crate) async fn authorize(
+    connection: &Connection,
+    header: &Header<'_>,
+    caller: &Caller,
+    action: Action,
+    details: &[(&str, &str)],
+) -> Result<(), Error> {
+    let subject = Subject::new_for_message_header(header)
+        .map_err(|e| Error::NotAuthorized(format!("Cannot tell who is calling: {e}")))?;
+    let interactive = header.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH);
+    let flags = if interactive {
+        CheckAuthorizationFlags::ALLOW_USER_INTERACTION
+    } else {
+        CheckAuthorizationFlags::empty()
+    };
+    let details: HashMap<&str, &str> = details.iter().copied().collect();
+    let authority = AuthorityProxy::new(connection)
+        .await
+        .map_err(|e| unavailable(action, &e))?;
+    let result = authority
+        .check_authorization(&subject, action.id(), &details, flags, "")
+        .await
+        .map_err(|e| unavailable(action, &e))?;
+    if result.is_authorized {
+        log::debug!("{} (uid {}) may {}", caller.name, caller.uid, action.id());
+        return Ok(());
+    }
+    log::info!("{} (uid {}) was refused {}", caller.name, caller.uid, action.id());
+    let hint = if result.is_challenge && !interactive {
+        " (authentication is required; run it from a terminal or session with a polkit agent)"
+    } else if result.is_challenge {
+        " (authentication failed or was dismissed)"
+    } else {
+        ""
+    };
+    Err(Error::NotAuthorized(format!("{}{hint}", action.refusal())))
+}
+
+fn unavailable(action: Action, e: &zbus::Error) -> Error {
+    log::warn!("cannot ask polkit about {}: {e}", action.id());
+    Error::NotAuthorized(format!("{}: polkit cannot be asked ({e})", action.refusal()))
+}
+
+/// A method call's caller, with what it takes to ask polkit about them.
+pub(crate) struct Requester<'a> {
+    connection: &'a Connection,
+    header: &'a Header<'a>,
+    pub(crate) caller: Caller,
+}
+
+impl<'a> Requester<'a> {
+    /// The caller of the call with `header`, identified by the bus.
+    pub(crate) async fn of(connection: &'a Connection, header: &'a Header<'a>) -> Result<Requester<'a>, Error> {
+        let caller = Caller::of(connection, header).await?;
+        Ok(Requester {
+            connection,
+            header,
+            caller,
+        })
+    }
+
+    /// See [`authorize`]; `details` reach polkit rules as `action.lookup(key)`.
+    pub(crate) async fn authorize(&self, action: Action, details: &[(&str, &str)]) -> Result<(), Error> {
+        authorize(self.connection, self.header, &self.caller, action, details).await
+    }
+}
