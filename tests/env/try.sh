@@ -2,8 +2,8 @@
 # Kapsule's main job, end to end, on a fresh Debian 12 machine as root (README's first command):
 #   1. sets the environment up (up.sh: Incus, the container image, the test user, a network
 #      namespace of its own) and builds Kapsule;
-#   2. starts the daemon on a bus of its own (the system bus needs the bus policy the packaging
-#      installs);
+#   2. starts the daemon on a bus of its own, with a polkitd there (the system bus needs the bus
+#      policy the packaging installs);
 #   3. as the plain user kapsule-tester: `kapsule create`s a container, `kapsule enter`s it, and
 #      runs a nested podman container in it, from an image made there out of a tarball (no
 #      registry is needed or reached).
@@ -47,6 +47,11 @@ EOF
 rm -f "$run/bus"
 dbus-daemon --config-file="$run/bus.conf" --fork --print-pid >"$run/bus.pid"
 export KAPSULE_BUS_ADDRESS=unix:path=$run/bus
+# The daemon asks polkit about every change; polkitd answers on the same bus, with the rules up.sh
+# installed (kapsule-tester stands in for an administrator at the computer).
+DBUS_SYSTEM_BUS_ADDRESS=$KAPSULE_BUS_ADDRESS setsid /usr/lib/polkit-1/polkitd --no-debug \
+    </dev/null >"$run/polkitd.log" 2>&1 &
+echo $! >"$run/polkitd.pid"
 
 name=try
 stop() {
@@ -55,6 +60,7 @@ stop() {
         incus delete --force "$name" >/dev/null || true
     fi
     stop_pidfile "$run/daemon.pid" kapsule-daemon
+    stop_pidfile "$run/polkitd.pid" "the demo's polkitd"
     stop_pidfile "$run/bus.pid" "the demo's dbus-daemon"
 }
 trap stop EXIT
@@ -90,10 +96,12 @@ printf '\n$ kapsule enter %s -- ...   (as %s)\n' "$name" "$KAPSULE_TEST_USER"
 as_user "$bin/kapsule" enter "$name" -- sh -c '
     set -e
     echo "inside $(uname -n) as $(id -un) (uid $(id -u)), home $HOME"
-    d=$(mktemp -d)
-    mkdir -p "$d/bin" && cp /bin/busybox "$d/bin/" && ln -s busybox "$d/bin/sh" && ln -s busybox "$d/bin/echo"
-    tar -C "$d" -cf "$d.tar" . && rm -rf "$d"
-    sudo podman import -q "$d.tar" localhost/hello >/dev/null && rm -f "$d.tar"
+    d=$HOME/.cache/kapsule-try
+    rm -rf "$d" && mkdir -p "$d/root/bin"
+    cp /bin/busybox "$d/root/bin/" && ln -s busybox "$d/root/bin/sh" && ln -s busybox "$d/root/bin/echo"
+    tar -C "$d/root" -cf "$d/hello.tar" .
+    sudo podman import -q "$d/hello.tar" localhost/hello >/dev/null
+    rm -rf "$d"
     echo "\$ sudo podman run --rm localhost/hello echo ..."
     sudo podman run --rm localhost/hello echo "Hello from a podman container nested in a Kapsule container"
 '
