@@ -79,7 +79,7 @@ fn run() -> Result<()> {
     let image = std::env::var("KAPSULE_TEST_IMAGE").unwrap_or_else(|_| "kapsule-test".into());
     let user = kapsule_integration_tests::test_user();
 
-    // The tests' own private bus (a session-type dbus-daemon any user may reach).
+    // The tests' own private bus (a dbus-daemon any user may reach, with its own polkitd).
     let bus = kapsule_integration_tests::PrivateBus::start();
     let _daemon = Daemon::start(&bin, &bus.address)?;
     let as_user = |args: &[&str]| -> Command {
@@ -284,20 +284,7 @@ impl Daemon {
             .spawn()?;
         let daemon = Daemon(child);
         for _ in 0..200 {
-            let out = Command::new("busctl")
-                .args([
-                    &format!("--address={address}"),
-                    "call",
-                    "org.freedesktop.DBus",
-                    "/org/freedesktop/DBus",
-                    "org.freedesktop.DBus",
-                    "NameHasOwner",
-                    "s",
-                    "org.kde.kapsule",
-                ])
-                .stderr(Stdio::null())
-                .output()?;
-            if String::from_utf8_lossy(&out.stdout).trim() == "b true" {
+            if kapsule_integration_tests::bus_name_has_owner(address, "org.kde.kapsule") {
                 return Ok(daemon);
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -32,14 +32,16 @@ async fn kapsule(test: &DaemonTest, user: &TestUser, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// What Incus holds that a call could change: every instance with its config and devices, every
-/// image with its aliases.
-async fn incus_state(incus: &Client) -> String {
+/// What Incus holds that a call of this test could change: the instances named `names` with
+/// their config and devices, the images with their aliases. (Other tests run at the same time and
+/// make instances of their own.)
+async fn incus_state(incus: &Client, names: &[&str]) -> String {
     let mut instances: Vec<String> = incus
         .list_instances()
         .await
         .unwrap()
         .into_iter()
+        .filter(|i| names.contains(&i.name.as_str()))
         .map(|i| {
             let config: std::collections::BTreeMap<_, _> =
                 i.config.iter().filter(|(k, _)| !k.starts_with("volatile.")).collect();
@@ -58,6 +60,7 @@ async fn incus_state(incus: &Client) -> String {
         .await
         .unwrap()
         .into_iter()
+        .filter(|i| i.aliases.iter().any(|a| names.contains(&a.name.as_str())))
         .map(|i| format!("{} {:?}", i.fingerprint, i.aliases))
         .collect();
     images.sort();
@@ -111,10 +114,17 @@ async fn every_change_is_authorized_by_polkit_for_the_caller() {
     let _image = kapsule_integration_tests::ImageGuard(tiny.clone());
 
     // Everything that changes something, by the plain user: refused, and Incus is untouched.
-    let before = incus_state(incus).await;
+    let new_name = unique_name("auth-new");
+    let watched = [
+        mine.as_str(),
+        theirs.as_str(),
+        new_name.as_str(),
+        tiny.as_str(),
+        &test.env.image,
+    ];
+    let before = incus_state(incus, &watched).await;
     let (uid, gid) = (plain.uid.to_string(), plain.gid.to_string());
     let home = plain.home.to_string_lossy().into_owned();
-    let new_name = unique_name("auth-new");
     let _new_guard = InstanceGuard(new_name.clone());
     let images_dir = tempfile::tempdir().unwrap();
     let images_path = images_dir.path().to_string_lossy().into_owned();
@@ -148,7 +158,11 @@ async fn every_change_is_authorized_by_polkit_for_the_caller() {
     refused("entering the administrator's container", &out, manage);
     let out = kapsule(&test, &plain, &["rm", "--force", &theirs]).await;
     refused("removing their own container", &out, manage);
-    assert_eq!(incus_state(incus).await, before, "refused calls changed Incus");
+    assert_eq!(
+        incus_state(incus, &watched).await,
+        before,
+        "refused calls changed Incus"
+    );
 
     // Reading needs no rights.
     let out = call(&test, &plain, "ListContainers", "", &[]).await;

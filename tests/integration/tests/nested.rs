@@ -88,11 +88,13 @@ async fn docker_and_podman_run_offline_in_a_container_made_by_kapsule_create() {
         text(&out.stderr)
     );
 
-    // Docker: dockerd was started by the container's systemd (socket-activated on first use).
+    // Docker: dockerd is started by the container's systemd while it boots, which may still be
+    // going on (under load) when creation has finished; a user would wait for it too.
     let out = enter_sh(
         &test,
         &name,
-        "sudo docker import ~/kt-bb.tar kt-bb >/dev/null && \
+        "timeout 120 sh -c 'until sudo docker info >/dev/null 2>&1; do sleep 0.5; done' && \
+         sudo docker import ~/kt-bb.tar kt-bb >/dev/null && \
          sudo docker run --rm kt-bb echo hello from docker",
     )
     .await;
