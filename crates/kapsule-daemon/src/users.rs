@@ -138,6 +138,7 @@ pub(crate) async fn ensure(
     notes
         .info(&format!("Setting up user '{}' in {name}", account.name))
         .await;
+    wait_for_boot(state, name).await;
     if account.uid == 0 {
         // Root is in every image already, with its own /root; only the marker is needed.
         mark_mapped(state, name, 0).await?;
@@ -151,6 +152,27 @@ pub(crate) async fn ensure(
     enable_linger(state, notes, name, account, &wants).await;
     mark_mapped(state, name, account.uid).await?;
     Ok(true)
+}
+
+/// Waits (at most 90 s) until the container's systemd has finished booting. While it boots,
+/// systemd-sysusers rewrites /etc/passwd and /etc/group whole: an account written meanwhile
+/// can be lost (seen in CI: "sudo: you do not exist in the passwd database" on the second enter
+/// of a just-created container). Images without systemd have nothing to wait for.
+async fn wait_for_boot(state: &State, name: &str) {
+    let request = kapsule_incus::ExecRequest::new(["systemctl", "is-system-running", "--wait"]);
+    match state
+        .incus
+        .exec(name, &request, std::time::Duration::from_secs(90))
+        .await
+    {
+        // "running", "degraded" (a failed unit) or no systemd at all: go on either way.
+        Ok(out) => log::debug!(
+            "{name}: boot finished: {} (exit {})",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            out.exit_code
+        ),
+        Err(e) => log::info!("{name}: not waiting for boot: {e}"),
+    }
 }
 
 /// Step 1: the host home at the container home, as a disk device.
