@@ -47,48 +47,6 @@ impl Action {
     }
 }
 
-/// Asks polkit whether the sender of `header` may do `action`; `Ok` when it may.
-///
-/// A refusal is `NotAuthorized`, with a hint when authentication would have helped; a polkit
-/// that cannot be asked refuses too (and says why): no answer is never a yes.
-pub(crate) async fn authorize(
-    connection: &Connection,
-    header: &Header<'_>,
-    caller: &Caller,
-    action: Action,
-    details: &[(&str, &str)],
-) -> Result<(), Error> {
-    let subject = Subject::new_for_message_header(header)
-        .map_err(|e| Error::NotAuthorized(format!("Cannot tell who is calling: {e}")))?;
-    let interactive = header.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH);
-    let flags = if interactive {
-        CheckAuthorizationFlags::ALLOW_USER_INTERACTION
-    } else {
-        CheckAuthorizationFlags::empty()
-    };
-    let details: HashMap<&str, &str> = details.iter().copied().collect();
-    let authority = AuthorityProxy::new(connection)
-        .await
-        .map_err(|e| unavailable(action, &e))?;
-    let result = authority
-        .check_authorization(&subject, action.id(), &details, flags, "")
-        .await
-        .map_err(|e| unavailable(action, &e))?;
-    if result.is_authorized {
-        log::debug!("{} (uid {}) may {}", caller.name, caller.uid, action.id());
-        return Ok(());
-    }
-    log::info!("{} (uid {}) was refused {}", caller.name, caller.uid, action.id());
-    let hint = if result.is_challenge && !interactive {
-        " (authentication is required; run it from a terminal or session with a polkit agent)"
-    } else if result.is_challenge {
-        " (authentication failed or was dismissed)"
-    } else {
-        ""
-    };
-    Err(Error::NotAuthorized(format!("{}{hint}", action.refusal())))
-}
-
 fn unavailable(action: Action, e: &zbus::Error) -> Error {
     log::warn!("cannot ask polkit about {}: {e}", action.id());
     Error::NotAuthorized(format!("{}: polkit cannot be asked ({e})", action.refusal()))
@@ -112,8 +70,58 @@ impl<'a> Requester<'a> {
         })
     }
 
-    /// See [`authorize`]; `details` reach polkit rules as `action.lookup(key)`.
+    /// The caller of the call with `header`, once polkit said they may do `action`: what every
+    /// method that always needs one action starts with.
+    pub(crate) async fn authorized(
+        connection: &'a Connection,
+        header: &'a Header<'a>,
+        action: Action,
+        details: &[(&str, &str)],
+    ) -> Result<Requester<'a>, Error> {
+        let who = Requester::of(connection, header).await?;
+        who.authorize(action, details).await?;
+        Ok(who)
+    }
+
+    /// Asks polkit whether the caller may do `action`; `Ok` when they may. `details` reach
+    /// polkit rules as `action.lookup(key)`.
+    ///
+    /// A refusal is `NotAuthorized`, with a hint when authentication would have helped; a polkit
+    /// that cannot be asked refuses too (and says why): no answer is never a yes.
     pub(crate) async fn authorize(&self, action: Action, details: &[(&str, &str)]) -> Result<(), Error> {
-        authorize(self.connection, self.header, &self.caller, action, details).await
+        let subject = Subject::new_for_message_header(self.header)
+            .map_err(|e| Error::NotAuthorized(format!("Cannot tell who is calling: {e}")))?;
+        let interactive = self.header.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH);
+        let flags = if interactive {
+            CheckAuthorizationFlags::ALLOW_USER_INTERACTION
+        } else {
+            CheckAuthorizationFlags::empty()
+        };
+        let details: HashMap<&str, &str> = details.iter().copied().collect();
+        let authority = AuthorityProxy::new(self.connection)
+            .await
+            .map_err(|e| unavailable(action, &e))?;
+        let result = authority
+            .check_authorization(&subject, action.id(), &details, flags, "")
+            .await
+            .map_err(|e| unavailable(action, &e))?;
+        if result.is_authorized {
+            log::debug!("{} (uid {}) may {}", self.caller.name, self.caller.uid, action.id());
+            return Ok(());
+        }
+        log::info!(
+            "{} (uid {}) was refused {}",
+            self.caller.name,
+            self.caller.uid,
+            action.id()
+        );
+        let hint = if result.is_challenge && !interactive {
+            " (authentication is required; run it from a terminal or session with a polkit agent)"
+        } else if result.is_challenge {
+            " (authentication failed or was dismissed)"
+        } else {
+            ""
+        };
+        Err(Error::NotAuthorized(format!("{}{hint}", action.refusal())))
     }
 }

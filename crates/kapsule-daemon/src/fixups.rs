@@ -13,6 +13,7 @@ use kapsule_incus::{ExecRequest, FileMeta};
 
 use crate::State;
 use crate::operation::{Failure, MessageKind, Reporter};
+use crate::users::{IfMissing, edit_file};
 
 /// Where an image keeps the scripts to run once when a container is made from it.
 pub(crate) const INIT_DIR: &str = "/.kapsule/init";
@@ -67,9 +68,16 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, name: &str, session_
             .warn(&format!("Could not mask systemd-networkd-wait-online: {e}"))
             .await;
     }
-    if let Err(e) = name_in_hosts(state, name).await {
+    // On the host's network no DNS server knows the container's name, and sudo, among others,
+    // looks it up on every run ("unable to resolve host").
+    let hosts_meta = FileMeta::new(0, 0, 0o644);
+    if let Err(e) = edit_file(state, name, "/etc/hosts", IfMissing::Create(hosts_meta), |hosts| {
+        hosts_with_name(hosts, name)
+    })
+    .await
+    {
         reporter
-            .warn(&format!("Could not add '{name}' to /etc/hosts: {e}"))
+            .warn(&format!("Could not add '{name}' to /etc/hosts: {}", e.message()))
             .await;
     }
     run_init_scripts(state, reporter, name).await?;
@@ -86,20 +94,6 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, name: &str, session_
             .await;
     }
     Ok(())
-}
-
-/// The container's host name in its `/etc/hosts`. On the host's network no DNS server knows it,
-/// and sudo, among others, looks it up on every run ("unable to resolve host").
-async fn name_in_hosts(state: &State, name: &str) -> Result<(), kapsule_incus::Error> {
-    let (text, meta) = match state.incus.read_file(name, "/etc/hosts").await {
-        Ok(file) => (String::from_utf8_lossy(&file.data).into_owned(), file.meta),
-        Err(e) if e.is_not_found() => (String::new(), FileMeta::new(0, 0, 0o644)),
-        Err(e) => return Err(e),
-    };
-    match hosts_with_name(&text, name) {
-        Some(new) => state.incus.push_file(name, "/etc/hosts", new.into_bytes(), meta).await,
-        None => Ok(()),
-    }
 }
 
 /// `hosts` with a `127.0.1.1 <name>` line (Debian's convention for the own name) added, unless

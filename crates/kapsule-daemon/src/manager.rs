@@ -231,8 +231,7 @@ impl Manager {
         path: String,
         alias: String,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = Requester::of(connection, &header).await?;
-        who.authorize(Action::ManageImages, &[]).await?;
+        let who = Requester::authorized(connection, &header, Action::ManageImages, &[]).await?;
         let plan = images::plan_import(&who.caller, &path, &alias).await?;
         self.operation(
             &who,
@@ -252,8 +251,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         image: String,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = Requester::of(connection, &header).await?;
-        who.authorize(Action::ManageImages, &[]).await?;
+        let who = Requester::authorized(connection, &header, Action::ManageImages, &[]).await?;
         images::RefreshFilter::parse(&image)?;
         self.operation(
             &who,
@@ -272,8 +270,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         identifier: String,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = Requester::of(connection, &header).await?;
-        who.authorize(Action::ManageImages, &[]).await?;
+        let who = Requester::authorized(connection, &header, Action::ManageImages, &[]).await?;
         let image = images::resolve(&self.state, &identifier).await?;
         self.operation(
             &who,
@@ -294,8 +291,7 @@ impl Manager {
         image: String,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = Requester::of(connection, &header).await?;
-        who.authorize(Action::ManageContainer, &[("container", &name)]).await?;
+        let who = Requester::authorized(connection, &header, Action::ManageContainer, &[("container", &name)]).await?;
         let image = if image.is_empty() {
             config::for_caller(&who.caller)
                 .await
@@ -323,8 +319,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = Requester::of(connection, &header).await?;
-        who.authorize(Action::ManageContainer, &[("container", &name)]).await?;
+        let who = Requester::authorized(connection, &header, Action::ManageContainer, &[("container", &name)]).await?;
         let instance = containers::get_kapsule_container(&self.state, &name).await?;
         if containers::is_running(&instance) && !force {
             return Err(Error::Failed(format!(
@@ -348,8 +343,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         name: String,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = Requester::of(connection, &header).await?;
-        who.authorize(Action::ManageContainer, &[("container", &name)]).await?;
+        let who = Requester::authorized(connection, &header, Action::ManageContainer, &[("container", &name)]).await?;
         containers::get_kapsule_container(&self.state, &name).await?;
         self.operation(
             &who,
@@ -369,8 +363,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = Requester::of(connection, &header).await?;
-        who.authorize(Action::ManageContainer, &[("container", &name)]).await?;
+        let who = Requester::authorized(connection, &header, Action::ManageContainer, &[("container", &name)]).await?;
         containers::get_kapsule_container(&self.state, &name).await?;
         self.operation(
             &who,

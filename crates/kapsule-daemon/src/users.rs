@@ -255,17 +255,18 @@ async fn create_account(
     Ok(())
 }
 
-/// What to do when the image lacks a file of its user database.
+/// What [`edit_file`] does when the image lacks the file.
 #[derive(Clone, Copy, Debug)]
-enum IfMissing {
+pub(crate) enum IfMissing {
     Fail,
     Skip,
     /// Start from an empty file with this owner and mode.
     Create(FileMeta),
 }
 
-/// Rewrites a file of the container's user database with `edit`, keeping its owner and mode.
-async fn edit_file(
+/// Rewrites a text file of the container with `edit` (`None`: leave it), keeping its owner and
+/// mode. Used for the user database, and for `/etc/hosts` at creation.
+pub(crate) async fn edit_file(
     state: &State,
     name: &str,
     path: &str,
