@@ -59,11 +59,21 @@ impl Caller {
         })
     }
 
+    /// This user's file-system identity, groups included.
+    pub(crate) fn identity(&self) -> FsIdentity {
+        FsIdentity::of(self.uid, self.gid, &self.name)
+    }
+
     /// Opens a regular file for reading with this user's file-system identity (see
     /// [`open_as`]).
     pub(crate) async fn open(&self, path: &Path) -> std::io::Result<File> {
-        let (uid, gid, path) = (self.uid, self.gid, path.to_owned());
-        run_as(move || open_as(uid, gid, &path)).await
+        let identity = self.identity();
+        let path = path.to_owned();
+        run_as(move || {
+            identity.assume()?;
+            open_as(&path)
+        })
+        .await
     }
 
     /// Reads a small text file as this user: at most `limit` bytes, else an error.
@@ -85,19 +95,86 @@ impl Caller {
     }
 }
 
-/// Creates `path` and its missing parents as user `uid`:`gid`: what they could not create fails
-/// with their "Permission denied", and what is created is theirs.
-pub(crate) async fn create_dir_all_as(uid: u32, gid: u32, path: &Path) -> std::io::Result<()> {
-    let path = path.to_owned();
-    run_as(move || {
-        switch_fs_identity(uid, gid)?;
-        std::fs::create_dir_all(&path)
-    })
-    .await
+/// Who the kernel checks file access against: a file-system uid and gid and the supplementary
+/// groups, applied to one thread only (see [`run_as`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FsIdentity {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
 }
 
-/// Runs `work` on a fresh thread of its own. The file-system uid and gid are per thread; a thread
-/// that changed them must never run anything else, so it ends with the work.
+/// Whether [`FsIdentity::mount_source`] may create a missing directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Missing {
+    /// Create it (and its parents) as the user.
+    Create,
+    /// Only check that the user could create it.
+    Check,
+}
+
+impl FsIdentity {
+    /// The identity of user `name` (`uid`, primary group `gid`) with the groups the user
+    /// database gives them. A lookup failure leaves only the primary group: fewer rights, never
+    /// more.
+    pub(crate) fn of(uid: u32, gid: u32, name: &str) -> FsIdentity {
+        let groups = std::ffi::CString::new(name)
+            .ok()
+            .and_then(|name| nix::unistd::getgrouplist(&name, Gid::from_raw(gid)).ok())
+            .map(|groups| groups.into_iter().map(Gid::as_raw).collect())
+            .unwrap_or_else(|| vec![gid]);
+        FsIdentity { uid, gid, groups }
+    }
+
+    /// Checks that this user may share the directory `path` with a container, which gets read
+    /// and write access to it: it must be a directory they can read, write and enter themselves.
+    /// A missing one is created as them ([`Missing::Create`]), or must be one they could create.
+    pub(crate) async fn mount_source(&self, path: &Path, missing: Missing) -> std::io::Result<()> {
+        let identity = self.clone();
+        let path = path.to_owned();
+        run_as(move || {
+            identity.assume()?;
+            if missing == Missing::Create {
+                std::fs::create_dir_all(&path)?;
+            }
+            let mut existing = path.as_path();
+            while let Err(e) = std::fs::metadata(existing) {
+                match (e.kind(), existing.parent()) {
+                    (std::io::ErrorKind::NotFound, Some(parent)) if missing == Missing::Check => existing = parent,
+                    _ => return Err(e),
+                }
+            }
+            if !std::fs::metadata(existing)?.is_dir() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", existing.display()),
+                ));
+            }
+            use rustix::fs::{Access, AtFlags, CWD};
+            let needed = if existing == path {
+                Access::READ_OK | Access::WRITE_OK | Access::EXEC_OK
+            } else {
+                Access::WRITE_OK | Access::EXEC_OK
+            };
+            // AT_EACCESS: check with the file-system identity of this thread, not the real uid.
+            rustix::fs::accessat(CWD, existing, needed, AtFlags::EACCESS)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Gives the current thread this identity (see [`run_as`]).
+    fn assume(&self) -> std::io::Result<()> {
+        let groups: Vec<rustix::process::Gid> =
+            self.groups.iter().map(|&g| rustix::process::Gid::from_raw(g)).collect();
+        // The raw system call: glibc's setgroups() would change every thread of the daemon.
+        rustix::thread::set_thread_groups(&groups)?;
+        switch_fs_identity(self.uid, self.gid)
+    }
+}
+
+/// Runs `work` on a fresh thread of its own. The file-system uid and gid and the groups are per
+/// thread; a thread that changed them must never run anything else, so it ends with the work.
 async fn run_as<T: Send + 'static>(work: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -109,15 +186,14 @@ async fn run_as<T: Send + 'static>(work: impl FnOnce() -> std::io::Result<T> + S
         .map_err(|_| std::io::Error::other("the file reader thread died"))?
 }
 
-/// Opens `path` for reading as `uid`:`gid`, on the current thread, which must be one that does
+/// Opens `path` for reading on the current thread, which has taken a user's identity and does
 /// nothing afterwards (see [`run_as`]).
 ///
 /// Switching the file-system uid away from 0 also drops the capabilities that bypass permission
 /// checks, so the kernel checks every path component and the file itself as that user. The file
 /// is opened non-blocking (a FIFO must not hang the daemon) and must be a regular file (not a
 /// device that never ends).
-fn open_as(uid: u32, gid: u32, path: &Path) -> std::io::Result<File> {
-    switch_fs_identity(uid, gid)?;
+fn open_as(path: &Path) -> std::io::Result<File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_NOCTTY.bits())
@@ -215,14 +291,63 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let nested = dir.path().join("a/b");
-        let e = create_dir_all_as(65534, 65534, &nested).await.unwrap_err();
+        let nobody = Caller::from_uid(65534).unwrap().identity();
+        let e = nobody.mount_source(&nested, Missing::Create).await.unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
         assert!(!dir.path().join("a").exists());
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        create_dir_all_as(65534, 65534, &nested).await.unwrap();
+        nobody.mount_source(&nested, Missing::Create).await.unwrap();
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(&nested).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    }
+
+    #[tokio::test]
+    async fn a_mount_source_is_one_the_user_could_share_themselves() {
+        assert!(is_root(), "this test switches identities and must run as root");
+        let nobody = Caller::from_uid(65534).unwrap().identity();
+        let denied = |e: std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
+        // Readable but not writable, missing below a directory they cannot write.
+        assert!(denied(
+            nobody
+                .mount_source(Path::new("/etc"), Missing::Check)
+                .await
+                .unwrap_err()
+        ));
+        assert!(denied(
+            nobody
+                .mount_source(Path::new("/etc/kapsule-x/y"), Missing::Check)
+                .await
+                .unwrap_err()
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        mode(dir.path(), 0o777);
+        // Missing below one they can write: fine, and only checked, not made.
+        let missing = dir.path().join("a/b");
+        nobody.mount_source(&missing, Missing::Check).await.unwrap();
+        assert!(!dir.path().join("a").exists());
+        // A file is not a directory.
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let e = nobody.mount_source(&file, Missing::Check).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotADirectory);
+        // Group root, mode 0770: whatever groups the daemon's thread has, the user's check uses
+        // the user's. This test's thread gets root's group (the worker it spawns inherits it),
+        // as a daemon that could not drop its own groups at start would have.
+        rustix::thread::set_thread_groups(&[rustix::process::Gid::ROOT]).unwrap();
+        let group_only = dir.path().join("group");
+        std::fs::create_dir(&group_only).unwrap();
+        mode(&group_only, 0o770);
+        assert!(denied(
+            nobody.mount_source(&group_only, Missing::Check).await.unwrap_err()
+        ));
+        // A symlink is followed as the user: to /etc it is /etc.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/etc", &link).unwrap();
+        assert!(denied(nobody.mount_source(&link, Missing::Check).await.unwrap_err()));
+        let root = Caller::from_uid(0).unwrap().identity();
+        root.mount_source(Path::new("/etc"), Missing::Check).await.unwrap();
     }
 
     #[test]

@@ -94,8 +94,8 @@ fn iso8601_with_offset(incus: &str) -> String {
 pub(crate) fn validate_name(name: &str) -> Result<(), Error> {
     let bad = |why: &str| {
         Err(Error::InvalidArgument(format!(
-            "Invalid container name '{}': {why}",
-            name.escape_debug()
+            "Invalid container name {}: {why}",
+            kapsule_dbus::quote(name)
         )))
     };
     if name.is_empty() || name.len() > 63 {

@@ -6,11 +6,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use kapsule_dbus::Error;
+use kapsule_dbus::image::{ImageRef, is_fingerprint};
 use kapsule_dbus::options::{self, CreateOptions};
 use kapsule_incus::models::{ConfigMap, Devices, Image, InstanceSource, InstancesPost};
 use zbus::OwnedVariant;
 
 use crate::State;
+use crate::caller::{Caller, Missing};
 use crate::containers::{run_incus_operation, validate_name};
 use crate::operation::{Failure, MessageKind, Reporter};
 
@@ -20,16 +22,21 @@ const REMOTES: &[(&str, &str)] = &[
     ("ubuntu", "https://cloud-images.ubuntu.com/releases"),
 ];
 
-/// The server a remote name stands for.
-pub(crate) fn remote_server(remote: &str) -> Option<&'static str> {
-    REMOTES.iter().find(|(n, _)| *n == remote).map(|(_, s)| *s)
-}
-
-/// Every remote name a client may use, `local` first.
-pub(crate) fn remote_names() -> Vec<&'static str> {
-    std::iter::once("local")
-        .chain(REMOTES.iter().map(|(n, _)| *n))
-        .collect()
+/// The server a remote name stands for, or the error that lists the known ones.
+pub(crate) fn remote_server(remote: &str) -> Result<&'static str, Error> {
+    REMOTES
+        .iter()
+        .find(|(n, _)| *n == remote)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| {
+            let known: Vec<&str> = std::iter::once("local")
+                .chain(REMOTES.iter().map(|(n, _)| *n))
+                .collect();
+            Error::InvalidArgument(format!(
+                "Unknown image remote '{remote}'. Known remotes: {}",
+                known.join(", ")
+            ))
+        })
 }
 
 /// The storage pool containers' root disks live in (kapsule-init creates it).
@@ -52,7 +59,7 @@ pub(crate) async fn plan(
     name: &str,
     image: &str,
     client_options: &HashMap<String, OwnedVariant>,
-    owner: u32,
+    owner: &Caller,
 ) -> Result<Plan, Error> {
     validate_name(name)?;
     let client = options::from_dbus(client_options)?;
@@ -67,34 +74,44 @@ pub(crate) async fn plan(
         None => BTreeMap::new(),
     };
     let options = options::resolve(&image_defaults, &client)?;
+    check_custom_mounts(owner, &options.custom_mounts).await?;
     Ok(Plan {
         name: name.to_owned(),
         image_label: image.to_owned(),
         source,
         options,
-        owner,
+        owner: owner.uid,
     })
+}
+
+/// The container gets read and write access to each custom mount (as root, in a privileged
+/// container), so the creator must be able to read, write and enter each directory themselves,
+/// or to create it. `~/` is their own home here; it is expanded per user again when each user
+/// is set up, and checked for them then.
+async fn check_custom_mounts(owner: &Caller, mounts: &[String]) -> Result<(), Error> {
+    let identity = owner.identity();
+    for raw in mounts {
+        let path = crate::users::expand_home(raw, &owner.home);
+        match identity.mount_source(&path, Missing::Check).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(Error::NotAuthorized(format!(
+                    "You cannot share {} with a container: you must be able to read, write and enter it yourself",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(Error::InvalidArgument(format!("Custom mount {}: {e}", path.display()))),
+        }
+    }
+    Ok(())
 }
 
 /// `local:<alias>` and a bare alias that exists locally use the local store; `<remote>:<alias>`
 /// and other bare aliases pull from a known remote.
 async fn resolve_image(state: &State, image: &str) -> Result<(InstanceSource, Option<Image>), Error> {
-    if image.is_empty() || image.len() > 256 || image.contains(|c: char| c.is_control() || c.is_whitespace()) {
-        return Err(Error::InvalidArgument(format!(
-            "Invalid image '{}'",
-            image.escape_debug()
-        )));
-    }
-    let (remote, alias) = match image.split_once(':') {
-        Some((remote, alias)) => (Some(remote), alias),
-        None => (None, image),
-    };
-    if alias.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "Invalid image '{image}': no alias after the remote"
-        )));
-    }
-    if remote.is_none() || remote == Some("local") {
+    let parsed = ImageRef::parse(image).map_err(|e| e.for_image(image))?;
+    let (remote, alias) = (parsed.remote, parsed.alias);
+    if parsed.may_be_local() {
         match local_image(state, alias).await? {
             Some(found) => {
                 return Ok((
@@ -109,14 +126,12 @@ async fn resolve_image(state: &State, image: &str) -> Result<(InstanceSource, Op
             }
             None => {}
         }
-    }
-    let remote = remote.unwrap_or("images");
-    let Some(server) = remote_server(remote) else {
+    } else if remote == Some("local") {
         return Err(Error::InvalidArgument(format!(
-            "Unknown image remote '{remote}'. Known remotes: {}",
-            remote_names().join(", ")
+            "Invalid image '{image}': a local alias has no '/'"
         )));
-    };
+    }
+    let server = remote_server(remote.unwrap_or("images"))?;
     let source = InstanceSource {
         kind: "image".into(),
         alias: Some(alias.to_owned()),
@@ -133,7 +148,7 @@ async fn local_image(state: &State, alias: &str) -> Result<Option<Image>, Error>
         Ok(a) => a.target,
         Err(e) if e.is_not_found() => {
             // A full fingerprint names an image too.
-            if alias.len() != 64 || !alias.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !is_fingerprint(alias) {
                 return Ok(None);
             }
             alias.to_owned()

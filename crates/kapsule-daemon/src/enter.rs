@@ -269,6 +269,12 @@ fn check_bounds(session: &Session) -> Result<(), Error> {
     {
         return too_big("the environment");
     }
+    if let Some(key) = session.environment.keys().find(|k| k.is_empty() || k.contains('=')) {
+        return Err(Error::InvalidArgument(format!(
+            "Invalid environment variable name {}: it must be non-empty and without '='",
+            kapsule_dbus::quote(key)
+        )));
+    }
     if session.working_directory.len() > MAX_TEXT {
         return too_big("the working directory");
     }
@@ -281,14 +287,12 @@ fn check_bounds(session: &Session) -> Result<(), Error> {
     Ok(())
 }
 
-/// The caller's environment minus what a session must not inherit and what is not a valid
-/// variable, in a stable order.
+/// The caller's environment (names already checked) minus what a session must not inherit, in a
+/// stable order.
 pub(crate) fn session_environment(caller: &HashMap<String, String>) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = caller
         .iter()
-        .filter(|(k, _)| {
-            !k.is_empty() && !k.contains('=') && !DROPPED.contains(&k.as_str()) && !k.starts_with("LESS_TERMCAP_")
-        })
+        .filter(|(k, _)| !DROPPED.contains(&k.as_str()) && !k.starts_with("LESS_TERMCAP_"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     env.sort();
@@ -369,8 +373,6 @@ mod tests {
             ("SHLVL", "2"),
             ("LESS_TERMCAP_mb", "x"),
             ("LANG", "de_DE.UTF-8"),
-            ("A=B", "bad"),
-            ("", "bad"),
             ("MULTI", "line\nvalue"),
         ]
         .into_iter()
@@ -472,5 +474,11 @@ mod tests {
         assert!(check_bounds(&session(vec!["x".into(); MAX_ARGS + 1], "/")).is_err());
         assert!(check_bounds(&session(vec!["x".repeat(MAX_TEXT + 1)], "/")).is_err());
         assert!(check_bounds(&session(vec![], "relative")).is_err());
+        for bad in ["A=B", ""] {
+            let mut s = session(vec![], "/");
+            s.environment.insert(bad.into(), "x".into());
+            let e = check_bounds(&s).unwrap_err();
+            assert!(e.to_string().contains("Invalid environment variable name"), "{e}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use kapsule_dbus::Error;
+use kapsule_dbus::image::{ImageRef, is_fingerprint};
 use kapsule_incus::models::Image;
 use kapsule_incus::{ImageUpload, UploadFile};
 
@@ -11,30 +12,14 @@ use crate::caller::Caller;
 use crate::containers::{INCUS_WAIT, run_incus_operation};
 use crate::operation::{Failure, MessageKind, Reporter};
 
-/// Refuses names no image can have: empty, huge, with control characters or spaces; an alias
-/// (a local name, used in Incus URLs) has no slash either, while a remote image may
-/// (`images:debian/12`).
-fn validate_image_name(name: &str, what: &str) -> Result<(), Error> {
-    let slash_allowed = what != "alias";
-    if name.is_empty()
-        || name.len() > 256
-        || name.contains(|c: char| c.is_control() || c.is_whitespace() || (c == '/' && !slash_allowed))
-    {
-        return Err(Error::InvalidArgument(format!(
-            "Invalid image {what} '{}'",
-            name.escape_debug()
-        )));
-    }
-    Ok(())
-}
-
-fn is_fingerprint(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+/// Checks a local alias (or fingerprint), with the message a client sees.
+fn check_local_alias(alias: &str) -> Result<(), Error> {
+    kapsule_dbus::image::check_local_alias(alias).map_err(|e| e.for_image(alias))
 }
 
 /// The local image named by `identifier`: an alias, or a full (64 hex digits) fingerprint.
 pub(crate) async fn resolve(state: &State, identifier: &str) -> Result<Image, Error> {
-    validate_image_name(identifier, "alias")?;
+    check_local_alias(identifier)?;
     let not_found = || Error::NotFound(format!("No local image with alias or fingerprint '{identifier}'"));
     let fingerprint = if is_fingerprint(identifier) {
         identifier.to_ascii_lowercase()
@@ -78,7 +63,7 @@ pub(crate) struct ImportPlan {
 /// Checks an import request and opens the image files as the caller: a directory the caller
 /// cannot read cannot be imported, whatever the daemon itself may read.
 pub(crate) async fn plan_import(caller: &Caller, path: &str, alias: &str) -> Result<ImportPlan, Error> {
-    validate_image_name(alias, "alias")?;
+    check_local_alias(alias)?;
     if is_fingerprint(alias) {
         return Err(Error::InvalidArgument(format!(
             "Invalid alias '{alias}': it looks like a fingerprint"
@@ -87,8 +72,8 @@ pub(crate) async fn plan_import(caller: &Caller, path: &str, alias: &str) -> Res
     let dir = PathBuf::from(path);
     if !dir.is_absolute() || path.contains('\0') {
         return Err(Error::InvalidArgument(format!(
-            "Image path '{}' is not absolute (the kapsule CLI resolves relative paths)",
-            path.escape_debug()
+            "Image path {} is not absolute (the kapsule CLI resolves relative paths)",
+            kapsule_dbus::quote(path)
         )));
     }
     match caller.open(&dir).await {
@@ -105,7 +90,7 @@ pub(crate) async fn plan_import(caller: &Caller, path: &str, alias: &str) -> Res
             )));
         }
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {} // a directory
-        Err(e) => return Err(Error::InvalidArgument(format!("Cannot read {}: {e}", dir.display()))),
+        Err(e) => return Err(unreadable(&dir, e)),
     }
     let metadata = open_first(caller, &dir, METADATA_NAMES, "metadata").await?;
     let rootfs = open_first(caller, &dir, ROOTFS_NAMES, "rootfs").await?;
@@ -115,6 +100,15 @@ pub(crate) async fn plan_import(caller: &Caller, path: &str, alias: &str) -> Res
         metadata,
         rootfs,
     })
+}
+
+/// The error for an image path the caller cannot open: not theirs to read is `NotAuthorized`.
+fn unreadable(path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        Error::NotAuthorized(format!("You cannot read {}: {e}", path.display()))
+    } else {
+        Error::InvalidArgument(format!("Cannot read {}: {e}", path.display()))
+    }
 }
 
 async fn open_first(caller: &Caller, dir: &Path, names: &[&str], what: &str) -> Result<UploadFile, Error> {
@@ -127,7 +121,7 @@ async fn open_first(caller: &Caller, dir: &Path, names: &[&str], what: &str) -> 
                     .map_err(|e| Error::InvalidArgument(e.to_string()));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::InvalidArgument(format!("Cannot read {}: {e}", path.display()))),
+            Err(e) => return Err(unreadable(&path, e)),
         }
     }
     Err(Error::NotFound(format!(
@@ -324,26 +318,14 @@ impl RefreshFilter {
                 alias: None,
             });
         }
-        validate_image_name(filter, "image")?;
-        let (server, alias) = match filter.split_once(':') {
-            Some((remote, alias)) => {
-                let server = crate::create::remote_server(remote).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "Unknown image remote '{remote}'. Known remotes: {}",
-                        crate::create::remote_names().join(", ")
-                    ))
-                })?;
-                (Some(server.to_owned()), alias)
-            }
-            None => (None, filter),
+        let parsed = ImageRef::parse(filter).map_err(|e| e.for_image(filter))?;
+        let server = match parsed.remote {
+            Some(remote) => Some(crate::create::remote_server(remote)?),
+            None => None,
         };
-        if alias.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "Invalid image '{filter}': no alias after the remote"
-            )));
-        }
+        let alias = parsed.alias;
         Ok(RefreshFilter {
-            server,
+            server: server.map(str::to_owned),
             alias: Some(alias.to_owned()),
         })
     }

@@ -291,6 +291,7 @@ impl Manager {
         image: String,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<OwnedObjectPath, Error> {
+        containers::validate_name(&name)?;
         let who = Requester::authorized(connection, &header, Action::ManageContainer, &[("container", &name)]).await?;
         let image = if image.is_empty() {
             config::for_caller(&who.caller)
@@ -300,7 +301,7 @@ impl Manager {
         } else {
             image
         };
-        let plan = create::plan(&self.state, &name, &image, &options, who.caller.uid).await?;
+        let plan = create::plan(&self.state, &name, &image, &options, &who.caller).await?;
         self.operation(
             &who,
             "create",
@@ -319,6 +320,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<OwnedObjectPath, Error> {
+        containers::validate_name(&name)?;
         let who = Requester::authorized(connection, &header, Action::ManageContainer, &[("container", &name)]).await?;
         let instance = containers::get_kapsule_container(&self.state, &name).await?;
         if containers::is_running(&instance) && !force {
@@ -343,6 +345,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         name: String,
     ) -> Result<OwnedObjectPath, Error> {
+        containers::validate_name(&name)?;
         let who = Requester::authorized(connection, &header, Action::ManageContainer, &[("container", &name)]).await?;
         containers::get_kapsule_container(&self.state, &name).await?;
         self.operation(
@@ -363,6 +366,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<OwnedObjectPath, Error> {
+        containers::validate_name(&name)?;
         let who = Requester::authorized(connection, &header, Action::ManageContainer, &[("container", &name)]).await?;
         containers::get_kapsule_container(&self.state, &name).await?;
         self.operation(

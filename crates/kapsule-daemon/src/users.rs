@@ -19,7 +19,7 @@ use kapsule_incus::FileMeta;
 use kapsule_incus::models::{ConfigMap, Devices, Instance};
 
 use crate::State;
-use crate::caller::{Caller, create_dir_all_as};
+use crate::caller::{Caller, FsIdentity, Missing};
 use crate::create::device;
 use crate::operation::{Failure, Reporter};
 
@@ -424,7 +424,8 @@ async fn mount_custom_dirs(
                 .await;
             continue;
         }
-        if let Err(e) = create_dir_all_as(account.uid, account.gid, &path).await {
+        let identity = FsIdentity::of(account.uid, account.gid, &account.name);
+        if let Err(e) = identity.mount_source(&path, Missing::Create).await {
             notes
                 .warn(&format!("Skipping the mount of {}: {e}", path.display()))
                 .await;

@@ -25,10 +25,30 @@ pub enum Error {
     Failed(String),
 }
 
+/// A client's value as an error message quotes it: control characters escaped, and cut after
+/// 64 characters, so a hostile 100 KB argument does not come back as a 100 KB message.
+pub fn quote(value: &str) -> String {
+    const SHOWN: usize = 64;
+    let count = value.chars().count();
+    let shown: String = value.chars().take(SHOWN).collect();
+    if count > SHOWN {
+        format!("'{}…' ({count} characters)", shown.escape_debug())
+    } else {
+        format!("'{}'", shown.escape_debug())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use zbus::DBusError;
+
+    #[test]
+    fn quoted_values_are_short_and_printable() {
+        assert_eq!(quote("a\nb"), "'a\\nb'");
+        let long = quote(&"x".repeat(100_000));
+        assert!(long.len() < 100 && long.ends_with("…' (100000 characters)"), "{long}");
+    }
 
     #[test]
     fn errors_have_stable_names_and_plain_messages() {

@@ -4,11 +4,12 @@
 //! daemon, because Konsole and libkapsule-qt speak it. No tokio, hyper or daemon code lives here.
 
 mod error;
+pub mod image;
 pub mod options;
 mod proxy;
 pub mod session;
 
-pub use error::Error;
+pub use error::{Error, quote};
 pub use proxy::{ContainerTuple, ManagerProxy, OperationProxy};
 
 /// The well-known name of the daemon on the system bus.

@@ -173,7 +173,7 @@ impl fmt::Display for OptionsError {
                 )
             }
             OptionsError::WrongType { key, expected, got } => write!(f, "Option '{key}' must be {expected}, got {got}"),
-            OptionsError::BadPath { key, path, reason } => write!(f, "Option '{key}': path '{path}' {reason}"),
+            OptionsError::BadPath { key, path, reason } => write!(f, "Option '{key}': path {path} {reason}"),
             OptionsError::TooMany { key, max } => write!(f, "Option '{key}' takes at most {max} entries"),
             OptionsError::Conflict { key, requires, value } => {
                 write!(f, "Option '{key}' requires '{requires}' to be {value}")
@@ -294,7 +294,7 @@ fn check_paths(key: &str, paths: &[String]) -> Result<(), OptionsError> {
         let bad = |reason| {
             Err(OptionsError::BadPath {
                 key: key.to_owned(),
-                path: path.escape_debug().to_string(),
+                path: crate::quote(path),
                 reason,
             })
         };

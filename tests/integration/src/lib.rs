@@ -599,6 +599,8 @@ impl TestUser {
         command
             .arg(format!("--address={}", bus.address))
             .args(options)
+            // Arguments are never options, even one that starts with '-'.
+            .arg("--")
             .args(["call", "org.kde.kapsule", "/org/kde/kapsule", "org.kde.kapsule.Manager"])
             .args([method, signature])
             .args(args);
@@ -678,4 +680,40 @@ pub fn options(pairs: Vec<(&str, zbus::Variant<'_>)>) -> std::collections::HashM
         .into_iter()
         .map(|(k, v)| (k.to_owned(), zbus::OwnedVariant::try_from(v).unwrap()))
         .collect()
+}
+
+/// What Incus holds that a call could change, for the instances and image aliases named `names`:
+/// each instance's status, config (without Incus's `volatile.*` keys) and devices, each image with
+/// its aliases. A test compares it before and after refused calls. (Other tests run at the same
+/// time and make instances of their own, so only the names a test uses are watched.)
+pub async fn incus_state(incus: &Client, names: &[&str]) -> String {
+    let mut instances: Vec<String> = incus
+        .list_instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| names.contains(&i.name.as_str()))
+        .map(|i| {
+            let config: std::collections::BTreeMap<_, _> =
+                i.config.iter().filter(|(k, _)| !k.starts_with("volatile.")).collect();
+            format!(
+                "{} {} {:?} {:?}",
+                i.name,
+                i.status,
+                config,
+                i.devices.keys().collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    instances.sort();
+    let mut images: Vec<String> = incus
+        .list_images()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.aliases.iter().any(|a| names.contains(&a.name.as_str())))
+        .map(|i| format!("{} {:?}", i.fingerprint, i.aliases))
+        .collect();
+    images.sort();
+    format!("{}\n{}", instances.join("\n"), images.join("\n"))
 }

@@ -7,9 +7,10 @@
 
 use std::process::Output;
 
-use kapsule_incus::Client;
 use kapsule_incus::models::ConfigMap;
-use kapsule_integration_tests::{DaemonTest, InstanceGuard, TestUser, daemon_test, other_user, test_user, unique_name};
+use kapsule_integration_tests::{
+    DaemonTest, InstanceGuard, TestUser, daemon_test, incus_state, other_user, test_user, unique_name,
+};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -30,41 +31,6 @@ async fn kapsule(test: &DaemonTest, user: &TestUser, args: &[&str]) -> Output {
     tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
         .unwrap()
-}
-
-/// What Incus holds that a call of this test could change: the instances named `names` with
-/// their config and devices, the images with their aliases. (Other tests run at the same time and
-/// make instances of their own.)
-async fn incus_state(incus: &Client, names: &[&str]) -> String {
-    let mut instances: Vec<String> = incus
-        .list_instances()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|i| names.contains(&i.name.as_str()))
-        .map(|i| {
-            let config: std::collections::BTreeMap<_, _> =
-                i.config.iter().filter(|(k, _)| !k.starts_with("volatile.")).collect();
-            format!(
-                "{} {} {:?} {:?}",
-                i.name,
-                i.status,
-                config,
-                i.devices.keys().collect::<Vec<_>>()
-            )
-        })
-        .collect();
-    instances.sort();
-    let mut images: Vec<String> = incus
-        .list_images()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|i| i.aliases.iter().any(|a| names.contains(&a.name.as_str())))
-        .map(|i| format!("{} {:?}", i.fingerprint, i.aliases))
-        .collect();
-    images.sort();
-    format!("{}\n{}", instances.join("\n"), images.join("\n"))
 }
 
 fn refused(what: &str, out: &Output, message: &str) {

@@ -118,9 +118,9 @@ async fn bad_imports_get_named_errors_and_change_nothing() {
             "Missing rootfs file",
         ),
         (file.to_str().unwrap(), &alias, "InvalidArgument", "is a file"),
-        (d, "", "InvalidArgument", "Invalid image alias"),
-        (d, "a b", "InvalidArgument", "Invalid image alias"),
-        (d, "a/b", "InvalidArgument", "Invalid image alias"),
+        (d, "", "InvalidArgument", "Invalid image '"),
+        (d, "a b", "InvalidArgument", "Invalid image '"),
+        (d, "a/b", "InvalidArgument", "Invalid image '"),
         (d, &fingerprint, "InvalidArgument", "looks like a fingerprint"),
     ];
     for (path, alias, name, message) in cases {
