@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Stops what up.sh started: the private bus, polkitd and incusd (with every instance in it, which
-# incusd stops on shutdown). An incusd that up.sh did not start is left running.
+# Stops what up.sh started: incusd (with every instance in it, which incusd stops on shutdown). An
+# incusd that up.sh did not start is left running. Removes the polkit files and the network
+# namespace it added.
 # Instances and images stay in /var/lib/incus, so the next up.sh is fast.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
 
-d=$KAPSULE_TEST_RUN/dbus
-stop_pidfile "$d/polkitd.pid" polkitd
-stop_pidfile "$d/dbus.pid" "private dbus-daemon"
+# A bus and polkitd that up.sh of an earlier version started.
+stop_pidfile "$KAPSULE_TEST_RUN/dbus/polkitd.pid" polkitd
+stop_pidfile "$KAPSULE_TEST_RUN/dbus/dbus.pid" "private dbus-daemon"
 
 if [ -f "$KAPSULE_TEST_RUN/incusd.pid" ]; then
     if incus_up; then

@@ -2,8 +2,8 @@
 # Kapsule's main job, end to end, on a fresh Debian 12 machine as root (README's first command):
 #   1. sets the environment up (up.sh: Incus, the container image, the test user, a network
 #      namespace of its own) and builds Kapsule;
-#   2. starts the daemon on a bus of its own, with a polkitd there (the system bus needs the bus
-#      policy the packaging installs);
+#   2. starts the daemon on a bus of its own, configured as the system bus with Kapsule's bus
+#      policy, with a polkitd there;
 #   3. as the plain user kapsule-tester: `kapsule create`s a container, `kapsule enter`s it, and
 #      runs a nested podman container in it, from an image made there out of a tarball (no
 #      registry is needed or reached).
@@ -30,23 +30,14 @@ bin=$run/bin
 mkdir -p "$bin"
 chmod 0755 "$run" "$bin"
 install -m 0755 "$KAPSULE_ROOT"/target/release/{kapsule,kapsule-daemon,kapsule-nsenter} "$bin/"
-cat >"$run/bus.conf" <<EOF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path=$run/bus</listen>
-  <auth>EXTERNAL</auth>
-  <!-- Every local user may talk to the daemon, as on the system bus with Kapsule's policy. -->
-  <policy context="default">
-    <allow user="*"/><allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/>
-  </policy>
-</busconfig>
-EOF
-rm -f "$run/bus"
-dbus-daemon --config-file="$run/bus.conf" --fork --print-pid >"$run/bus.pid"
-export KAPSULE_BUS_ADDRESS=unix:path=$run/bus
+# A bus configured as the system bus is, with Kapsule's shipped policy (only root owns the name,
+# everyone may call it).
+mkdir -p "$run/dbus/system.d" "$run/dbus/services"
+cp "$KAPSULE_ROOT/dbus/org.kde.kapsule.conf" "$run/dbus/system.d/"
+sed "s|@DIR@|$run/dbus|g" "$KAPSULE_ROOT/tests/env/dbus/system.conf.in" >"$run/dbus/system.conf"
+rm -f "$run/dbus/system_bus_socket"
+dbus-daemon --config-file="$run/dbus/system.conf" --fork --print-pid >"$run/bus.pid"
+export KAPSULE_BUS_ADDRESS=unix:path=$run/dbus/system_bus_socket
 # The daemon asks polkit about every change; polkitd answers on the same bus, with the rules up.sh
 # installed (kapsule-tester stands in for an administrator at the computer).
 DBUS_SYSTEM_BUS_ADDRESS=$KAPSULE_BUS_ADDRESS setsid /usr/lib/polkit-1/polkitd --no-debug \

@@ -6,7 +6,8 @@
 #   3. creates a `dir` storage pool and a default profile with only a root disk: no network bridge,
 #      so the machine's network is never touched;
 #   4. builds (or reuses) the test image and imports it under the alias $KAPSULE_TEST_IMAGE;
-#   5. starts a private system-like dbus-daemon and polkitd for the tests that need them.
+#   5. creates the test users, installs the polkit actions and rules, loads kernel modules and
+#      makes the tests' network namespace. (Each test starts its own bus and polkitd.)
 #
 # Idempotent. Whatever it starts is recorded under $KAPSULE_TEST_RUN and stopped by down.sh.
 # The environment for the tests is written to $KAPSULE_TEST_RUN/env (source it).
@@ -97,35 +98,6 @@ import_image() {
     incus image import "$dir/meta.tar.gz" "$dir/rootfs.tar.zst" --alias "$KAPSULE_TEST_IMAGE" >/dev/null
 }
 
-start_private_bus() {
-    local d=$KAPSULE_TEST_RUN/dbus
-    mkdir -p "$d/services" "$d/system.d"
-    if [ -f "$d/dbus.pid" ] && kill -0 "$(cat "$d/dbus.pid")" 2>/dev/null; then
-        log "private system bus is already running"
-    else
-        sed "s|@DIR@|$d|g" "$KAPSULE_ROOT/tests/env/dbus/system.conf.in" >"$d/system.conf"
-        rm -f "$d/system_bus_socket"
-        dbus-daemon --config-file="$d/system.conf" --fork --print-pid --nopidfile >"$d/dbus.pid"
-        log "private system bus started (pid $(cat "$d/dbus.pid"))"
-    fi
-    export DBUS_SYSTEM_BUS_ADDRESS="unix:path=$d/system_bus_socket"
-    if [ -f "$d/polkitd.pid" ] && kill -0 "$(cat "$d/polkitd.pid")" 2>/dev/null; then
-        return 0
-    fi
-    # polkitd is started as root and drops to its own user.
-    setsid /usr/lib/polkit-1/polkitd --no-debug </dev/null >"$d/polkitd.log" 2>&1 &
-    echo $! >"$d/polkitd.pid"
-    for _ in $(seq 1 100); do
-        busctl --address="$DBUS_SYSTEM_BUS_ADDRESS" status org.freedesktop.PolicyKit1 >/dev/null 2>&1 && {
-            log "polkitd owns org.freedesktop.PolicyKit1"
-            return 0
-        }
-        sleep 0.1
-    done
-    cat "$d/polkitd.log" >&2
-    die "polkitd did not take its name on the private bus within 10 s"
-}
-
 # Plain users for the tests that call the daemon as someone other than root: no Incus group, a
 # home of their own. The first stands in for an administrator at the computer (see the polkit
 # rules below), the second is nobody special. Kept after down.sh, like the images, so the next run
@@ -181,7 +153,6 @@ export KAPSULE_TEST_IMAGE=$KAPSULE_TEST_IMAGE
 export KAPSULE_TEST_USER=$KAPSULE_TEST_USER
 export KAPSULE_TEST_OTHER_USER=$KAPSULE_TEST_OTHER_USER
 export KAPSULE_TEST_NETNS=/run/netns/$KAPSULE_TEST_NETNS_NAME
-export KAPSULE_TEST_SYSTEM_BUS=unix:path=$KAPSULE_TEST_RUN/dbus/system_bus_socket
 EOF
 }
 
@@ -190,10 +161,9 @@ install_packages
 start_incusd
 configure_incus
 import_image
-start_private_bus
 create_test_users
 install_polkit_files
 load_kernel_modules
 create_test_netns
 write_env
-log "ready: incusd $(incus query /1.0 | jq -r .environment.server_version), image $KAPSULE_TEST_IMAGE, private bus $KAPSULE_TEST_RUN/dbus/system_bus_socket"
+log "ready: incusd $(incus query /1.0 | jq -r .environment.server_version), image $KAPSULE_TEST_IMAGE"

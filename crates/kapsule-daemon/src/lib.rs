@@ -193,7 +193,8 @@ pub async fn serve(bus: Bus, settings: Settings) -> anyhow::Result<Connection> {
     connection
         .request_name(BUS_NAME)
         .await
-        .with_context(|| format!("cannot own {BUS_NAME}"))?;
+        // zbus's error repeats itself as its own source; say it once.
+        .map_err(|e| anyhow::anyhow!("cannot own {BUS_NAME}: {e}"))?;
     log::info!("serving {BUS_NAME} on the {bus:?} bus");
     Ok(connection)
 }

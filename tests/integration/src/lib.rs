@@ -156,7 +156,10 @@ pub fn container_request(env: &TestEnv, name: &str, start: bool) -> InstancesPos
 
 /// A private message bus for one test, with a polkitd of its own (every test gets its own, so
 /// tests running at once never compete for `org.kde.kapsule`, and polkit answers about the
-/// callers of this bus). Both killed when dropped.
+/// callers of this bus). It is configured as the system bus is (`tests/env/dbus/system.conf.in`:
+/// the system bus's default-deny policy, the distribution's service policies) with Kapsule's
+/// shipped policy, `dbus/org.kde.kapsule.conf`, so every test calls under the real rules of who
+/// may own and call. Both processes are killed when dropped.
 #[derive(Debug)]
 pub struct PrivateBus {
     pub address: String,
@@ -186,27 +189,30 @@ pub fn bus_name_has_owner(address: &str, name: &str) -> bool {
 }
 
 impl PrivateBus {
+    /// A bus with Kapsule's policy installed.
     pub fn start() -> PrivateBus {
+        PrivateBus::start_with(true)
+    }
+
+    /// A bus configured as the system bus, with or without Kapsule's policy file.
+    pub fn start_with(kapsule_policy: bool) -> PrivateBus {
         let dir = tempfile::tempdir().unwrap();
-        // Other users (the test user) must reach the socket inside, as on a system bus.
+        // Other users (the test users) must reach the socket inside, as on a system bus.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let socket = dir.path().join("bus");
-        let config = dir.path().join("bus.conf");
-        std::fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default"><allow user="*"/><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/></policy>
-</busconfig>"#,
-                socket.display()
-            ),
-        )
-        .unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        std::fs::create_dir_all(dir.path().join("system.d")).unwrap();
+        std::fs::create_dir_all(dir.path().join("services")).unwrap();
+        if kapsule_policy {
+            std::fs::copy(
+                root.join("dbus/org.kde.kapsule.conf"),
+                dir.path().join("system.d/org.kde.kapsule.conf"),
+            )
+            .unwrap();
+        }
+        let template = std::fs::read_to_string(root.join("tests/env/dbus/system.conf.in")).unwrap();
+        let config = dir.path().join("system.conf");
+        std::fs::write(&config, template.replace("@DIR@", &dir.path().to_string_lossy())).unwrap();
+        let socket = dir.path().join("system_bus_socket");
         let child = Command::new("dbus-daemon")
             .arg(format!("--config-file={}", config.display()))
             .arg("--nofork")
