@@ -1,7 +1,8 @@
 //! Build chores for the Kapsule workspace: `cargo xtask <task>`.
 //!
-//! - `validate`: rustfmt, clippy with warnings as errors, shell scripts (bash -n, shellcheck),
-//!   and XML data files (xmllint). tests/run-all.sh runs it before the tests.
+//! - `validate`: rustfmt (the workspace and fuzz/), clippy with warnings as errors, shell scripts
+//!   (bash -n, shellcheck), and XML data files (xmllint). tests/run-all.sh runs it before the
+//!   tests.
 //! - `docs <dir>`: the CLI's man pages (`<dir>/man1/*.1`) and shell completions
 //!   (`<dir>/completions/{kapsule.bash,_kapsule,kapsule.fish}`), generated from its clap
 //!   definition, for packaging.
@@ -62,6 +63,13 @@ fn step(root: &Path, what: &str, program: &str, args: &[&str]) -> Result<()> {
 
 fn validate(root: &Path) -> Result<()> {
     step(root, "rustfmt", "cargo", &["fmt", "--all", "--check"])?;
+    // The fuzz targets are a workspace of their own (fuzz/Cargo.toml).
+    step(
+        root,
+        "rustfmt fuzz/",
+        "cargo",
+        &["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"],
+    )?;
     step(
         root,
         "clippy",
@@ -119,7 +127,8 @@ fn rel(root: &Path, path: &Path) -> String {
     path.strip_prefix(root).unwrap_or(path).display().to_string()
 }
 
-/// Every file below `root` (outside target/, .cache/ and .git/) that `keep` accepts, sorted.
+/// Every file below `root` (outside target/, .cache/, .git/ and the fuzzers' corpus/ and
+/// artifacts/) that `keep` accepts, sorted.
 fn files_with(root: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut pending = vec![root.to_path_buf()];
@@ -129,7 +138,10 @@ fn files_with(root: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>>
             let path = entry.path();
             let name = entry.file_name();
             if entry.file_type()?.is_dir() {
-                if !matches!(name.to_str(), Some("target" | ".cache" | ".git")) {
+                if !matches!(
+                    name.to_str(),
+                    Some("target" | ".cache" | ".git" | "corpus" | "artifacts")
+                ) {
                     pending.push(path);
                 }
             } else if keep(&path) {

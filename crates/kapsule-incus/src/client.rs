@@ -243,6 +243,22 @@ pub(crate) fn decode_envelope(
     Ok((envelope.kind, envelope.metadata))
 }
 
+/// [`decode_envelope`] for the fuzz targets (`fuzz/`), which cargo fuzz builds with
+/// `--cfg fuzzing`: an answer with `status` and `body`, as the client would decode it.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn decode_answer_for_fuzzing(status: u16, body: &[u8]) -> Result<(String, serde_json::Value)> {
+    let raw = RawResponse {
+        status: StatusCode::from_u16(status).map_err(|e| Error::Protocol {
+            what: "fuzz".into(),
+            reason: e.to_string(),
+        })?,
+        headers: HeaderMap::new(),
+        body: Bytes::copy_from_slice(body),
+    };
+    decode_envelope("GET", "/1.0/fuzz", &raw)
+}
+
 /// Encodes a request body; `what` names the request in the (practically impossible) error.
 pub(crate) fn to_json<T: serde::Serialize>(what: &str, value: &T) -> Result<serde_json::Value> {
     serde_json::to_value(value).map_err(|e| Error::Protocol {

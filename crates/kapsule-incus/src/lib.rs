@@ -26,6 +26,9 @@ mod operations;
 mod server;
 mod storage;
 
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub use client::decode_answer_for_fuzzing;
 pub use client::{Client, DEFAULT_SOCKET, DEFAULT_TIMEOUT};
 pub use error::{Error, Result};
 pub use events::{EventKind, EventStream};

@@ -1,0 +1,49 @@
+//! The create-option parser, through both doors options come in by: a client's `a{sv}` decoded
+//! from D-Bus wire bytes exactly as the daemon receives it, and an image's JSON defaults. Whatever
+//! passes must resolve into options that keep every rule of the schema.
+#![no_main]
+
+use std::collections::{BTreeMap, HashMap};
+
+use kapsule_dbus::options::{self, MAX_CUSTOM_MOUNTS, MAX_PATH_LEN, OptionValue};
+use libfuzzer_sys::fuzz_target;
+use zbus::wire::LE;
+use zbus::wire::serialized::{Context, Data};
+
+fn parse(door: u8, bytes: &[u8]) -> Option<BTreeMap<String, OptionValue>> {
+    if door & 1 == 0 {
+        let data = Data::new(bytes, Context::new(LE, 0));
+        let (map, _) = data.deserialize::<HashMap<String, zbus::OwnedVariant>>().ok()?;
+        options::from_dbus(&map).map_err(|e| e.to_string()).ok()
+    } else {
+        let text = std::str::from_utf8(bytes).ok()?;
+        options::from_json_defaults(text)
+            .map(|(o, _)| o)
+            .map_err(|e| e.to_string())
+            .ok()
+    }
+}
+
+fuzz_target!(|bytes: &[u8]| {
+    let Some((&door, rest)) = bytes.split_first() else {
+        return;
+    };
+    let Some(parsed) = parse(door, rest) else {
+        return;
+    };
+    // The same values as image defaults under no client values, and as client values.
+    for (image, client) in [(&parsed, &BTreeMap::new()), (&BTreeMap::new(), &parsed)] {
+        let Ok(o) = options::resolve(image, client) else {
+            continue;
+        };
+        assert!(!o.dbus_mux || (o.session_mode && o.host_rootfs), "{o:?}");
+        assert!(!o.nvidia_drivers || o.gpu, "{o:?}");
+        assert!(o.custom_mounts.len() <= MAX_CUSTOM_MOUNTS);
+        for path in &o.custom_mounts {
+            assert!(path.len() <= MAX_PATH_LEN);
+            assert!(path.starts_with('/') || path.starts_with("~/"), "{path:?}");
+            assert!(!path.split('/').any(|c| c == ".."), "{path:?}");
+            assert!(!path.contains(['\0', '\n']), "{path:?}");
+        }
+    }
+});
