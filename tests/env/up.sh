@@ -14,7 +14,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
 
-HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux iproute2 kmod busybox-static)
+HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux iproute2 kmod busybox-static systemd squashfs-tools)
 
 install_packages() {
     local suite missing=() p

@@ -6,6 +6,10 @@
 //! - `docs <dir>`: the CLI's man pages (`<dir>/man1/*.1`) and shell completions
 //!   (`<dir>/completions/{kapsule.bash,_kapsule,kapsule.fish}`), generated from its clap
 //!   definition, for packaging.
+//! - `sysext [<dir>]`: the Kapsule system extension (default `target/sysext/`): builds the release
+//!   binaries and the docs, lays the image out with `sysext/install.sh` (the install manifest) in
+//!   `<dir>/kapsule/`, and packs it as `<dir>/kapsule.raw`, with mkosi (`mkosi/`) when mkosi 24 or
+//!   newer is installed, else as a plain squashfs image, which systemd-sysext merges the same way.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,11 +35,18 @@ fn run() -> Result<()> {
                 .context("usage: cargo xtask docs <dir>")?;
             docs(&out)
         }
+        "sysext" => {
+            let out = std::env::args()
+                .nth(2)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target/sysext"));
+            sysext(&root, &out)
+        }
         "" | "help" | "--help" | "-h" => {
-            eprintln!("usage: cargo xtask validate | cargo xtask docs <dir>");
+            eprintln!("usage: cargo xtask validate | cargo xtask docs <dir> | cargo xtask sysext [<dir>]");
             Ok(())
         }
-        other => bail!("unknown task '{other}' (known: validate, docs)"),
+        other => bail!("unknown task '{other}' (known: validate, docs, sysext)"),
     }
 }
 
@@ -151,6 +162,79 @@ fn files_with(root: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>>
     }
     found.sort();
     Ok(found)
+}
+
+/// The programs the image holds, each a package and binary of the same name.
+const SYSEXT_BINARIES: &[&str] = &["kapsule", "kapsule-daemon", "kapsule-nsenter", "kapsule-nvidia-hook"];
+
+/// Builds the sysext below `out`: the tree `out/kapsule/` and the image `out/kapsule.raw`.
+fn sysext(root: &Path, out: &Path) -> Result<()> {
+    let mut args = vec!["build", "--release", "--quiet"];
+    for name in SYSEXT_BINARIES {
+        args.extend(["-p", name, "--bin", name]);
+    }
+    step(root, "building the release binaries", "cargo", &args)?;
+    let docs_dir = out.join("docs");
+    docs(&docs_dir)?;
+    let tree = out.join("kapsule");
+    if tree.exists() {
+        std::fs::remove_dir_all(&tree).with_context(|| format!("cannot remove {}", tree.display()))?;
+    }
+    let bin = root.join("target/release");
+    step(
+        root,
+        "laying the image out (sysext/install.sh)",
+        "bash",
+        &[
+            "sysext/install.sh",
+            &tree.to_string_lossy(),
+            &bin.to_string_lossy(),
+            &docs_dir.to_string_lossy(),
+        ],
+    )?;
+    let image = out.join("kapsule.raw");
+    let _ = std::fs::remove_file(&image);
+    if mkosi_version().is_some_and(|v| v >= 24) {
+        step(
+            root,
+            "packing with mkosi",
+            "mkosi",
+            &[
+                "--directory",
+                "mkosi",
+                "--extra-tree",
+                &tree.to_string_lossy(),
+                "--output-directory",
+                &out.to_string_lossy(),
+                "--force",
+                "build",
+            ],
+        )?;
+    } else {
+        eprintln!("[xtask] mkosi >= 24 not found: packing the same tree as a squashfs image");
+        step(
+            root,
+            "mksquashfs",
+            "mksquashfs",
+            &[
+                &tree.to_string_lossy(),
+                &image.to_string_lossy(),
+                "-all-root",
+                "-noappend",
+                "-quiet",
+                "-no-progress",
+            ],
+        )?;
+    }
+    eprintln!("[xtask] sysext: {} (tree in {})", image.display(), tree.display());
+    Ok(())
+}
+
+/// The major version of the installed mkosi, if there is one.
+fn mkosi_version() -> Option<u32> {
+    let out = Command::new("mkosi").arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().nth(1)?.split('.').next()?.parse().ok()
 }
 
 /// Writes the man pages and completion scripts of the `kapsule` CLI below `out`.

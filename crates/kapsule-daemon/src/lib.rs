@@ -142,6 +142,11 @@ pub(crate) fn incus_error(e: kapsule_incus::Error) -> Error {
 /// Serves the API on `bus` until SIGTERM or SIGINT.
 pub async fn run(bus: Bus, settings: Settings) -> anyhow::Result<()> {
     let connection = serve(bus.clone(), settings).await?;
+    // kapsule-daemon.service is Type=notify: from here on, calls are answered.
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("Serving {BUS_NAME}")),
+    ]);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Every message also reaches this stream, which ends when the bus connection is gone: a
     // daemon without its bus can serve nobody, so it exits (and is started again on demand).
@@ -158,8 +163,16 @@ pub async fn run(bus: Bus, settings: Settings) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    notify(&[sd_notify::NotifyState::Stopping]);
     let _ = connection.release_name(BUS_NAME).await;
     Ok(())
+}
+
+/// Tells systemd (if it started the daemon) about a change of state; without systemd, nothing.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        log::warn!("cannot notify systemd: {e}");
+    }
 }
 
 /// Connects to `bus`, serves every object, then takes the bus name. The API stays up for as long

@@ -413,3 +413,43 @@ async fn the_daemon_process_exits_when_its_bus_goes_away() {
         "the daemon exits cleanly once its bus is gone: {exited:?}"
     );
 }
+
+/// The daemon as systemd runs it (`Type=notify`): this test is systemd's notification socket.
+/// READY=1 comes only once the name is owned (a bus-activated call must not race the start), with
+/// a STATUS= line; SIGTERM brings STOPPING=1 and a clean exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let bus = kapsule_integration_tests::PrivateBus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut daemon = std::process::Command::new(kapsule_integration_tests::workspace_binary("kapsule-daemon"))
+        .args(["--address", &bus.address])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .spawn()
+        .unwrap();
+    let mut buffer = [0u8; 4096];
+    let n = socket.recv(&mut buffer).expect("no notification within 20 s");
+    let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    let owned = kapsule_integration_tests::bus_name_has_owner(&bus.address, "org.kde.kapsule");
+    let lines: Vec<&str> = message.lines().collect();
+    assert!(lines.contains(&"READY=1"), "{message}");
+    assert!(lines.contains(&"STATUS=Serving org.kde.kapsule"), "{message}");
+    assert!(owned, "READY=1 came before the name was owned");
+
+    sigterm(daemon.id());
+    let n = socket.recv(&mut buffer).expect("no STOPPING=1 within 20 s");
+    assert_eq!(String::from_utf8_lossy(&buffer[..n]).trim(), "STOPPING=1");
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// SIGTERM, as systemd stops a unit.
+fn sigterm(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The install manifest of the Kapsule sysext: puts every file of the image below DESTDIR.
+#   bash sysext/install.sh DESTDIR BINDIR [DOCSDIR]
+# BINDIR holds the release binaries (kapsule, kapsule-daemon, kapsule-nsenter,
+# kapsule-nvidia-hook); DOCSDIR, if given, the man pages and completions `cargo xtask docs`
+# generates. `cargo xtask sysext` runs it, then packs the tree with mkosi (mkosi/) or mksquashfs,
+# so both images hold the same files. Only usr/ is written: systemd-sysext merges nothing else.
+set -euo pipefail
+[ $# -ge 2 ] || { echo "usage: $0 DESTDIR BINDIR [DOCSDIR]" >&2; exit 2; }
+dest=$1 bin=$2 docs=${3:-}
+src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+usr=$dest/usr
+
+file() { install -D -m "$1" "$2" "$usr/$3"; }
+
+# Programs: the CLI (and its short name) on PATH, the rest where only the units and the daemon
+# look for them.
+file 0755 "$bin/kapsule" bin/kapsule
+ln -sfn kapsule "$usr/bin/kap"
+for helper in kapsule-daemon kapsule-nsenter kapsule-nvidia-hook; do
+    file 0755 "$bin/$helper" "lib/kapsule/$helper"
+done
+
+# systemd: the units, their static enablement (no preset can undo it), modules, tmpfiles.
+for unit in kapsule-daemon.service kapsule-daemon.socket; do
+    file 0644 "$src/units/$unit" "lib/systemd/system/$unit"
+done
+mkdir -p "$usr/lib/systemd/system/sockets.target.wants"
+ln -sfn ../kapsule-daemon.socket "$usr/lib/systemd/system/sockets.target.wants/kapsule-daemon.socket"
+file 0644 "$src/units/modules-load.d/kapsule.conf" lib/modules-load.d/kapsule.conf
+file 0644 "$src/units/tmpfiles.d/kapsule.conf" lib/tmpfiles.d/kapsule.conf
+
+# D-Bus: the bus policy, activation, the interface descriptions.
+file 0644 "$src/dbus/org.kde.kapsule.conf" share/dbus-1/system.d/org.kde.kapsule.conf
+file 0644 "$src/dbus/org.kde.kapsule.service" share/dbus-1/system-services/org.kde.kapsule.service
+for xml in "$src"/dbus/*.xml; do
+    file 0644 "$xml" "share/dbus-1/interfaces/$(basename "$xml")"
+done
+
+# polkit: the actions and the administrators' rule.
+file 0644 "$src/polkit/org.kde.kapsule.policy" share/polkit-1/actions/org.kde.kapsule.policy
+file 0644 "$src/polkit/50-org.kde.kapsule.rules" share/polkit-1/rules.d/50-org.kde.kapsule.rules
+
+# Man pages and completions, when generated.
+if [ -n "$docs" ]; then
+    for page in "$docs"/man1/*.1; do
+        file 0644 "$page" "share/man/man1/$(basename "$page")"
+    done
+    file 0644 "$docs/completions/kapsule.bash" share/bash-completion/completions/kapsule
+    file 0644 "$docs/completions/_kapsule" share/zsh/site-functions/_kapsule
+    file 0644 "$docs/completions/kapsule.fish" share/fish/vendor_completions.d/kapsule.fish
+fi
+
+# What systemd-sysext checks before merging.
+case "$(uname -m)" in
+    x86_64) arch=x86-64 ;;
+    aarch64) arch=arm64 ;;
+    *) arch=$(uname -m | tr _ -) ;;
+esac
+mkdir -p "$usr/lib/extension-release.d"
+sed -e '/^#/d' -e "s/@ARCHITECTURE@/$arch/" "$src/sysext/extension-release.kapsule.in" \
+    >"$usr/lib/extension-release.d/extension-release.kapsule"
+chmod 0644 "$usr/lib/extension-release.d/extension-release.kapsule"
