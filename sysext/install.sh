@@ -21,12 +21,10 @@ for helper in kapsule-daemon kapsule-nsenter kapsule-nvidia-hook; do
     file 0755 "$bin/$helper" "lib/kapsule/$helper"
 done
 
-# systemd: the units, their static enablement (no preset can undo it), modules, tmpfiles.
-for unit in kapsule-daemon.service kapsule-daemon.socket; do
-    file 0644 "$src/units/$unit" "lib/systemd/system/$unit"
-done
-mkdir -p "$usr/lib/systemd/system/sockets.target.wants"
-ln -sfn ../kapsule-daemon.socket "$usr/lib/systemd/system/sockets.target.wants/kapsule-daemon.socket"
+# systemd: the units, modules, tmpfiles. (units/kapsule-daemon.socket and its static
+# sockets.target.wants link join once the daemon takes its listening socket from systemd: an
+# enabled socket that nobody accepts on would hang every client.)
+file 0644 "$src/units/kapsule-daemon.service" lib/systemd/system/kapsule-daemon.service
 file 0644 "$src/units/modules-load.d/kapsule.conf" lib/modules-load.d/kapsule.conf
 file 0644 "$src/units/tmpfiles.d/kapsule.conf" lib/tmpfiles.d/kapsule.conf
 
