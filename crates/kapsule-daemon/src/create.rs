@@ -128,7 +128,8 @@ async fn resolve_image(state: &State, image: &str) -> Result<(InstanceSource, Op
         }
     } else if remote == Some("local") {
         return Err(Error::InvalidArgument(format!(
-            "Invalid image '{image}': a local alias has no '/'"
+            "Invalid image {}: a local alias has no '/'",
+            kapsule_dbus::quote(image)
         )));
     }
     let server = remote_server(remote.unwrap_or("images"))?;

@@ -291,8 +291,7 @@ impl Manager {
         image: String,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<OwnedObjectPath, Error> {
-        containers::validate_name(&name)?;
-        let who = Requester::authorized(connection, &header, Action::ManageContainer, &[("container", &name)]).await?;
+        let who = managing(connection, &header, &name).await?;
         let image = if image.is_empty() {
             config::for_caller(&who.caller)
                 .await
@@ -320,8 +319,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<OwnedObjectPath, Error> {
-        containers::validate_name(&name)?;
-        let who = Requester::authorized(connection, &header, Action::ManageContainer, &[("container", &name)]).await?;
+        let who = managing(connection, &header, &name).await?;
         let instance = containers::get_kapsule_container(&self.state, &name).await?;
         if containers::is_running(&instance) && !force {
             return Err(Error::Failed(format!(
@@ -345,8 +343,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         name: String,
     ) -> Result<OwnedObjectPath, Error> {
-        containers::validate_name(&name)?;
-        let who = Requester::authorized(connection, &header, Action::ManageContainer, &[("container", &name)]).await?;
+        let who = managing(connection, &header, &name).await?;
         containers::get_kapsule_container(&self.state, &name).await?;
         self.operation(
             &who,
@@ -366,8 +363,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<OwnedObjectPath, Error> {
-        containers::validate_name(&name)?;
-        let who = Requester::authorized(connection, &header, Action::ManageContainer, &[("container", &name)]).await?;
+        let who = managing(connection, &header, &name).await?;
         containers::get_kapsule_container(&self.state, &name).await?;
         self.operation(
             &who,
@@ -378,6 +374,14 @@ impl Manager {
         )
         .await
     }
+}
+
+/// The requester of a call that manages container `name`, once polkit said they may. The name is
+/// checked first, so polkit (whose rules see it as the `container` detail) never gets one that no
+/// container can have.
+async fn managing<'a>(connection: &'a Connection, header: &'a Header<'a>, name: &str) -> Result<Requester<'a>, Error> {
+    containers::validate_name(name)?;
+    Requester::authorized(connection, header, Action::ManageContainer, &[("container", name)]).await
 }
 
 impl Manager {

@@ -414,6 +414,7 @@ async fn mount_custom_dirs(
     wants: &Wants,
 ) -> Result<(), Failure> {
     let mut devices = Devices::new();
+    let identity = FsIdentity::of(account.uid, account.gid, &account.name);
     for raw in &wants.custom_mounts {
         let path = expand_home(raw, &account.home);
         if !path.is_absolute() || path.components().any(|c| c == std::path::Component::ParentDir) {
@@ -424,7 +425,6 @@ async fn mount_custom_dirs(
                 .await;
             continue;
         }
-        let identity = FsIdentity::of(account.uid, account.gid, &account.name);
         if let Err(e) = identity.mount_source(&path, Missing::Create).await {
             notes
                 .warn(&format!("Skipping the mount of {}: {e}", path.display()))

@@ -154,6 +154,20 @@ pub fn container_request(env: &TestEnv, name: &str, start: bool) -> InstancesPos
     }
 }
 
+/// Creates the stopped instance `name` directly through Incus (as [`container_request`] says, no
+/// Kapsule metadata: a plain Incus instance until a test adds some) and waits until it exists.
+pub async fn create_stopped_instance(env: &TestEnv, name: &str) {
+    let op = env
+        .incus
+        .create_instance(&container_request(env, name, false))
+        .await
+        .unwrap();
+    env.incus
+        .wait_operation(&op.id, Some(std::time::Duration::from_secs(120)))
+        .await
+        .unwrap();
+}
+
 /// A private message bus for one test, with a polkitd of its own (every test gets its own, so
 /// tests running at once never compete for `org.kde.kapsule`, and polkit answers about the
 /// callers of this bus). It is configured as the system bus is (`tests/env/dbus/system.conf.in`:

@@ -139,15 +139,7 @@ async fn bad_requests_get_named_errors_and_change_nothing() {
     // Another Incus instance, not Kapsule's: invisible to the daemon.
     let foreign = unique_name("foreign");
     let _foreign_guard = InstanceGuard(foreign.clone());
-    let op = env
-        .incus
-        .create_instance(&container_request(env, &foreign, false))
-        .await
-        .unwrap();
-    env.incus
-        .wait_operation(&op.id, Some(Duration::from_secs(120)))
-        .await
-        .unwrap();
+    kapsule_integration_tests::create_stopped_instance(env, &foreign).await;
     let foreign_before = env.incus.get_instance(&foreign).await.unwrap();
 
     let image = format!("local:{}", env.image);

@@ -8,8 +8,8 @@ use std::process::Output;
 
 use kapsule_incus::models::ConfigMap;
 use kapsule_integration_tests::{
-    InstanceGuard, PrivateBus, TestUser, container_request, daemon_process, env, incus_state, other_user, test_user,
-    unique_name,
+    InstanceGuard, PrivateBus, TestUser, create_stopped_instance, daemon_process, env, incus_state, other_user,
+    test_user, unique_name,
 };
 
 /// One bad request on the bus: what it is, the call, the error it must get and a piece of the
@@ -82,14 +82,7 @@ async fn bad_input_gets_a_named_error_and_changes_nothing() {
     let foreign = unique_name("hostile-incus");
     let _guards = (InstanceGuard(mine.clone()), InstanceGuard(foreign.clone()));
     for name in [&mine, &foreign] {
-        let op = incus
-            .create_instance(&container_request(&env, name, false))
-            .await
-            .unwrap();
-        incus
-            .wait_operation(&op.id, Some(std::time::Duration::from_secs(120)))
-            .await
-            .unwrap();
+        create_stopped_instance(&env, name).await;
     }
     incus
         .patch_instance_config(
