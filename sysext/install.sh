@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The install manifest of the Kapsule sysext: puts every file of the image below DESTDIR.
 #   bash sysext/install.sh DESTDIR BINDIR [DOCSDIR]
-# BINDIR holds the release binaries (kapsule, kapsule-daemon, kapsule-nsenter,
+# BINDIR holds the release binaries (kapsule, kapsule-daemon, kapsule-init, kapsule-nsenter,
 # kapsule-nvidia-hook); DOCSDIR, if given, the man pages and completions `cargo xtask docs`
 # generates. `cargo xtask sysext` runs it, then packs the tree with mkosi (mkosi/) or mksquashfs,
 # so both images hold the same files. Only usr/ is written: systemd-sysext merges nothing else.
@@ -13,18 +13,25 @@ usr=$dest/usr
 
 file() { install -D -m "$1" "$2" "$usr/$3"; }
 
-# Programs: the CLI (and its short name) on PATH, the rest where only the units and the daemon
-# look for them.
+# Programs: the CLI (and its short name) and kapsule-init (root runs it by hand with --force) on
+# PATH, the rest where only the units and the daemon look for them.
 file 0755 "$bin/kapsule" bin/kapsule
 ln -sfn kapsule "$usr/bin/kap"
+file 0755 "$bin/kapsule-init" bin/kapsule-init
 for helper in kapsule-daemon kapsule-nsenter kapsule-nvidia-hook; do
     file 0755 "$bin/$helper" "lib/kapsule/$helper"
 done
 
-# systemd: the units, modules, tmpfiles. (units/kapsule-daemon.socket and its static
-# sockets.target.wants link join once the daemon takes its listening socket from systemd: an
-# enabled socket that nobody accepts on would hang every client.)
+# systemd: the units, modules, tmpfiles. The socket is started at boot by a static link (not
+# [Install], which only `systemctl enable` or a preset reads, and KDE Linux's presets end with
+# "disable *").
 file 0644 "$src/units/kapsule-daemon.service" lib/systemd/system/kapsule-daemon.service
+file 0644 "$src/units/kapsule-daemon.socket" lib/systemd/system/kapsule-daemon.socket
+mkdir -p "$usr/lib/systemd/system/sockets.target.wants"
+ln -sfn ../kapsule-daemon.socket "$usr/lib/systemd/system/sockets.target.wants/kapsule-daemon.socket"
+file 0644 "$src/units/kapsule-init.service" lib/systemd/system/kapsule-init.service
+mkdir -p "$usr/lib/systemd/system/multi-user.target.wants"
+ln -sfn ../kapsule-init.service "$usr/lib/systemd/system/multi-user.target.wants/kapsule-init.service"
 file 0644 "$src/units/modules-load.d/kapsule.conf" lib/modules-load.d/kapsule.conf
 file 0644 "$src/units/tmpfiles.d/kapsule.conf" lib/tmpfiles.d/kapsule.conf
 

@@ -3,7 +3,7 @@
 #   1. sets the environment up (up.sh: Incus, the container image, the test user, a network
 #      namespace of its own) and builds Kapsule;
 #   2. starts the daemon on a bus of its own, configured as the system bus with Kapsule's bus
-#      policy, with a polkitd there;
+#      policy, with a polkitd there, and on its own socket, as kapsule-daemon.socket would;
 #   3. as the plain user kapsule-tester: `kapsule create`s a container, `kapsule enter`s it, and
 #      runs a nested podman container in it, from an image made there out of a tarball (no
 #      registry is needed or reached).
@@ -56,8 +56,11 @@ stop() {
 }
 trap stop EXIT
 
-"$bin/kapsule-daemon" --address "$KAPSULE_BUS_ADDRESS" --network-namespace "$KAPSULE_TEST_NETNS" \
-    >"$run/daemon.log" 2>&1 &
+# The user's commands reach the daemon on its socket (peer-to-peer D-Bus, as on KDE Linux);
+# polkit is asked on the bus.
+export KAPSULE_SOCKET=$run/kapsule.sock
+"$bin/kapsule-daemon" --address "$KAPSULE_BUS_ADDRESS" --socket "$KAPSULE_SOCKET" \
+    --network-namespace "$KAPSULE_TEST_NETNS" >"$run/daemon.log" 2>&1 &
 echo $! >"$run/daemon.pid"
 for _ in $(seq 1 100); do
     timeout 10 "$bin/kapsule" list >/dev/null 2>&1 && break
@@ -74,8 +77,8 @@ fi
 # What the user types, as the user.
 as_user() {
     setpriv --reuid="$(id -u "$KAPSULE_TEST_USER")" --regid="$(id -g "$KAPSULE_TEST_USER")" --init-groups \
-        env HOME="$(getent passwd "$KAPSULE_TEST_USER" | cut -d: -f6)" USER="$KAPSULE_TEST_USER" \
-        LOGNAME="$KAPSULE_TEST_USER" KAPSULE_BUS_ADDRESS="$KAPSULE_BUS_ADDRESS" "$@"
+        env -u KAPSULE_BUS_ADDRESS HOME="$(getent passwd "$KAPSULE_TEST_USER" | cut -d: -f6)" USER="$KAPSULE_TEST_USER" \
+        LOGNAME="$KAPSULE_TEST_USER" KAPSULE_SOCKET="$KAPSULE_SOCKET" "$@"
 }
 cd /
 

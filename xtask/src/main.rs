@@ -165,7 +165,13 @@ fn files_with(root: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>>
 }
 
 /// The programs the image holds, each a package and binary of the same name.
-const SYSEXT_BINARIES: &[&str] = &["kapsule", "kapsule-daemon", "kapsule-nsenter", "kapsule-nvidia-hook"];
+const SYSEXT_BINARIES: &[&str] = &[
+    "kapsule",
+    "kapsule-daemon",
+    "kapsule-init",
+    "kapsule-nsenter",
+    "kapsule-nvidia-hook",
+];
 
 /// Builds the sysext below `out`: the tree `out/kapsule/` and the image `out/kapsule.raw`.
 fn sysext(root: &Path, out: &Path) -> Result<()> {

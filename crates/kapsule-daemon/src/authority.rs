@@ -1,8 +1,9 @@
 //! Authorization: polkit decides, before any work, whether the caller may do what a method asks.
 //!
-//! The subject is the caller's unique bus name (polkit's `system-bus-name`): polkitd asks the bus
-//! itself who is behind it, so nothing the caller sends, and no pid the daemon would have to look
-//! up (and could race), takes part. User interaction (a password dialog through the caller's
+//! On the bus, the subject is the caller's unique bus name (polkit's `system-bus-name`): polkitd
+//! asks the bus itself who is behind it, so nothing the caller sends, and no pid the daemon would
+//! have to look up (and could race), takes part. On the daemon's own socket it is the process the
+//! kernel reported (see [`crate::peer`]). polkit is always asked on the system bus. User interaction (a password dialog through the caller's
 //! authentication agent) is allowed only when the call said it may wait for one
 //! (`ALLOW_INTERACTIVE_AUTHORIZATION`). The actions and their defaults are in
 //! `polkit/org.kde.kapsule.policy`.
@@ -14,7 +15,9 @@ use zbus::Connection;
 use zbus::message::{Flags, Header};
 use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
 
+use crate::activity::Busy;
 use crate::caller::Caller;
+use crate::link::Link;
 
 /// What a method asks to do, as a polkit action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,33 +55,45 @@ fn unavailable(action: Action, e: &zbus::Error) -> Error {
     Error::NotAuthorized(format!("{}: polkit cannot be asked ({e})", action.refusal()))
 }
 
-/// A method call's caller, with what it takes to ask polkit about them.
-pub(crate) struct Requester<'a> {
-    connection: &'a Connection,
-    header: &'a Header<'a>,
+/// A method call's caller, with what it takes to ask polkit about them. While it lives, the
+/// daemon is busy (it does not exit for idleness in the middle of a call).
+#[derive(Debug)]
+pub(crate) struct Requester {
     pub(crate) caller: Caller,
+    /// The connection the call came on: operations it starts are served there.
+    pub(crate) connection: Connection,
+    /// The link the call came through.
+    pub(crate) link: Link,
+    subject: Subject,
+    interactive: bool,
+    _busy: Busy,
 }
 
-impl<'a> Requester<'a> {
-    /// The caller of the call with `header`, identified by the bus.
-    pub(crate) async fn of(connection: &'a Connection, header: &'a Header<'a>) -> Result<Requester<'a>, Error> {
-        let caller = Caller::of(connection, header).await?;
+impl Requester {
+    /// The caller of the call with `header`, which came through `link` on `connection`.
+    pub(crate) async fn of(link: &Link, connection: &Connection, header: &Header<'_>) -> Result<Requester, Error> {
+        let busy = link.activity.hold();
+        let (caller, subject) = link.identify(connection, header).await?;
         Ok(Requester {
-            connection,
-            header,
             caller,
+            connection: connection.clone(),
+            link: link.clone(),
+            subject,
+            interactive: header.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH),
+            _busy: busy,
         })
     }
 
     /// The caller of the call with `header`, once polkit said they may do `action`: what every
     /// method that always needs one action starts with.
     pub(crate) async fn authorized(
-        connection: &'a Connection,
-        header: &'a Header<'a>,
+        link: &Link,
+        connection: &Connection,
+        header: &Header<'_>,
         action: Action,
         details: &[(&str, &str)],
-    ) -> Result<Requester<'a>, Error> {
-        let who = Requester::of(connection, header).await?;
+    ) -> Result<Requester, Error> {
+        let who = Requester::of(link, connection, header).await?;
         who.authorize(action, details).await?;
         Ok(who)
     }
@@ -89,20 +104,18 @@ impl<'a> Requester<'a> {
     /// A refusal is `NotAuthorized`, with a hint when authentication would have helped; a polkit
     /// that cannot be asked refuses too (and says why): no answer is never a yes.
     pub(crate) async fn authorize(&self, action: Action, details: &[(&str, &str)]) -> Result<(), Error> {
-        let subject = Subject::new_for_message_header(self.header)
-            .map_err(|e| Error::NotAuthorized(format!("Cannot tell who is calling: {e}")))?;
-        let interactive = self.header.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH);
+        let interactive = self.interactive;
         let flags = if interactive {
             CheckAuthorizationFlags::ALLOW_USER_INTERACTION
         } else {
             CheckAuthorizationFlags::empty()
         };
         let details: HashMap<&str, &str> = details.iter().copied().collect();
-        let authority = AuthorityProxy::new(self.connection)
+        let authority = AuthorityProxy::new(&self.link.polkit)
             .await
             .map_err(|e| unavailable(action, &e))?;
         let result = authority
-            .check_authorization(&subject, action.id(), &details, flags, "")
+            .check_authorization(&self.subject, action.id(), &details, flags, "")
             .await
             .map_err(|e| unavailable(action, &e))?;
         if result.is_authorized {

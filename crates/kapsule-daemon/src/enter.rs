@@ -115,7 +115,7 @@ pub(crate) async fn resolve_name(caller: &Caller, name: &str) -> Result<String, 
 /// Everything before the session itself: the container exists and runs, and the caller is set
 /// up in it. Returns the caller's account.
 /// The caller must be allowed to enter it (see [`containers::enter_action`]).
-pub(crate) async fn prepare(state: &State, who: &Requester<'_>, name: &str) -> Result<Account, Error> {
+pub(crate) async fn prepare(state: &State, who: &Requester, name: &str) -> Result<Account, Error> {
     let caller = &who.caller;
     let instance = containers::get_kapsule_container(state, name).await?;
     who.authorize(containers::enter_action(&instance, caller.uid), &[("container", name)])
@@ -131,7 +131,7 @@ pub(crate) async fn prepare(state: &State, who: &Requester<'_>, name: &str) -> R
 }
 
 /// Starts `session` as the caller of `who`.
-pub(crate) async fn start(state: &State, who: &Requester<'_>, session: Session) -> Result<Started, Error> {
+pub(crate) async fn start(state: &State, who: &Requester, session: Session) -> Result<Started, Error> {
     check_bounds(&session)?;
     let name = resolve_name(&who.caller, &session.container).await?;
     let account = prepare(state, who, &name).await?;
@@ -153,9 +153,12 @@ pub(crate) async fn start(state: &State, who: &Requester<'_>, session: Session) 
     let helper_pid = helper
         .id()
         .ok_or_else(|| Error::Failed("The session helper ended at once".into()))?;
-    // Reap the helper whenever it ends (with its session, perhaps hours from now).
+    // Reap the helper whenever it ends (with its session, perhaps hours from now); until then
+    // the daemon is not idle.
+    let busy = state.activity.hold();
     tokio::spawn(async move {
         let _ = helper.wait().await;
+        drop(busy);
     });
     if let Err(e) = join_container_cgroups(&name, pid, helper_pid) {
         // The helper has not been told anything yet; without its request it just exits.

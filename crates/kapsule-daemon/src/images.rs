@@ -47,10 +47,6 @@ pub(crate) async fn delete(state: &State, reporter: &Reporter, image: Image) -> 
     Ok(format!("Image {short} deleted"))
 }
 
-/// What an image directory may hold, in order of preference: the original daemon's names first.
-const METADATA_NAMES: &[&str] = &["incus.tar.xz", "metadata.tar.xz", "metadata.tar.gz"];
-const ROOTFS_NAMES: &[&str] = &["rootfs.squashfs", "rootfs.tar.xz", "rootfs.tar.gz"];
-
 /// An import request that passed every check, with both files already open.
 #[derive(Debug)]
 pub(crate) struct ImportPlan {
@@ -92,8 +88,8 @@ pub(crate) async fn plan_import(caller: &Caller, path: &str, alias: &str) -> Res
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {} // a directory
         Err(e) => return Err(unreadable(&dir, e)),
     }
-    let metadata = open_first(caller, &dir, METADATA_NAMES, "metadata").await?;
-    let rootfs = open_first(caller, &dir, ROOTFS_NAMES, "rootfs").await?;
+    let metadata = open_first(caller, &dir, kapsule_dbus::image::METADATA_FILES, "metadata").await?;
+    let rootfs = open_first(caller, &dir, kapsule_dbus::image::ROOTFS_FILES, "rootfs").await?;
     Ok(ImportPlan {
         alias: alias.to_owned(),
         dir,

@@ -4,6 +4,7 @@
 //! across an Incus call: the Incus client is cheap to clone and the operation registry locks only
 //! to insert or remove an entry.
 
+mod activity;
 mod authority;
 mod caller;
 mod config;
@@ -12,18 +13,24 @@ mod create;
 mod enter;
 mod fixups;
 mod images;
+mod link;
 mod manager;
 mod operation;
+mod peer;
 mod users;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::net::UnixListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use kapsule_dbus::{BUS_NAME, Error, MANAGER_PATH};
 use zbus::Connection;
 use zbus::object_server::SignalEmitter;
 
+use crate::activity::Activity;
+use crate::link::Link;
 use crate::operation::Operations;
 
 /// Which bus to serve on.
@@ -95,7 +102,11 @@ fn installed(name: &str) -> std::path::PathBuf {
 pub(crate) struct State {
     pub(crate) incus: kapsule_incus::Client,
     pub(crate) operations: Arc<Operations>,
-    pub(crate) connection: Connection,
+    /// The bus connection: the bus name, polkit, signals to bus clients.
+    pub(crate) bus: Connection,
+    /// The clients on the daemon's own socket, by number, for signals to all.
+    pub(crate) peers: std::sync::Mutex<BTreeMap<u64, Connection>>,
+    pub(crate) activity: Arc<Activity>,
     pub(crate) settings: Settings,
     /// The init pid of each container entered so far (checked before each use).
     pub(crate) init_pids: std::sync::Mutex<HashMap<String, u32>>,
@@ -114,15 +125,17 @@ impl State {
             .clone()
     }
 
-    /// Tells clients that the list of containers changed.
+    /// Tells clients, on the bus and on the socket, that the list of containers changed.
     pub(crate) async fn containers_changed(&self) {
-        match SignalEmitter::new(&self.connection, MANAGER_PATH) {
-            Ok(emitter) => {
-                if let Err(e) = manager::Manager::containers_changed(&emitter).await {
-                    log::warn!("could not emit ContainersChanged: {e}");
-                }
+        let peers: Vec<Connection> = self.peers.lock().expect("peers lock").values().cloned().collect();
+        for connection in std::iter::once(&self.bus).chain(&peers) {
+            let emitted = match SignalEmitter::new(connection, MANAGER_PATH) {
+                Ok(emitter) => manager::Manager::containers_changed(&emitter).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = emitted {
+                log::warn!("could not emit ContainersChanged: {e}");
             }
-            Err(e) => log::warn!("could not emit ContainersChanged: {e}"),
         }
     }
 }
@@ -139,9 +152,29 @@ pub(crate) fn incus_error(e: kapsule_incus::Error) -> Error {
     }
 }
 
-/// Serves the API on `bus` until SIGTERM or SIGINT.
-pub async fn run(bus: Bus, settings: Settings) -> anyhow::Result<()> {
-    let connection = serve(bus.clone(), settings).await?;
+/// How the daemon runs as a service.
+#[derive(Debug, Default)]
+pub struct Service {
+    /// Where to serve the manager besides the bus: the socket systemd passed
+    /// (`kapsule-daemon.socket`) or one bound by hand.
+    pub sockets: Vec<UnixListener>,
+    /// Exit after this long with nothing to do (no call, operation, session or socket client);
+    /// `None`: never.
+    pub idle_exit: Option<Duration>,
+}
+
+/// Serves the API on `bus` (and on the service's sockets) until SIGTERM or SIGINT, or until it
+/// has been idle for the service's idle period.
+pub async fn run(bus: Bus, settings: Settings, service: Service) -> anyhow::Result<()> {
+    let (connection, state) = start(bus, settings).await?;
+    for socket in service.sockets {
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = peer::listen(state, socket).await {
+                log::error!("the daemon's socket failed: {e}");
+            }
+        });
+    }
     // kapsule-daemon.service is Type=notify: from here on, calls are answered.
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -151,19 +184,30 @@ pub async fn run(bus: Bus, settings: Settings) -> anyhow::Result<()> {
     // Every message also reaches this stream, which ends when the bus connection is gone: a
     // daemon without its bus can serve nobody, so it exits (and is started again on demand).
     let mut incoming = zbus::MessageStream::from(&connection);
+    let activity = state.activity.clone();
     let bus_gone = async {
         use futures_util::StreamExt;
-        while incoming.next().await.is_some() {}
+        while incoming.next().await.is_some() {
+            activity.touch();
+        }
+    };
+    let idle = async {
+        match service.idle_exit {
+            Some(period) => state.activity.idle(period).await,
+            None => std::future::pending().await,
+        }
     };
     tokio::select! {
         _ = terminate.recv() => log::info!("SIGTERM: exiting"),
         _ = tokio::signal::ctrl_c() => log::info!("SIGINT: exiting"),
+        () = idle => log::info!("idle for {:?}: exiting", service.idle_exit.unwrap_or_default()),
         () = bus_gone => {
             log::warn!("the bus connection closed: exiting");
             return Ok(());
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
+    // The name goes first: a call from now on starts a new daemon instead of reaching this one.
     let _ = connection.release_name(BUS_NAME).await;
     Ok(())
 }
@@ -178,6 +222,10 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 /// Connects to `bus`, serves every object, then takes the bus name. The API stays up for as long
 /// as the returned connection lives (tests run the daemon in their own process this way).
 pub async fn serve(bus: Bus, settings: Settings) -> anyhow::Result<Connection> {
+    Ok(start(bus, settings).await?.0)
+}
+
+async fn start(bus: Bus, settings: Settings) -> anyhow::Result<(Connection, Arc<State>)> {
     let builder = match &bus {
         Bus::System => zbus::connection::Builder::system(),
         Bus::Session => zbus::connection::Builder::session(),
@@ -187,12 +235,13 @@ pub async fn serve(bus: Bus, settings: Settings) -> anyhow::Result<Connection> {
         .build()
         .await
         .with_context(|| format!("cannot connect to the {bus:?} bus"))?;
-    let incus = kapsule_incus::Client::from_env();
-    let operations = Operations::new(connection.clone());
+    let activity = Activity::new();
     let state = Arc::new(State {
-        incus,
-        operations,
-        connection: connection.clone(),
+        incus: kapsule_incus::Client::from_env(),
+        operations: Operations::new(activity.clone()),
+        bus: connection.clone(),
+        peers: Default::default(),
+        activity,
         settings,
         init_pids: Default::default(),
         setup_locks: Default::default(),
@@ -201,7 +250,11 @@ pub async fn serve(bus: Bus, settings: Settings) -> anyhow::Result<Connection> {
     let server = connection.object_server();
     // Announces operation objects below /org/kde/kapsule (InterfacesAdded / InterfacesRemoved).
     server.at(MANAGER_PATH, zbus::fdo::ObjectManager).await?;
-    server.at(MANAGER_PATH, manager::Manager { state }).await?;
+    let manager = manager::Manager {
+        link: Link::bus(&state),
+        state: state.clone(),
+    };
+    server.at(MANAGER_PATH, manager).await?;
     // Only now, with every object served, may clients find us by name.
     connection
         .request_name(BUS_NAME)
@@ -209,5 +262,5 @@ pub async fn serve(bus: Bus, settings: Settings) -> anyhow::Result<Connection> {
         // zbus's error repeats itself as its own source; say it once.
         .map_err(|e| anyhow::anyhow!("cannot own {BUS_NAME}: {e}"))?;
     log::info!("serving {BUS_NAME} on the {bus:?} bus");
-    Ok(connection)
+    Ok((connection, state))
 }

@@ -24,14 +24,45 @@ struct Args {
     /// incusd sees it). For tests that must not touch the machine's network.
     #[arg(long, value_name = "PATH", env = "KAPSULE_NETWORK_NAMESPACE")]
     network_namespace: Option<std::path::PathBuf>,
+    /// Also serve peer-to-peer D-Bus on a Unix socket bound at this path (tests, development;
+    /// under systemd, kapsule-daemon.socket passes the socket instead). A stale socket there is
+    /// replaced; anything else there is an error.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<std::path::PathBuf>,
+    /// Exit after this many seconds with no call, operation, session or socket client (the
+    /// unit uses this: the daemon is started again on demand). Default: never.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    idle_exit: Option<u64>,
     /// More log output (repeat for even more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 }
 
 fn main() {
+    // First, while there is one thread: libsystemd takes $LISTEN_FDS out of the environment.
+    let passed = kapsule_sys::listen_sockets();
     let args = Args::parse();
     init_logging(args.verbose);
+    let mut sockets = match passed {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            log::error!("cannot take the sockets systemd passed: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Some(path) = &args.socket {
+        match bind(path) {
+            Ok(socket) => sockets.push(socket),
+            Err(e) => {
+                log::error!("cannot listen on {}: {e}", path.display());
+                std::process::exit(1);
+            }
+        }
+    }
+    let service = kapsule_daemon::Service {
+        sockets,
+        idle_exit: args.idle_exit.map(std::time::Duration::from_secs),
+    };
     let settings = kapsule_daemon::Settings {
         nsenter: args.nsenter,
         nvidia_hook: args.nvidia_hook,
@@ -57,11 +88,31 @@ fn main() {
         .build();
     let result = runtime
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(kapsule_daemon::run(bus, settings)));
+        .and_then(|rt| rt.block_on(kapsule_daemon::run(bus, settings, service)));
     if let Err(e) = result {
         log::error!("{e:#}");
         std::process::exit(1);
     }
+}
+
+/// A socket at `path` that every user may connect to, as kapsule-daemon.socket makes it. A
+/// socket left by a daemon that ended is replaced; any other file is kept, and is an error.
+fn bind(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is there",
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let socket = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(socket)
 }
 
 /// The journal when started by systemd, stderr otherwise; no timestamps (the journal has them).

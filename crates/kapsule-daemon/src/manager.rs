@@ -13,7 +13,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, interface};
 
 use crate::authority::{Action, Requester};
-use crate::caller::Caller;
+use crate::link::Link;
 use crate::operation::{Failure, OperationInfo, Reporter};
 use crate::{State, config, containers, create, enter, images, users};
 
@@ -23,6 +23,8 @@ type ContainerTuple = (String, String, String, String, String);
 #[derive(Debug)]
 pub(crate) struct Manager {
     pub(crate) state: Arc<State>,
+    /// The bus, or one client of the daemon's socket: each has a manager of its own.
+    pub(crate) link: Link,
 }
 
 #[interface(name = "org.kde.kapsule.Manager")]
@@ -39,7 +41,7 @@ impl Manager {
 
     /// Paths of the operations still running.
     fn list_operations(&self) -> Vec<OwnedObjectPath> {
-        self.state.operations.running()
+        self.state.operations.running(&self.link)
     }
 
     /// The create options as JSON (sections, options, defaults, requirements).
@@ -54,8 +56,8 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> HashMap<String, String> {
-        match Caller::of(connection, &header).await {
-            Ok(caller) => config::for_caller(&caller).await.into_iter().collect(),
+        match self.link.identify(connection, &header).await {
+            Ok((caller, _)) => config::for_caller(&caller).await.into_iter().collect(),
             Err(e) => HashMap::from([("error".to_owned(), e.to_string())]),
         }
     }
@@ -96,7 +98,7 @@ impl Manager {
         username: String,
         home_dir: String,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = Requester::of(connection, &header).await?;
+        let who = Requester::of(&self.link, connection, &header).await?;
         let instance = containers::get_kapsule_container(&self.state, &container_name).await?;
         // Oneself in one's own container is entering; anyone else, or anywhere else, managing.
         let action = if who.caller.uid == uid {
@@ -145,7 +147,7 @@ impl Manager {
         stdio: HashMap<String, zbus::OwnedFd>,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<(String, HashMap<String, zbus::OwnedFd>), Error> {
-        let who = Requester::of(connection, &header).await?;
+        let who = Requester::of(&self.link, connection, &header).await?;
         let options = enter::EnterOptions::parse(&options)?;
         let stdio = match options.terminal {
             Some((rows, columns)) => enter::Stdio::Terminal(rows, columns),
@@ -187,7 +189,7 @@ impl Manager {
         command: Vec<String>,
         working_directory: String,
     ) -> Result<(bool, String, Vec<String>), Error> {
-        let who = Requester::of(connection, &header).await?;
+        let who = Requester::of(&self.link, connection, &header).await?;
         let name = enter::resolve_name(&who.caller, &container_name).await?;
         match enter::prepare(&self.state, &who, &name).await {
             Ok(_) => {}
@@ -231,7 +233,7 @@ impl Manager {
         path: String,
         alias: String,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = Requester::authorized(connection, &header, Action::ManageImages, &[]).await?;
+        let who = Requester::authorized(&self.link, connection, &header, Action::ManageImages, &[]).await?;
         let plan = images::plan_import(&who.caller, &path, &alias).await?;
         self.operation(
             &who,
@@ -251,7 +253,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         image: String,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = Requester::authorized(connection, &header, Action::ManageImages, &[]).await?;
+        let who = Requester::authorized(&self.link, connection, &header, Action::ManageImages, &[]).await?;
         images::RefreshFilter::parse(&image)?;
         self.operation(
             &who,
@@ -270,7 +272,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         identifier: String,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = Requester::authorized(connection, &header, Action::ManageImages, &[]).await?;
+        let who = Requester::authorized(&self.link, connection, &header, Action::ManageImages, &[]).await?;
         let image = images::resolve(&self.state, &identifier).await?;
         self.operation(
             &who,
@@ -291,7 +293,7 @@ impl Manager {
         image: String,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = managing(connection, &header, &name).await?;
+        let who = managing(&self.link, connection, &header, &name).await?;
         let image = if image.is_empty() {
             config::for_caller(&who.caller)
                 .await
@@ -319,7 +321,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = managing(connection, &header, &name).await?;
+        let who = managing(&self.link, connection, &header, &name).await?;
         let instance = containers::get_kapsule_container(&self.state, &name).await?;
         if containers::is_running(&instance) && !force {
             return Err(Error::Failed(format!(
@@ -343,7 +345,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         name: String,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = managing(connection, &header, &name).await?;
+        let who = managing(&self.link, connection, &header, &name).await?;
         containers::get_kapsule_container(&self.state, &name).await?;
         self.operation(
             &who,
@@ -363,7 +365,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = managing(connection, &header, &name).await?;
+        let who = managing(&self.link, connection, &header, &name).await?;
         containers::get_kapsule_container(&self.state, &name).await?;
         self.operation(
             &who,
@@ -379,9 +381,16 @@ impl Manager {
 /// The requester of a call that manages container `name`, once polkit said they may. The name is
 /// checked first, so polkit (whose rules see it as the `container` detail) never gets one that no
 /// container can have.
-async fn managing<'a>(connection: &'a Connection, header: &'a Header<'a>, name: &str) -> Result<Requester<'a>, Error> {
+async fn managing(link: &Link, connection: &Connection, header: &Header<'_>, name: &str) -> Result<Requester, Error> {
     containers::validate_name(name)?;
-    Requester::authorized(connection, header, Action::ManageContainer, &[("container", name)]).await
+    Requester::authorized(
+        link,
+        connection,
+        header,
+        Action::ManageContainer,
+        &[("container", name)],
+    )
+    .await
 }
 
 impl Manager {
@@ -389,7 +398,7 @@ impl Manager {
     /// state and its reporter.
     async fn operation<W, F>(
         &self,
-        who: &Requester<'_>,
+        who: &Requester,
         kind: &'static str,
         description: String,
         target: String,
@@ -404,11 +413,10 @@ impl Manager {
             kind,
             description,
             target,
-            requester: who.caller.uid,
         };
         self.state
             .operations
-            .start(info, move |reporter| work(state, reporter))
+            .start(who, info, move |reporter| work(state, reporter))
             .await
             .map_err(Error::ZBus)
     }

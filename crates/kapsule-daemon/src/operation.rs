@@ -15,7 +15,9 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, interface};
 
+use crate::activity::Activity;
 use crate::authority::{Action, Requester};
+use crate::link::Link;
 
 /// How long a finished operation stays on the bus for late readers of its status.
 const LINGER: Duration = Duration::from_secs(30);
@@ -70,6 +72,8 @@ pub(crate) struct OperationObject {
     target: String,
     /// The uid of who started it: they may cancel it.
     requester: u32,
+    /// The link it was started through, which a `Cancel` comes through too.
+    link: Link,
     state: Arc<Mutex<State>>,
     cancel: CancellationToken,
 }
@@ -114,7 +118,7 @@ impl OperationObject {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<bool, kapsule_dbus::Error> {
-        let who = Requester::of(connection, &header).await?;
+        let who = Requester::of(&self.link, connection, &header).await?;
         if who.caller.uid != self.requester {
             who.authorize(Action::ManageContainer, &[]).await?;
         }
@@ -221,45 +225,53 @@ impl Reporter {
     }
 }
 
-/// Allocates ids, exports operation objects, runs their work and retires them.
+/// Allocates ids, exports operation objects, runs their work and retires them. Each operation is
+/// served on the connection whose call started it (the bus, or one client's socket connection);
+/// ids are unique across all.
 #[derive(Debug)]
 pub(crate) struct Operations {
-    connection: Connection,
+    activity: Arc<Activity>,
     next_id: AtomicU64,
-    running: Mutex<BTreeMap<u64, OwnedObjectPath>>,
+    /// Running operations: their link and path.
+    running: Mutex<BTreeMap<u64, (u64, OwnedObjectPath)>>,
 }
 
-/// What describes a new operation on the bus.
+/// What describes a new operation.
 #[derive(Debug)]
 pub(crate) struct OperationInfo {
     pub kind: &'static str,
     pub description: String,
     pub target: String,
-    /// The uid of the caller who started it.
-    pub requester: u32,
 }
 
 impl Operations {
-    pub(crate) fn new(connection: Connection) -> Arc<Self> {
+    pub(crate) fn new(activity: Arc<Activity>) -> Arc<Self> {
         Arc::new(Operations {
-            connection,
+            activity,
             next_id: AtomicU64::new(1),
             running: Mutex::new(BTreeMap::new()),
         })
     }
 
-    /// Paths of the operations still running.
-    pub(crate) fn running(&self) -> Vec<OwnedObjectPath> {
+    /// Paths of the operations still running that were started through `link`.
+    pub(crate) fn running(&self, link: &Link) -> Vec<OwnedObjectPath> {
         self.running
             .lock()
             .expect("operations lock")
             .values()
-            .cloned()
+            .filter(|(started_through, _)| *started_through == link.id)
+            .map(|(_, path)| path.clone())
             .collect()
     }
 
-    /// Exports a new operation and starts `work` in its own task. Returns the object path at once.
-    pub(crate) async fn start<W, F>(self: &Arc<Self>, info: OperationInfo, work: W) -> zbus::Result<OwnedObjectPath>
+    /// Exports a new operation for `who` on the connection their call came on and starts `work`
+    /// in its own task. Returns the object path at once.
+    pub(crate) async fn start<W, F>(
+        self: &Arc<Self>,
+        who: &Requester,
+        info: OperationInfo,
+        work: W,
+    ) -> zbus::Result<OwnedObjectPath>
     where
         W: FnOnce(Reporter) -> F + Send + 'static,
         F: Future<Output = Result<String, Failure>> + Send + 'static,
@@ -276,14 +288,19 @@ impl Operations {
             kind: info.kind.to_owned(),
             description: info.description.clone(),
             target: info.target,
-            requester: info.requester,
+            requester: who.caller.uid,
+            link: who.link.clone(),
             state: state.clone(),
             cancel: cancel.clone(),
         };
+        let connection = who.connection.clone();
         // Exported before the work runs, so Status is readable from the first moment.
-        self.connection.object_server().at(&path, object).await?;
-        self.running.lock().expect("operations lock").insert(id, path.clone());
-        let emitter = SignalEmitter::new(&self.connection, path.clone())?.into_owned();
+        connection.object_server().at(&path, object).await?;
+        self.running
+            .lock()
+            .expect("operations lock")
+            .insert(id, (who.link.id, path.clone()));
+        let emitter = SignalEmitter::new(&connection, path.clone())?.into_owned();
         let reporter = Reporter {
             id,
             emitter: emitter.clone(),
@@ -294,7 +311,9 @@ impl Operations {
 
         let operations = self.clone();
         let task_path = path.clone();
+        let busy = self.activity.hold();
         tokio::spawn(async move {
+            let _busy = busy;
             let outcome = work(reporter.clone()).await;
             let (status, message) = match outcome {
                 Ok(done) => {
@@ -320,33 +339,26 @@ impl Operations {
                 };
             }
             operations.running.lock().expect("operations lock").remove(&id);
-            operations
-                .finish(&emitter, &task_path, status == "completed", &message)
-                .await;
+            Operations::finish(&connection, &emitter, &task_path, status == "completed", &message).await;
         });
         Ok(path)
     }
 
     async fn finish(
-        self: Arc<Self>,
+        connection: &Connection,
         emitter: &SignalEmitter<'static>,
         path: &OwnedObjectPath,
         success: bool,
         message: &str,
     ) {
-        if let Ok(iface) = self
-            .connection
-            .object_server()
-            .interface::<_, OperationObject>(path)
-            .await
-        {
+        if let Ok(iface) = connection.object_server().interface::<_, OperationObject>(path).await {
             let object = iface.get().await;
             let _ = object.status_changed(emitter).await;
             let _ = object.error_message_changed(emitter).await;
         }
         let completed_message = if success { "" } else { message };
         let _ = OperationObject::completed(emitter, success, completed_message).await;
-        let connection = self.connection.clone();
+        let connection = connection.clone();
         let path = path.clone();
         tokio::spawn(async move {
             tokio::time::sleep(LINGER).await;

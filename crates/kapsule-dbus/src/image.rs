@@ -46,6 +46,13 @@ impl<'a> ImageRef<'a> {
     }
 }
 
+/// The names `ImportImage` looks for in an image directory, in order of preference (the
+/// original daemon's first): the metadata tarball...
+pub const METADATA_FILES: &[&str] = &["incus.tar.xz", "metadata.tar.xz", "metadata.tar.gz"];
+/// ...and the root filesystem. The images bundled in the sysext (`/usr/share/kapsule/images/
+/// <alias>/`, imported by `kapsule-init`) use the same names.
+pub const ROOTFS_FILES: &[&str] = &["rootfs.squashfs", "rootfs.tar.xz", "rootfs.tar.gz"];
+
 /// Checks a local alias (what `ImportImage` names, what `DeleteImage` finds): an alias without
 /// `/`, because it is one segment of an Incus URL.
 pub fn check_local_alias(alias: &str) -> Result<(), ImageRefError> {

@@ -1,4 +1,4 @@
-//! The server itself: `GET /1.0`.
+//! The server itself: `GET /1.0`, whether it is ready, its resources.
 
 use crate::client::Client;
 use crate::error::Result;
@@ -8,6 +8,13 @@ impl Client {
     /// What the server is and which API extensions it has.
     pub async fn server(&self) -> Result<Server> {
         self.get_json("/1.0").await
+    }
+
+    /// `Ok` once the server has finished starting (`GET /internal/ready`, what `incus admin
+    /// waitready` asks): storage pools loaded, instances restarted. A socket-activated incusd
+    /// is started by this very request.
+    pub async fn ready(&self) -> Result<()> {
+        self.get_json::<serde_json::Value>("/internal/ready").await.map(drop)
     }
 
     /// How many GPUs Incus can hand to containers (`GET /1.0/resources`): a `gpu` device on a

@@ -6,10 +6,14 @@
 //!   set supplementary groups and run before any hook, so the whole sequence lives here.
 //! * [`reset_and_raise`]: ending the process by a signal the way a child ended, which needs the
 //!   signal's default disposition back (an unsafe `sigaction`).
+//! * [`listen_sockets`]: taking ownership of the sockets systemd passed by number (socket
+//!   activation), which is `from_raw_fd`.
 //!
 //! Everything else (pidfds, setns, ptys, fd passing) comes safe from rustix.
 
 use std::io;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -80,4 +84,36 @@ pub fn reset_and_raise(signal: i32) {
         libc::signal(signal, libc::SIG_DFL);
         libc::raise(signal);
     }
+}
+
+/// The Unix sockets systemd passed to this process (socket activation: `$LISTEN_PID`,
+/// `$LISTEN_FDS`), read with libsystemd and owned from now on; none when it was not
+/// socket-activated. Anything passed that is not a Unix socket is closed and is an error.
+///
+/// libsystemd removes those variables from the environment, which is sound only while the
+/// process has one thread: call this first thing in `main`.
+pub fn listen_sockets() -> io::Result<Vec<UnixListener>> {
+    use libsystemd::activation::IsType;
+    let passed = libsystemd::activation::receive_descriptors(true).map_err(io::Error::other)?;
+    let mut sockets = Vec::new();
+    let mut other = 0;
+    for descriptor in passed {
+        let unix = descriptor.is_unix();
+        // SAFETY: systemd passed this descriptor to this process, libsystemd checked that it is
+        // open (fstat) and `into_raw_fd` gives up its claim, so this `OwnedFd` is its only
+        // owner; `receive_descriptors` unset the variables, so it cannot be taken twice.
+        let fd = unsafe { OwnedFd::from_raw_fd(descriptor.into_raw_fd()) };
+        if unix {
+            sockets.push(UnixListener::from(fd));
+        } else {
+            other += 1;
+        }
+    }
+    if other > 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("systemd passed {other} descriptor(s) that are not Unix sockets"),
+        ));
+    }
+    Ok(sockets)
 }

@@ -9,12 +9,13 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use zbus::{Connection, MessageStream, OwnedObjectPath};
 
-/// What the client listens to while an operation runs: its signals, and the daemon's name (a
-/// daemon that goes away mid-operation must not leave the client waiting forever).
+/// What the client listens to while an operation runs: its signals, and on a bus the daemon's
+/// name (a daemon that goes away mid-operation must not leave the client waiting forever; on
+/// the daemon's socket, the connection itself ends then).
 #[derive(Debug)]
 pub struct Subscription {
     signals: MessageStream,
-    owner_changes: zbus::fdo::NameOwnerChangedStream,
+    owner_changes: Option<zbus::fdo::NameOwnerChangedStream>,
 }
 
 /// Subscribes to every operation signal, before the call that starts the operation: an
@@ -26,10 +27,15 @@ pub async fn subscribe(connection: &Connection) -> Result<Subscription> {
         .path_namespace(kapsule_dbus::OPERATIONS_PATH)
         .build()?;
     let signals = MessageStream::for_match_rule(rule, connection, None).await?;
-    let owner_changes = zbus::fdo::DBusProxy::new(connection)
-        .await?
-        .receive_name_owner_changed_with_args(&[(0, kapsule_dbus::BUS_NAME)])
-        .await?;
+    let owner_changes = if connection.is_bus() {
+        let changes = zbus::fdo::DBusProxy::new(connection)
+            .await?
+            .receive_name_owner_changed_with_args(&[(0, kapsule_dbus::BUS_NAME)])
+            .await?;
+        Some(changes)
+    } else {
+        None
+    };
     Ok(Subscription { signals, owner_changes })
 }
 
@@ -48,7 +54,7 @@ pub async fn follow(connection: &Connection, subscription: Subscription, path: &
                 Some(message) => message?,
                 None => break,
             },
-            Some(_) = owner_changes.next() => {
+            Some(_) = next_change(&mut owner_changes) => {
                 for bar in bars.values() {
                     bar.abandon();
                 }
@@ -133,6 +139,14 @@ pub async fn follow(connection: &Connection, subscription: Subscription, path: &
         Ok("completed") => Ok(()),
         Ok(_) => bail!("{}", op.error_message().await.unwrap_or_default()),
         Err(e) => bail!("lost the connection to the Kapsule daemon: {e}"),
+    }
+}
+
+/// The next change of the daemon's name; never, without a bus.
+async fn next_change(changes: &mut Option<zbus::fdo::NameOwnerChangedStream>) -> Option<zbus::fdo::NameOwnerChanged> {
+    match changes {
+        Some(changes) => changes.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,13 +9,37 @@ use zbus::Connection;
 use crate::cli::{Cli, Command, Format, ImageCommand};
 use crate::follow;
 
-/// Where the daemon is: `$KAPSULE_BUS_ADDRESS` (tests, development) or the system bus.
+/// The daemon's own socket, from kapsule-daemon.socket.
+const SOCKET: &str = "/run/kapsule/kapsule.sock";
+
+/// Where the daemon is: the bus at `$KAPSULE_BUS_ADDRESS` when that is set (tests,
+/// development); else its own socket (`$KAPSULE_SOCKET`, default [`SOCKET`]), which starts it
+/// if needed and needs no bus; else the system bus, which starts it too.
 async fn connect() -> Result<Connection> {
-    let builder = match std::env::var("KAPSULE_BUS_ADDRESS") {
-        Ok(address) => zbus::connection::Builder::address(address.as_str()),
-        Err(_) => zbus::connection::Builder::system(),
-    };
-    builder
+    if let Ok(address) = std::env::var("KAPSULE_BUS_ADDRESS") {
+        return zbus::connection::Builder::address(address.as_str())
+            .build()
+            .await
+            .with_context(|| format!("cannot reach the bus at {address}"));
+    }
+    let socket = std::env::var_os("KAPSULE_SOCKET").map_or_else(|| SOCKET.into(), std::path::PathBuf::from);
+    match tokio::net::UnixStream::connect(&socket).await {
+        Ok(stream) => {
+            return zbus::connection::Builder::unix_stream(stream.into_std()?)
+                .p2p()
+                .build()
+                .await
+                .with_context(|| format!("cannot talk to the Kapsule daemon on {}", socket.display()));
+        }
+        // No socket unit (an older installation, a development setup): the bus will do.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot connect to {}", socket.display())),
+    }
+    zbus::connection::Builder::system()
         .build()
         .await
         .context("cannot reach the system bus (is D-Bus running?)")

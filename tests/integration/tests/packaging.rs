@@ -60,10 +60,13 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
     let files = walk(&tree);
     for (path, mode) in [
         ("usr/bin/kapsule", 0o755),
+        ("usr/bin/kapsule-init", 0o755),
         ("usr/lib/kapsule/kapsule-daemon", 0o755),
         ("usr/lib/kapsule/kapsule-nsenter", 0o755),
         ("usr/lib/kapsule/kapsule-nvidia-hook", 0o755),
         ("usr/lib/systemd/system/kapsule-daemon.service", 0o644),
+        ("usr/lib/systemd/system/kapsule-daemon.socket", 0o644),
+        ("usr/lib/systemd/system/kapsule-init.service", 0o644),
         ("usr/lib/modules-load.d/kapsule.conf", 0o644),
         ("usr/lib/tmpfiles.d/kapsule.conf", 0o644),
         ("usr/share/dbus-1/system.d/org.kde.kapsule.conf", 0o644),
@@ -81,11 +84,26 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
         let meta = std::fs::metadata(tree.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(meta.permissions().mode() & 0o7777, mode, "{path}");
     }
-    // The short name resolves inside the image.
-    assert_eq!(
-        std::fs::read_link(tree.join("usr/bin/kap")).unwrap(),
-        Path::new("kapsule")
-    );
+    // The short name resolves inside the image, and so do the links that start the socket and
+    // the first-boot unit with no enabling.
+    for (link, target) in [
+        ("usr/bin/kap", "kapsule"),
+        (
+            "usr/lib/systemd/system/sockets.target.wants/kapsule-daemon.socket",
+            "../kapsule-daemon.socket",
+        ),
+        (
+            "usr/lib/systemd/system/multi-user.target.wants/kapsule-init.service",
+            "../kapsule-init.service",
+        ),
+    ] {
+        assert_eq!(
+            std::fs::read_link(tree.join(link)).unwrap(),
+            Path::new(target),
+            "{link}"
+        );
+        assert!(tree.join(link).exists(), "{link} resolves");
+    }
 
     // What systemd-sysext checks: any OS, this architecture, the system scope, and the reload.
     let release = std::fs::read_to_string(tree.join("usr/lib/extension-release.d/extension-release.kapsule")).unwrap();
@@ -113,10 +131,14 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
         .args(["-a", "/usr/lib/systemd/system"])
         .arg(&system_units));
     run(Command::new("cp").arg("-a").arg(tree.join("usr")).arg(merged.path()));
-    let units: Vec<PathBuf> = ["kapsule-daemon.service"]
-        .iter()
-        .map(|u| merged.path().join("usr/lib/systemd/system").join(u))
-        .collect();
+    let units: Vec<PathBuf> = [
+        "kapsule-daemon.service",
+        "kapsule-daemon.socket",
+        "kapsule-init.service",
+    ]
+    .iter()
+    .map(|u| merged.path().join("usr/lib/systemd/system").join(u))
+    .collect();
     let verify = Command::new("systemd-analyze")
         .arg("verify")
         .arg(format!("--root={}", merged.path().display()))

@@ -1,0 +1,75 @@
+//! Where a call came from: the system bus, or a client on the daemon's own socket. Each served
+//! object knows its link, and asks it who is calling.
+
+use std::sync::Arc;
+
+use kapsule_dbus::Error;
+use zbus::Connection;
+use zbus::message::Header;
+use zbus_polkit::policykit1::Subject;
+
+use crate::State;
+use crate::activity::Activity;
+use crate::caller::Caller;
+use crate::peer::Peer;
+
+/// The link of the bus; socket clients count from 1.
+const BUS: u64 = 0;
+
+/// One way in to the daemon.
+#[derive(Clone, Debug)]
+pub(crate) struct Link {
+    /// Tells the operations started through this link from the others.
+    pub(crate) id: u64,
+    /// The socket client, as the kernel saw it when it connected; `None` on the bus.
+    peer: Option<Peer>,
+    /// The system bus, where polkit is asked whatever the link.
+    pub(crate) polkit: Connection,
+    pub(crate) activity: Arc<Activity>,
+}
+
+impl Link {
+    /// The system bus (or the bus the daemon was told to serve on).
+    pub(crate) fn bus(state: &State) -> Link {
+        Link {
+            id: BUS,
+            peer: None,
+            polkit: state.bus.clone(),
+            activity: state.activity.clone(),
+        }
+    }
+
+    /// Socket client number `id`, which is `peer`.
+    pub(crate) fn peer(state: &State, id: u64, peer: Peer) -> Link {
+        Link {
+            id,
+            peer: Some(peer),
+            polkit: state.bus.clone(),
+            activity: state.activity.clone(),
+        }
+    }
+
+    /// Who sent the call with `header` on `connection`, and what polkit is asked about: on the
+    /// bus, the sender's unique name (the bus vouches for it); on the socket, the process the
+    /// kernel reported.
+    pub(crate) async fn identify(
+        &self,
+        connection: &Connection,
+        header: &Header<'_>,
+    ) -> Result<(Caller, Subject), Error> {
+        let cannot_tell = |e: zbus_polkit::Error| Error::NotAuthorized(format!("Cannot tell who is calling: {e}"));
+        match &self.peer {
+            None => {
+                let caller = Caller::of(connection, header).await?;
+                let subject = Subject::new_for_message_header(header).map_err(cannot_tell)?;
+                Ok((caller, subject))
+            }
+            Some(peer) => {
+                let caller = Caller::from_uid(peer.uid)?;
+                let subject =
+                    Subject::new_for_pid(peer.pid, Some(peer.start_time), Some(peer.uid)).map_err(cannot_tell)?;
+                Ok((caller, subject))
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! `kapsule-init` against the real incusd: the pool and the bundled image on the first run, the
+//! stamp only when everything succeeded, nothing on the second run, nothing changed by
+//! `--force`, and a clear failure (and no stamp) when a step fails. Its own pool name, storage
+//! directory, images and stamp, so the machine's pool `default` is never touched; the booted
+//! system test (`booted.rs`) runs it with the defaults, as kapsule-init.service does.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use kapsule_integration_tests::{ImageGuard, env, incus_state, tiny_image_files, unique_name, workspace_binary};
+
+/// Deletes the storage pool when dropped.
+struct PoolGuard(String);
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("incus").args(["storage", "delete", &self.0]).output();
+    }
+}
+
+fn init(args: &[&str], stamp: &Path, images: &Path, pool: &str, storage: &Path) -> Output {
+    Command::new(workspace_binary("kapsule-init"))
+        .arg("--stamp")
+        .arg(stamp)
+        .arg("--images-dir")
+        .arg(images)
+        .args(["--pool", pool])
+        .arg("--storage")
+        .arg(storage)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn said(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_boot_makes_the_pool_and_imports_the_bundled_image_once() {
+    let env = env().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stamp = dir.path().join("state/initialized");
+    let storage = dir.path().join("pool");
+    let images = dir.path().join("images");
+    let alias = unique_name("bundled");
+    tiny_image_files(&images.join(&alias));
+    let pool = unique_name("pool");
+    let _pool = PoolGuard(pool.clone());
+    let _image = ImageGuard(alias.clone());
+
+    let first = init(&[], &stamp, &images, &pool, &storage);
+    let text = said(&first);
+    assert!(first.status.success(), "{text}");
+    assert!(text.contains("Incus is ready"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "Created storage pool '{pool}' (driver dir) at {}",
+            storage.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("Imported image '{alias}'")), "{text}");
+    assert!(text.contains("Kapsule is initialized"), "{text}");
+    let made = env.incus.get_storage_pool(&pool).await.unwrap();
+    assert_eq!(made.driver, "dir", "this machine's /tmp is not btrfs");
+    assert_eq!(made.config.get("source").map(String::as_str), storage.to_str());
+    let target = env.incus.get_image_alias(&alias).await.unwrap().target;
+    assert!(env.incus.get_image(&target).await.is_ok());
+    assert_eq!(
+        std::fs::read_to_string(&stamp).unwrap(),
+        format!("kapsule-init {}\n", env!("CARGO_PKG_VERSION"))
+    );
+
+    // The second boot: the stamp says done, nothing is asked of Incus.
+    let names = [pool.as_str(), alias.as_str()];
+    let before = incus_state(&env.incus, &names).await;
+    let second = init(&[], &stamp, &images, &pool, &storage);
+    assert!(second.status.success(), "{}", said(&second));
+    assert!(said(&second).contains("Already initialized"), "{}", said(&second));
+    assert!(!said(&second).contains("Incus is ready"), "{}", said(&second));
+
+    // By hand with --force: everything is looked at again and kept as it is.
+    let forced = init(&["--force"], &stamp, &images, &pool, &storage);
+    let text = said(&forced);
+    assert!(forced.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("Storage pool '{pool}' exists (driver dir); left as it is")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("Image '{alias}' exists")), "{text}");
+    assert_eq!(incus_state(&env.incus, &names).await, before, "--force changed Incus");
+    assert_eq!(env.incus.get_image_alias(&alias).await.unwrap().target, target);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_boot_leaves_no_stamp_and_says_why() {
+    let env = env().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stamp = dir.path().join("initialized");
+    let storage = dir.path().join("pool");
+    let pool = unique_name("pool");
+    let _pool = PoolGuard(pool.clone());
+
+    // Incus does not answer: a bounded wait, then a clear error.
+    let out = Command::new(workspace_binary("kapsule-init"))
+        .arg("--stamp")
+        .arg(&stamp)
+        .args(["--wait", "1"])
+        .env("INCUS_SOCKET", dir.path().join("no-incus.socket"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = said(&out);
+    assert!(text.contains("Incus did not become ready within 1 s"), "{text}");
+    assert!(text.contains("nothing is marked done"), "{text}");
+    assert!(!stamp.exists());
+
+    // A bundled image without its files.
+    let images = dir.path().join("images");
+    let alias = unique_name("broken");
+    std::fs::create_dir_all(images.join(&alias)).unwrap();
+    let _image = ImageGuard(alias.clone());
+    let out = init(&[], &stamp, &images, &pool, &storage);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        said(&out).contains("is unusable: it has none of incus.tar.xz, metadata.tar.xz"),
+        "{}",
+        said(&out)
+    );
+    assert!(!stamp.exists(), "a failed run wrote the stamp");
+
+    // A bundled image Incus cannot unpack.
+    std::fs::write(images.join(&alias).join("metadata.tar.xz"), "not a tarball").unwrap();
+    std::fs::write(images.join(&alias).join("rootfs.tar.xz"), "not a tarball").unwrap();
+    let out = init(&[], &stamp, &images, &pool, &storage);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        said(&out).contains(&format!("cannot import the bundled image '{alias}'")),
+        "{}",
+        said(&out)
+    );
+    assert!(!stamp.exists(), "a failed run wrote the stamp");
+    assert!(env.incus.get_image_alias(&alias).await.is_err());
+
+    // Fixed (the next OS image): the next boot completes it.
+    std::fs::remove_dir_all(images.join(&alias)).unwrap();
+    tiny_image_files(&images.join(&alias));
+    let out = init(&[], &stamp, &images, &pool, &storage);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(stamp.exists());
+    assert!(env.incus.get_image_alias(&alias).await.is_ok());
+}
