@@ -5,7 +5,8 @@
 #   2. starts incusd in the background and waits until it is ready;
 #   3. creates a `dir` storage pool and a default profile with only a root disk: no network bridge,
 #      so the machine's network is never touched;
-#   4. builds (or reuses) the test image and imports it under the alias $KAPSULE_TEST_IMAGE;
+#   4. builds (or reuses) the test image and imports it under the alias $KAPSULE_TEST_IMAGE, and
+#      the booted-system test's OS image (the test image plus Incus) as $KAPSULE_TEST_OS_IMAGE;
 #   5. creates the test users, installs the polkit actions and rules, loads kernel modules and
 #      makes the tests' network namespace. (Each test starts its own bus and polkitd.)
 #
@@ -81,21 +82,23 @@ configure_incus() {
     fi
 }
 
+# import_image ALIAS BUILD_SCRIPT: builds (or reuses) an image with the script and imports it
+# under ALIAS, unless Incus has it from the same recipe already.
 import_image() {
-    local dir key have
-    key=$("$KAPSULE_ROOT/tests/env/image/build.sh" --print-key)
-    have=$(incus query "/1.0/images/aliases/$KAPSULE_TEST_IMAGE" 2>/dev/null | jq -r .target || true)
+    local alias=$1 build=$2 dir key have
+    key=$("$build" --print-key)
+    have=$(incus query "/1.0/images/aliases/$alias" 2>/dev/null | jq -r .target || true)
     if [ -n "$have" ] && [ "$(incus query "/1.0/images/$have" | jq -r '.properties["kapsule.recipe"] // ""')" = "$key" ]; then
-        log "image $KAPSULE_TEST_IMAGE ($key) is already imported"
+        log "image $alias ($key) is already imported"
         return 0
     fi
-    dir=$("$KAPSULE_ROOT/tests/env/image/build.sh")
+    dir=$("$build")
     if [ -n "$have" ]; then
-        log "replacing the outdated image $KAPSULE_TEST_IMAGE"
-        incus image alias delete "$KAPSULE_TEST_IMAGE"
+        log "replacing the outdated image $alias"
+        incus image alias delete "$alias"
     fi
-    log "importing $KAPSULE_TEST_IMAGE"
-    incus image import "$dir/meta.tar.gz" "$dir/rootfs.tar.zst" --alias "$KAPSULE_TEST_IMAGE" >/dev/null
+    log "importing $alias"
+    incus image import "$dir/meta.tar.gz" "$dir/rootfs.tar.zst" --alias "$alias" >/dev/null
 }
 
 # Plain users for the tests that call the daemon as someone other than root: no Incus group, a
@@ -150,6 +153,7 @@ write_env() {
 # Written by tests/env/up.sh; source it to talk to the test environment.
 export INCUS_SOCKET=$INCUS_SOCKET
 export KAPSULE_TEST_IMAGE=$KAPSULE_TEST_IMAGE
+export KAPSULE_TEST_OS_IMAGE=$KAPSULE_TEST_OS_IMAGE
 export KAPSULE_TEST_USER=$KAPSULE_TEST_USER
 export KAPSULE_TEST_OTHER_USER=$KAPSULE_TEST_OTHER_USER
 export KAPSULE_TEST_NETNS=/run/netns/$KAPSULE_TEST_NETNS_NAME
@@ -160,7 +164,8 @@ mkdir -p "$KAPSULE_TEST_RUN" "$KAPSULE_CACHE_DIR"
 install_packages
 start_incusd
 configure_incus
-import_image
+import_image "$KAPSULE_TEST_IMAGE" "$KAPSULE_ROOT/tests/env/image/build.sh"
+import_image "$KAPSULE_TEST_OS_IMAGE" "$KAPSULE_ROOT/tests/env/image/build-os.sh"
 create_test_users
 install_polkit_files
 load_kernel_modules

@@ -161,17 +161,25 @@ async fn ensure_pool(incus: &Client, options: &Options) -> Result<(), InitError>
         .clone()
         .unwrap_or_else(|| incus_dir.join("storage-pools").join(pool));
     let driver = driver_for(&data)?;
-    if driver == "dir" {
-        // The dir driver uses a source directory only if it exists (btrfs makes a subvolume).
-        std::fs::create_dir_all(&data).map_err(|source| InitError::Storage {
-            path: data.clone(),
-            source,
-        })?;
-    }
     let mut config = kapsule_incus::models::ConfigMap::new();
-    // Given always, so the pool lives where the file system was looked at (without it the
-    // btrfs driver would make a loop file instead of using the btrfs that is there).
-    config.insert("source".into(), data.to_string_lossy().into_owned());
+    match (driver, &options.storage) {
+        // Incus's own place: Incus makes the directory (and refuses one that exists already).
+        ("dir", None) => {}
+        // Elsewhere, the dir driver takes a directory that exists.
+        ("dir", Some(_)) => {
+            std::fs::create_dir_all(&data).map_err(|source| InitError::Storage {
+                path: data.clone(),
+                source,
+            })?;
+            config.insert("source".into(), data.to_string_lossy().into_owned());
+        }
+        // Always given to btrfs: without it Incus would make a loop file instead of using the
+        // btrfs that is there, and with it, it makes a subvolume at that path (as the original
+        // daemon did).
+        _ => {
+            config.insert("source".into(), data.to_string_lossy().into_owned());
+        }
+    }
     let request = StoragePoolsPost {
         name: pool.clone(),
         driver: driver.into(),
