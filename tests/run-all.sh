@@ -3,8 +3,10 @@
 #   1. brings up the test environment (tests/env/up.sh: Incus, the test image, a private bus);
 #   2. validates the tree (cargo xtask validate: rustfmt, clippy -D warnings, scripts, data files);
 #   3. runs each fuzz target for a bounded time (fuzz/run.sh; KAPSULE_FUZZ_SECONDS, default 30);
-#   4. runs every test tier with cargo-nextest and prints its summary;
-#   5. tears the environment down again (unless KAPSULE_KEEP_ENV=1), leaving no process behind.
+#   4. builds every test target and the release binaries the sysext tests pack (so no test spends
+#      its time limit compiling, nor starves the others of the two cores while it does);
+#   5. runs every test tier with cargo-nextest and prints its summary;
+#   6. tears the environment down again (unless KAPSULE_KEEP_ENV=1), leaving no process behind.
 # Tiers and what each needs: docs/TESTING.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,6 +29,8 @@ fi
 cargo xtask validate
 # Before the tests, so the test runner's summary is what the run ends with.
 bash fuzz/run.sh "${KAPSULE_FUZZ_SECONDS:-30}"
+cargo nextest run --workspace --all-targets --profile ci --no-run
+cargo xtask sysext target/sysext
 # Every tier at once: tier 0 (pure logic, fixtures) and tier 2 (real incusd) share the run, so the
 # summary line counts them all.
 cargo nextest run --workspace --all-targets --profile ci
