@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The install manifest of the Kapsule sysext: puts every file of the image below DESTDIR.
 #   bash sysext/install.sh DESTDIR BINDIR [DOCSDIR]
-# BINDIR holds the release binaries (kapsule, kapsule-daemon, kapsule-init, kapsule-nsenter,
-# kapsule-nvidia-hook); DOCSDIR, if given, the man pages and completions `cargo xtask docs`
+# BINDIR holds the release binaries (kapsule, kapsule-daemon, kapsule-init, kapsule-mounts,
+# kapsule-nsenter, kapsule-nvidia-hook); DOCSDIR, if given, the man pages and completions `cargo xtask docs`
 # generates. `cargo xtask sysext` runs it, then packs the tree with mkosi (mkosi/) or mksquashfs,
 # so both images hold the same files. Only usr/ is written: systemd-sysext merges nothing else.
 set -euo pipefail
@@ -18,7 +18,7 @@ file() { install -D -m "$1" "$2" "$usr/$3"; }
 file 0755 "$bin/kapsule" bin/kapsule
 ln -sfn kapsule "$usr/bin/kap"
 file 0755 "$bin/kapsule-init" bin/kapsule-init
-for helper in kapsule-daemon kapsule-nsenter kapsule-nvidia-hook; do
+for helper in kapsule-daemon kapsule-mounts kapsule-nsenter kapsule-nvidia-hook; do
     file 0755 "$bin/$helper" "lib/kapsule/$helper"
 done
 

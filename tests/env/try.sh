@@ -20,16 +20,16 @@ bash "$KAPSULE_ROOT/tests/env/up.sh"
 source "$KAPSULE_TEST_RUN/env"
 
 command -v cargo >/dev/null || die "cargo not found; a Rust toolchain >= 1.89 is required"
-log "building kapsule, kapsule-daemon and kapsule-nsenter (release)"
+log "building kapsule, kapsule-daemon and its helpers (release)"
 cargo build --release --quiet --manifest-path "$KAPSULE_ROOT/Cargo.toml" \
-    -p kapsule -p kapsule-daemon -p kapsule-nsenter
+    -p kapsule -p kapsule-daemon -p kapsule-nsenter -p kapsule-mounts
 run=$KAPSULE_TEST_RUN/try
 bin=$run/bin
 # A place the plain user can reach whatever the checkout's permissions (root's home is 0700);
 # the daemon finds kapsule-nsenter next to itself.
 mkdir -p "$bin"
 chmod 0755 "$run" "$bin"
-install -m 0755 "$KAPSULE_ROOT"/target/release/{kapsule,kapsule-daemon,kapsule-nsenter} "$bin/"
+install -m 0755 "$KAPSULE_ROOT"/target/release/{kapsule,kapsule-daemon,kapsule-nsenter,kapsule-mounts} "$bin/"
 # A bus configured as the system bus is, with Kapsule's shipped policy (only root owns the name,
 # everyone may call it).
 mkdir -p "$run/dbus/system.d" "$run/dbus/services"

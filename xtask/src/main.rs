@@ -169,6 +169,7 @@ const SYSEXT_BINARIES: &[&str] = &[
     "kapsule",
     "kapsule-daemon",
     "kapsule-init",
+    "kapsule-mounts",
     "kapsule-nsenter",
     "kapsule-nvidia-hook",
 ];

@@ -113,9 +113,9 @@ pub(crate) async fn resolve_name(caller: &Caller, name: &str) -> Result<String, 
 }
 
 /// Everything before the session itself: the container exists and runs, and the caller is set
-/// up in it. Returns the caller's account.
+/// up in it. Returns the caller's account and what the container was made with.
 /// The caller must be allowed to enter it (see [`containers::enter_action`]).
-pub(crate) async fn prepare(state: &State, who: &Requester, name: &str) -> Result<Account, Error> {
+pub(crate) async fn prepare(state: &State, who: &Requester, name: &str) -> Result<(Account, users::Wants), Error> {
     let caller = &who.caller;
     let instance = containers::get_kapsule_container(state, name).await?;
     who.authorize(containers::enter_action(&instance, caller.uid), &[("container", name)])
@@ -127,17 +127,18 @@ pub(crate) async fn prepare(state: &State, who: &Requester, name: &str) -> Resul
     users::ensure(state, Notes(None), &instance, &account)
         .await
         .map_err(|e| Error::Failed(format!("Cannot set up your user in '{name}': {}", e.message())))?;
-    Ok(account)
+    Ok((account, users::Wants::of(&instance)))
 }
 
 /// Starts `session` as the caller of `who`.
 pub(crate) async fn start(state: &State, who: &Requester, session: Session) -> Result<Started, Error> {
     check_bounds(&session)?;
     let name = resolve_name(&who.caller, &session.container).await?;
-    let account = prepare(state, who, &name).await?;
-    let environment = session_environment(&session.environment);
-
+    let (account, wants) = prepare(state, who, &name).await?;
     let (pid, pidfd) = container_init(state, &name).await?;
+    let mounts = (pid, &pidfd);
+    crate::sockets::ensure(state, &name, &account, &session.environment, wants.session_mode, mounts).await;
+    let environment = session_environment(&session.environment);
 
     let (client_channel, helper_channel) = UnixStream::pair().map_err(failed)?;
     let (control, helper_control) = UnixStream::pair().map_err(failed)?;

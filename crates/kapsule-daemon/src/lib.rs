@@ -1,6 +1,7 @@
 //! The Kapsule daemon: serves `org.kde.kapsule` and does the work through Incus.
 //!
-//! One [`State`] is shared by the manager object and every operation task. No lock is held
+//! One [`State`] is shared by the manager objects (one per connection: the bus and each client
+//! of the daemon's own socket) and every operation task. No lock is held
 //! across an Incus call: the Incus client is cheap to clone and the operation registry locks only
 //! to insert or remove an entry.
 
@@ -17,6 +18,7 @@ mod link;
 mod manager;
 mod operation;
 mod peer;
+mod sockets;
 mod users;
 
 use std::collections::{BTreeMap, HashMap};
@@ -50,6 +52,9 @@ pub struct Settings {
     /// The `kapsule-nsenter` helper; default: next to the daemon, else
     /// `/usr/lib/kapsule/kapsule-nsenter`.
     pub nsenter: Option<std::path::PathBuf>,
+    /// The `kapsule-mounts` helper that mounts the desktop's sockets; default: next to the
+    /// daemon, else `/usr/lib/kapsule/kapsule-mounts`.
+    pub mounts: Option<std::path::PathBuf>,
     /// The NVIDIA mount hook registered in containers made with `nvidia_drivers`; default:
     /// next to the daemon, else `/usr/lib/kapsule/kapsule-nvidia-hook`.
     pub nvidia_hook: Option<std::path::PathBuf>,
@@ -64,6 +69,11 @@ impl Settings {
     /// them together), or the installed path.
     pub(crate) fn nsenter_path(&self) -> std::path::PathBuf {
         self.nsenter.clone().unwrap_or_else(|| installed("kapsule-nsenter"))
+    }
+
+    /// `kapsule-mounts`, found as [`Settings::nsenter_path`] finds its helper.
+    pub(crate) fn mounts_path(&self) -> std::path::PathBuf {
+        self.mounts.clone().unwrap_or_else(|| installed("kapsule-mounts"))
     }
 
     /// The network namespace new containers share.
@@ -110,6 +120,8 @@ pub(crate) struct State {
     pub(crate) settings: Settings,
     /// The init pid of each container entered so far (checked before each use).
     pub(crate) init_pids: std::sync::Mutex<HashMap<String, u32>>,
+    /// The socket mounts known to be current, per container and uid (see `sockets`).
+    pub(crate) socket_mounts: std::sync::Mutex<HashMap<(String, u32), sockets::Key>>,
     /// One lock per container for user setups, which rewrite its user database.
     setup_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -244,6 +256,7 @@ async fn start(bus: Bus, settings: Settings) -> anyhow::Result<(Connection, Arc<
         activity,
         settings,
         init_pids: Default::default(),
+        socket_mounts: Default::default(),
         setup_locks: Default::default(),
     });
 

@@ -16,6 +16,10 @@ struct Args {
     /// /usr/lib/kapsule/kapsule-nsenter).
     #[arg(long, value_name = "PATH", env = "KAPSULE_NSENTER")]
     nsenter: Option<std::path::PathBuf>,
+    /// The kapsule-mounts helper (default: next to this program, else
+    /// /usr/lib/kapsule/kapsule-mounts).
+    #[arg(long, value_name = "PATH", env = "KAPSULE_MOUNTS")]
+    mounts: Option<std::path::PathBuf>,
     /// The NVIDIA mount hook (default: next to this program, else
     /// /usr/lib/kapsule/kapsule-nvidia-hook).
     #[arg(long, value_name = "PATH", env = "KAPSULE_NVIDIA_HOOK")]
@@ -65,6 +69,7 @@ fn main() {
     };
     let settings = kapsule_daemon::Settings {
         nsenter: args.nsenter,
+        mounts: args.mounts,
         nvidia_hook: args.nvidia_hook,
         network_namespace: args.network_namespace,
     };

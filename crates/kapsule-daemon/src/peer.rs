@@ -49,7 +49,7 @@ impl Peer {
 }
 
 /// The start time of process `pid`, in clock ticks after boot.
-fn start_time(pid: u32) -> io::Result<u64> {
+pub(crate) fn start_time(pid: u32) -> io::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_start_time(&stat)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unexpected /proc/{pid}/stat")))

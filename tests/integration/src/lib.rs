@@ -23,6 +23,13 @@ pub async fn env() -> TestEnv {
         running_as_root(),
         "the real-Incus tests need root; run them through tests/run-all.sh (see docs/TESTING.md)"
     );
+    // The in-process daemon's log goes to the test's stderr, which nextest shows when a test
+    // fails or hangs: the first thing to read when one does.
+    let _ = env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .parse_env("KAPSULE_TEST_LOG")
+        .format_timestamp_millis()
+        .try_init();
     let incus = Client::from_env();
     if let Err(e) = incus.server().await {
         panic!("incusd is not reachable ({e}); start the test environment with tests/env/up.sh");
@@ -274,14 +281,24 @@ impl PrivateBus {
 
     /// Runs the daemon (in this process) on this bus; it serves while the connection lives.
     pub async fn daemon(&self) -> zbus::Connection {
-        let settings = kapsule_daemon::Settings {
-            nsenter: Some(workspace_binary("kapsule-nsenter")),
-            nvidia_hook: Some(workspace_binary("kapsule-nvidia-hook")),
-            network_namespace: Some(test_network_namespace()),
-        };
+        self.daemon_with(test_settings()).await
+    }
+
+    /// [`PrivateBus::daemon`] with other settings.
+    pub async fn daemon_with(&self, settings: kapsule_daemon::Settings) -> zbus::Connection {
         kapsule_daemon::serve(kapsule_daemon::Bus::Address(self.address.clone()), settings)
             .await
             .unwrap()
+    }
+}
+
+/// The daemon's settings in tests: the workspace's helpers, the tests' network namespace.
+pub fn test_settings() -> kapsule_daemon::Settings {
+    kapsule_daemon::Settings {
+        nsenter: Some(workspace_binary("kapsule-nsenter")),
+        mounts: Some(workspace_binary("kapsule-mounts")),
+        nvidia_hook: Some(workspace_binary("kapsule-nvidia-hook")),
+        network_namespace: Some(test_network_namespace()),
     }
 }
 
@@ -328,7 +345,9 @@ pub async fn daemon_process(
 pub async fn collect_operation_signals(stream: &mut zbus::MessageStream, path: &str) -> Vec<String> {
     use futures_util::StreamExt;
     let mut seen = Vec::new();
-    let deadline = std::time::Duration::from_secs(300);
+    // Under nextest's five minutes, so a hang ends in this message (what was seen) rather than
+    // in nextest's kill.
+    let deadline = std::time::Duration::from_secs(200);
     let result = tokio::time::timeout(deadline, async {
         while let Some(Ok(msg)) = stream.next().await {
             let header = msg.header();
@@ -417,9 +436,14 @@ pub struct DaemonTest {
 
 /// Sets up a [`DaemonTest`].
 pub async fn daemon_test() -> DaemonTest {
+    daemon_test_with(test_settings()).await
+}
+
+/// [`daemon_test`] with the daemon's settings given.
+pub async fn daemon_test_with(settings: kapsule_daemon::Settings) -> DaemonTest {
     let env = env().await;
     let bus = PrivateBus::start();
-    let daemon = bus.daemon().await;
+    let daemon = bus.daemon_with(settings).await;
     let client = bus.connect().await;
     let manager = kapsule_dbus::ManagerProxy::new(&client).await.unwrap();
     DaemonTest {

@@ -62,6 +62,7 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
         ("usr/bin/kapsule", 0o755),
         ("usr/bin/kapsule-init", 0o755),
         ("usr/lib/kapsule/kapsule-daemon", 0o755),
+        ("usr/lib/kapsule/kapsule-mounts", 0o755),
         ("usr/lib/kapsule/kapsule-nsenter", 0o755),
         ("usr/lib/kapsule/kapsule-nvidia-hook", 0o755),
         ("usr/lib/systemd/system/kapsule-daemon.service", 0o644),

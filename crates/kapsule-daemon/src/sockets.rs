@@ -1,0 +1,257 @@
+//! The desktop's sockets inside a container: on each enter, the caller's Wayland, PipeWire,
+//! PulseAudio, X11 and session-bus sockets (and an Xauthority file in their runtime directory)
+//! are bind-mounted at the same paths inside, by one run of `kapsule-mounts` in the
+//! container's mount namespace. The session's environment (which the caller sent) then points
+//! at them as it does on the host.
+//!
+//! Most enters need nothing: the mounts are remembered per container and user, keyed by the
+//! container's boot (its init's pid and start time), the socket-related environment, and which
+//! host files the sources are (device and inode, from a `stat` each). A new boot, another
+//! display, or a socket the host re-created (PipeWire restarted) changes the key, and the next
+//! enter runs the helper again, which repairs what is stale.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use kapsule_mounts::{Dir, Mount, Outcome, Report, Request};
+
+use crate::State;
+use crate::users::Account;
+
+/// How long the helper may take (it does a few system calls per entry).
+const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What decides whether the mounts of one user in one container are current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Key {
+    init: (u32, u64),
+    request: Request,
+    sources: Vec<Option<(u64, u64)>>,
+}
+
+/// The mounts the caller's environment asks for, for `account`; `session_mode` containers have
+/// a session bus of their own.
+pub(crate) fn plan(account: &Account, environment: &HashMap<String, String>, session_mode: bool) -> Request {
+    let (uid, gid) = (account.uid, account.gid);
+    let run = format!("/run/user/{uid}");
+    let mut dirs = vec![
+        Dir {
+            path: "/run/user".into(),
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
+        },
+        Dir {
+            path: run.clone(),
+            uid,
+            gid,
+            mode: 0o700,
+        },
+        // PulseAudio refuses a `pulse` that is not a real directory of the user's.
+        Dir {
+            path: format!("{run}/pulse"),
+            uid,
+            gid,
+            mode: 0o700,
+        },
+    ];
+    // The same path on both sides, the user's file (an X server's socket may be root's; the
+    // helper accepts that for any user).
+    let same = |path: String| Mount {
+        source: path.clone(),
+        target: path,
+        uid,
+        gid,
+    };
+    let mut mounts = Vec::new();
+    if let Some(name) = environment.get("WAYLAND_DISPLAY").and_then(|v| in_runtime_dir(&run, v)) {
+        mounts.push(same(name));
+    }
+    mounts.push(same(format!("{run}/pipewire-0")));
+    mounts.push(same(format!("{run}/pulse/native")));
+    if !session_mode {
+        mounts.push(same(format!("{run}/bus")));
+    }
+    if let Some(n) = environment.get("DISPLAY").and_then(|d| x11_display(d)) {
+        dirs.push(Dir {
+            path: "/tmp/.X11-unix".into(),
+            uid: 0,
+            gid: 0,
+            mode: 0o1777,
+        });
+        mounts.push(same(format!("/tmp/.X11-unix/X{n}")));
+    }
+    // An Xauthority file elsewhere (in the home) is reached through the home mount.
+    if let Some(path) = environment.get("XAUTHORITY").and_then(|v| in_runtime_dir(&run, v)) {
+        mounts.push(same(path));
+    }
+    Request { dirs, mounts }
+}
+
+/// `value` (a file name, or an absolute path directly in `run`) as a path directly in `run`;
+/// anything else (`..`, subdirectories, other places) is not mounted.
+fn in_runtime_dir(run: &str, value: &str) -> Option<String> {
+    let name = match value.strip_prefix(run).and_then(|rest| rest.strip_prefix('/')) {
+        Some(name) => name,
+        None if !value.starts_with('/') => value,
+        None => return None,
+    };
+    let plain = !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']);
+    (plain && name.len() <= 255).then(|| format!("{run}/{name}"))
+}
+
+/// The local display number of `DISPLAY` (`:0`, `:1.0`); none for remote displays.
+fn x11_display(display: &str) -> Option<u32> {
+    let number = display.strip_prefix(':')?.split('.').next()?;
+    number.parse().ok()
+}
+
+/// Makes the caller's sockets current in container `name` (whose init is `pid`, `pidfd`). Never
+/// fails the enter: a session without sound is better than none; what went wrong is logged.
+pub(crate) async fn ensure(
+    state: &State,
+    name: &str,
+    account: &Account,
+    environment: &HashMap<String, String>,
+    session_mode: bool,
+    (pid, pidfd): (u32, &OwnedFd),
+) {
+    let request = plan(account, environment, session_mode);
+    let Ok(start_time) = crate::peer::start_time(pid) else {
+        return; // The container stopped meanwhile; the session will say so.
+    };
+    let key = Key {
+        init: (pid, start_time),
+        sources: request.mounts.iter().map(|m| source_identity(&m.source)).collect(),
+        request,
+    };
+    let slot = (name.to_owned(), account.uid);
+    if state.socket_mounts.lock().expect("socket mounts").get(&slot) == Some(&key) {
+        return;
+    }
+    match run_helper(state, &key.request, pidfd).await {
+        Ok(report) => {
+            let mut all_fine = true;
+            for entry in &report.entries {
+                match &entry.outcome {
+                    Outcome::Refused(why) | Outcome::Failed(why) => {
+                        all_fine = false;
+                        log::warn!("{name}: {}: {why}", entry.path);
+                    }
+                    outcome => log::debug!("{name}: {}: {outcome:?}", entry.path),
+                }
+            }
+            // A refused or failed entry is tried again at the next enter.
+            if all_fine {
+                state.socket_mounts.lock().expect("socket mounts").insert(slot, key);
+            }
+        }
+        Err(e) => log::warn!("{name}: the desktop sockets are not mounted: {e}"),
+    }
+}
+
+/// Which host file `path` is, if there is one.
+fn source_identity(path: &str) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+async fn run_helper(state: &State, request: &Request, pidfd: &OwnedFd) -> Result<Report, String> {
+    let path = state.settings.mounts_path();
+    let json = serde_json::to_string(request).map_err(|e| e.to_string())?;
+    let stdin = pidfd.try_clone().map_err(|e| format!("cannot pass the pidfd: {e}"))?;
+    let child = tokio::process::Command::new(&path)
+        .arg(json)
+        .env_clear()
+        .stdin(std::process::Stdio::from(stdin))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+    let output = tokio::time::timeout(HELPER_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| format!("{} did not finish within {HELPER_TIMEOUT:?}", path.display()))?
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}",
+            path.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| format!("unreadable report: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account() -> Account {
+        Account {
+            uid: 1000,
+            gid: 1000,
+            name: "alice".into(),
+            home: "/home/alice".into(),
+            shell: "/bin/bash".into(),
+        }
+    }
+
+    fn targets(request: &Request) -> Vec<&str> {
+        request.mounts.iter().map(|m| m.target.as_str()).collect()
+    }
+
+    #[test]
+    fn a_desktop_session_gets_its_five_sockets_at_the_hosts_paths() {
+        let env = HashMap::from([
+            ("WAYLAND_DISPLAY".to_owned(), "wayland-0".to_owned()),
+            ("DISPLAY".to_owned(), ":1.0".to_owned()),
+            ("XAUTHORITY".to_owned(), "/run/user/1000/xauth_abc".to_owned()),
+        ]);
+        let request = plan(&account(), &env, false);
+        request.validate().unwrap();
+        assert_eq!(
+            targets(&request),
+            [
+                "/run/user/1000/wayland-0",
+                "/run/user/1000/pipewire-0",
+                "/run/user/1000/pulse/native",
+                "/run/user/1000/bus",
+                "/tmp/.X11-unix/X1",
+                "/run/user/1000/xauth_abc",
+            ]
+        );
+        assert!(request.mounts.iter().all(|m| m.source == m.target));
+        let x11 = request.dirs.iter().find(|d| d.path == "/tmp/.X11-unix").unwrap();
+        assert_eq!((x11.uid, x11.mode), (0, 0o1777));
+        let run = request.dirs.iter().find(|d| d.path == "/run/user/1000").unwrap();
+        assert_eq!((run.uid, run.gid, run.mode), (1000, 1000, 0o700));
+    }
+
+    #[test]
+    fn session_mode_keeps_its_own_bus_and_odd_values_mount_nothing() {
+        let env = HashMap::from([
+            ("WAYLAND_DISPLAY".to_owned(), "../../../etc/shadow".to_owned()),
+            ("DISPLAY".to_owned(), "remote:0".to_owned()),
+            ("XAUTHORITY".to_owned(), "/home/alice/.Xauthority".to_owned()),
+        ]);
+        let request = plan(&account(), &env, true);
+        assert_eq!(
+            targets(&request),
+            ["/run/user/1000/pipewire-0", "/run/user/1000/pulse/native"]
+        );
+        assert!(!request.dirs.iter().any(|d| d.path == "/tmp/.X11-unix"));
+        for bad in ["..", ".", "", "a/b", "/run/user/1001/wayland-0", "/run/user/1000/a/b"] {
+            assert_eq!(in_runtime_dir("/run/user/1000", bad), None, "{bad}");
+        }
+        assert_eq!(
+            in_runtime_dir("/run/user/1000", "/run/user/1000/wayland-1").as_deref(),
+            Some("/run/user/1000/wayland-1")
+        );
+        assert_eq!(x11_display(":0"), Some(0));
+        assert_eq!(x11_display(":12.3"), Some(12));
+        assert_eq!(x11_display("host:0"), None);
+    }
+}
