@@ -29,6 +29,9 @@ file 0644 "$src/units/kapsule-daemon.service" lib/systemd/system/kapsule-daemon.
 file 0644 "$src/units/kapsule-daemon.socket" lib/systemd/system/kapsule-daemon.socket
 mkdir -p "$usr/lib/systemd/system/sockets.target.wants"
 ln -sfn ../kapsule-daemon.socket "$usr/lib/systemd/system/sockets.target.wants/kapsule-daemon.socket"
+file 0644 "$src/units/kapsule-host-sync.path" lib/systemd/system/kapsule-host-sync.path
+mkdir -p "$usr/lib/systemd/system/paths.target.wants"
+ln -sfn ../kapsule-host-sync.path "$usr/lib/systemd/system/paths.target.wants/kapsule-host-sync.path"
 file 0644 "$src/units/kapsule-init.service" lib/systemd/system/kapsule-init.service
 mkdir -p "$usr/lib/systemd/system/multi-user.target.wants"
 ln -sfn ../kapsule-init.service "$usr/lib/systemd/system/multi-user.target.wants/kapsule-init.service"

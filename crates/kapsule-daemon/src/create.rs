@@ -345,7 +345,9 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, plan: Plan) -> Resul
         if reporter.is_cancelled() {
             return Err(Failure::Cancelled);
         }
-        crate::fixups::run(state, reporter, &name, session_mode).await
+        crate::fixups::run(state, reporter, &name, session_mode).await?;
+        crate::hostsync::report(reporter, crate::hostsync::sync_one(state, &name).await).await;
+        Ok(())
     }
     .await;
     match created {

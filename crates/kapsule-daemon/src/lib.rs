@@ -13,6 +13,7 @@ mod containers;
 mod create;
 mod enter;
 mod fixups;
+mod hostsync;
 mod images;
 mod link;
 mod manager;
@@ -32,6 +33,7 @@ use zbus::Connection;
 use zbus::object_server::SignalEmitter;
 
 use crate::activity::Activity;
+pub use crate::hostsync::HostSync;
 use crate::link::Link;
 use crate::operation::Operations;
 
@@ -55,6 +57,8 @@ pub struct Settings {
     /// The `kapsule-mounts` helper that mounts the desktop's sockets; default: next to the
     /// daemon, else `/usr/lib/kapsule/kapsule-mounts`.
     pub mounts: Option<std::path::PathBuf>,
+    /// Where the host's timezone, locale and DNS come from for its containers.
+    pub host_sync: HostSync,
     /// The NVIDIA mount hook registered in containers made with `nvidia_drivers`; default:
     /// next to the daemon, else `/usr/lib/kapsule/kapsule-nvidia-hook`.
     pub nvidia_hook: Option<std::path::PathBuf>,
@@ -275,5 +279,6 @@ async fn start(bus: Bus, settings: Settings) -> anyhow::Result<(Connection, Arc<
         // zbus's error repeats itself as its own source; say it once.
         .map_err(|e| anyhow::anyhow!("cannot own {BUS_NAME}: {e}"))?;
     log::info!("serving {BUS_NAME} on the {bus:?} bus");
+    hostsync::watch(state.clone());
     Ok((connection, state))
 }

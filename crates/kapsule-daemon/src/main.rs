@@ -70,6 +70,7 @@ fn main() {
     let settings = kapsule_daemon::Settings {
         nsenter: args.nsenter,
         mounts: args.mounts,
+        host_sync: kapsule_daemon::HostSync::Host,
         nvidia_hook: args.nvidia_hook,
         network_namespace: args.network_namespace,
     };

@@ -119,6 +119,15 @@ impl Client {
         })
     }
 
+    /// True when `path` is a symlink (false when it is anything else or nothing).
+    pub async fn is_symlink(&self, name: &str, path: &str) -> Result<bool> {
+        match self.get_path(name, path).await {
+            Ok(entry) => Ok(entry.kind == "symlink"),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The names in a directory (no `.` or `..`), in Incus's order. A file is an error.
     pub async fn list_directory(&self, name: &str, path: &str) -> Result<Vec<String>> {
         let entry = self.get_path(name, path).await?;

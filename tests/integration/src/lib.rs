@@ -297,6 +297,9 @@ pub fn test_settings() -> kapsule_daemon::Settings {
     kapsule_daemon::Settings {
         nsenter: Some(workspace_binary("kapsule-nsenter")),
         mounts: Some(workspace_binary("kapsule-mounts")),
+        // Other tests' daemons share this Incus: none pushes host configuration into another's
+        // containers (tests/integration/tests/host_sync.rs turns it on, running alone).
+        host_sync: kapsule_daemon::HostSync::Off,
         nvidia_hook: Some(workspace_binary("kapsule-nvidia-hook")),
         network_namespace: Some(test_network_namespace()),
     }

@@ -68,6 +68,7 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
         ("usr/lib/systemd/system/kapsule-daemon.service", 0o644),
         ("usr/lib/systemd/system/kapsule-daemon.socket", 0o644),
         ("usr/lib/systemd/system/kapsule-init.service", 0o644),
+        ("usr/lib/systemd/system/kapsule-host-sync.path", 0o644),
         ("usr/lib/modules-load.d/kapsule.conf", 0o644),
         ("usr/lib/tmpfiles.d/kapsule.conf", 0o644),
         ("usr/share/dbus-1/system.d/org.kde.kapsule.conf", 0o644),
@@ -85,8 +86,8 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
         let meta = std::fs::metadata(tree.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(meta.permissions().mode() & 0o7777, mode, "{path}");
     }
-    // The short name resolves inside the image, and so do the links that start the socket and
-    // the first-boot unit with no enabling.
+    // The short name resolves inside the image, and so do the links that start the socket, the
+    // host-sync path and the first-boot unit with no enabling.
     for (link, target) in [
         ("usr/bin/kap", "kapsule"),
         (
@@ -96,6 +97,10 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
         (
             "usr/lib/systemd/system/multi-user.target.wants/kapsule-init.service",
             "../kapsule-init.service",
+        ),
+        (
+            "usr/lib/systemd/system/paths.target.wants/kapsule-host-sync.path",
+            "../kapsule-host-sync.path",
         ),
     ] {
         assert_eq!(
@@ -136,6 +141,7 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
         "kapsule-daemon.service",
         "kapsule-daemon.socket",
         "kapsule-init.service",
+        "kapsule-host-sync.path",
     ]
     .iter()
     .map(|u| merged.path().join("usr/lib/systemd/system").join(u))
