@@ -5,10 +5,11 @@
 //! at them as it does on the host.
 //!
 //! Most enters need nothing: the mounts are remembered per container and user, keyed by the
-//! container's boot (its init's pid and start time), the socket-related environment, and which
-//! host files the sources are (device and inode, from a `stat` each). A new boot, another
-//! display, or a socket the host re-created (PipeWire restarted) changes the key, and the next
-//! enter runs the helper again, which repairs what is stale.
+//! container's boot (its init's pid and start time), the socket-related environment, which
+//! host files the sources are (device and inode, from a `stat` each) and which mounts the
+//! target directories are in inside. A new boot, another display, a socket the host re-created
+//! (PipeWire restarted) or a fresh tmpfs over the runtime directory inside (logind) changes the
+//! key, and the next enter runs the helper again, which repairs what is stale.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -29,6 +30,10 @@ pub(crate) struct Key {
     init: (u32, u64),
     request: Request,
     sources: Vec<Option<(u64, u64)>>,
+    /// Which mount each directory holding a target is in the container: a fresh tmpfs over
+    /// `/run/user/<uid>` (logind's, when a login session starts there) hides the sockets, and
+    /// changes this.
+    places: Vec<Option<u64>>,
 }
 
 /// The mounts the caller's environment asks for, for `account`; `session_mode` containers have
@@ -125,6 +130,7 @@ pub(crate) async fn ensure(
     let key = Key {
         init: (pid, start_time),
         sources: request.mounts.iter().map(|m| source_identity(&m.source)).collect(),
+        places: target_places(pid, &request),
         request,
     };
     let slot = (name.to_owned(), account.uid);
@@ -143,8 +149,13 @@ pub(crate) async fn ensure(
                     outcome => log::debug!("{name}: {}: {outcome:?}", entry.path),
                 }
             }
-            // A refused or failed entry is tried again at the next enter.
+            // A refused or failed entry is tried again at the next enter. The directories are
+            // looked at again: the helper may have made them (or replaced a symlink there).
             if all_fine {
+                let key = Key {
+                    places: target_places(pid, &key.request),
+                    ..key
+                };
                 state.socket_mounts.lock().expect("socket mounts").insert(slot, key);
             }
         }
@@ -155,6 +166,38 @@ pub(crate) async fn ensure(
 /// Which host file `path` is, if there is one.
 fn source_identity(path: &str) -> Option<(u64, u64)> {
     std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The mount id of each directory holding a target, as the container sees it (through
+/// `/proc/<pid>/root`, resolved inside it without following its symlinks).
+fn target_places(pid: u32, request: &Request) -> Vec<Option<u64>> {
+    use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
+    let Ok(root) = rustix::fs::open(
+        format!("/proc/{pid}/root"),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let dirs: std::collections::BTreeSet<&str> = request
+        .mounts
+        .iter()
+        .filter_map(|m| m.target.rsplit_once('/').map(|(dir, _)| dir))
+        .collect();
+    dirs.iter()
+        .map(|dir| {
+            let fd = rustix::fs::openat2(
+                &root,
+                dir.trim_start_matches('/'),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            )
+            .ok()?;
+            let stat = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID).ok()?;
+            Some(stat.stx_mnt_id)
+        })
+        .collect()
 }
 
 async fn run_helper(state: &State, request: &Request, pidfd: &OwnedFd) -> Result<Report, String> {

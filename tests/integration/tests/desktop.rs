@@ -326,6 +326,20 @@ async fn the_desktops_sockets_work_inside_and_stay_current() {
     )
     .await;
     assert_eq!(out.trim(), "1");
+
+    // A login session inside (logind) mounts a fresh runtime directory over the sockets: the
+    // next enter notices and mounts them again.
+    let (code, out) = sh(
+        incus,
+        &name,
+        &format!("mount -t tmpfs -o mode=0700,uid={uid} tmpfs /run/user/{uid}"),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let script = format!("socat -u UNIX-CONNECT:/run/user/{uid}/{WAYLAND} -");
+    let out = enter(&test, &desktop, &name, &["sh", "-c", &script]).await;
+    assert_eq!(text(&out.stdout), "wayland\n", "{}", text(&out.stderr));
+    assert_eq!(helper_runs(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
