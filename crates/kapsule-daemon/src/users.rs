@@ -154,22 +154,25 @@ pub(crate) async fn ensure(
     Ok(true)
 }
 
-/// Waits (at most 90 s) until the container's systemd has finished booting. While it boots,
-/// systemd-sysusers rewrites /etc/passwd and /etc/group whole: an account written meanwhile
-/// can be lost (seen in CI: "sudo: you do not exist in the passwd database" on the second enter
-/// of a just-created container). Images without systemd have nothing to wait for.
+/// Waits (at most 90 s) until the container's systemd has reached `sysinit.target`. Until then
+/// systemd-sysusers may rewrite /etc/passwd and /etc/group whole (it runs before that target):
+/// an account written meanwhile can be lost (seen in CI: "sudo: you do not exist in the passwd
+/// database" on the second enter of a just-created container). Starting the target waits for
+/// exactly that and returns at once once it is reached; the rest of the boot (the services, some
+/// hundreds of milliseconds more) is not waited for. Images without systemd have nothing to wait
+/// for.
 async fn wait_for_boot(state: &State, name: &str) {
-    let request = kapsule_incus::ExecRequest::new(["systemctl", "is-system-running", "--wait"]);
+    let request = kapsule_incus::ExecRequest::new(["systemctl", "start", "sysinit.target"]);
     match state
         .incus
         .exec(name, &request, std::time::Duration::from_secs(90))
         .await
     {
-        // "running", "degraded" (a failed unit) or no systemd at all: go on either way.
+        // Reached, or no systemd at all (an error from systemctl): go on either way.
         Ok(out) => log::debug!(
-            "{name}: boot finished: {} (exit {})",
-            String::from_utf8_lossy(&out.stdout).trim(),
-            out.exit_code
+            "{name}: sysinit.target: exit {} {}",
+            out.exit_code,
+            String::from_utf8_lossy(&out.stderr).trim()
         ),
         Err(e) => log::info!("{name}: not waiting for boot: {e}"),
     }
@@ -553,6 +556,12 @@ async fn enable_linger(state: &State, notes: Notes<'_>, name: &str, account: &Ac
     }
     let request = kapsule_incus::ExecRequest::new(["loginctl", "enable-linger", &account.name]);
     run_best_effort(state, notes, name, &request, "Enabling linger").await;
+    // logind starts the user's manager now, in the background, and with it mounts a fresh
+    // /run/user/<uid>: waited for, so the first session finds the runtime directory (and the
+    // desktop's sockets mounted in it) in place, and its own session bus.
+    let uid = account.uid.to_string();
+    let request = kapsule_incus::ExecRequest::new(["systemctl", "start", &format!("user@{uid}.service")]);
+    run_best_effort(state, notes, name, &request, "Starting the user's systemd").await;
 }
 
 /// Step 7: the marker, last, so an interrupted setup runs again.
