@@ -246,6 +246,31 @@ fn kapsule_as_installed_on_a_booted_system() {
     );
     assert!(!os.must("incus list -f csv -c n").contains("other"));
 
+    // Host configuration: with the daemon gone idle, a DNS change on the host starts it
+    // (kapsule-host-sync.path), and it pushes the change into the running container.
+    assert_eq!(os.unit("kapsule-host-sync.path", "ActiveState"), "active");
+    os.wait_for("kapsule-daemon.service", "inactive", Duration::from_secs(60));
+    os.must("printf 'nameserver 192.0.2.53\n# changed by the booted test\n' > /etc/resolv.conf");
+    let started = Instant::now();
+    loop {
+        let inside = os.sh("incus exec box -- cat /etc/resolv.conf");
+        if inside.stdout.contains("# changed by the booted test") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the DNS change did not reach the container: {}{}\n{}",
+            inside.stdout,
+            inside.stderr,
+            os.must("journalctl -b -u kapsule-daemon -u kapsule-host-sync.path -o cat --no-pager")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "a DNS change reached the container in {:?}, the daemon started by the path unit",
+        started.elapsed()
+    );
+
     // Second boot: merged again, not initialized again, the container still there.
     let restarted = Command::new("incus")
         .args(["restart", &os.0, "--timeout", "60"])
