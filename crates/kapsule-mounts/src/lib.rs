@@ -309,8 +309,8 @@ fn place(root: BorrowedFd<'_>, mount: &Mount, source: &Source) -> Outcome {
         let (parent, name) = split(target).map_err(Outcome::Refused)?;
         let parent = open_dir(root, parent, OFlags::PATH)?;
         let mut replaced = false;
-        // At most: a stale mount, then the file under it.
-        for _ in 0..3 {
+        // Stale mounts (more than one if something stacked them), then the file under them.
+        for _ in 0..8 {
             let Some(stat) = look(&parent, name)? else {
                 break;
             };
