@@ -14,11 +14,24 @@
 //! - a warm enter in a desktop session (sockets present, mounts current: the helper is skipped)
 //!   vs a warm enter without one.
 //!
+//! The daemon (issue: "benchmarks"):
+//! - cold start: from starting the process to the answer of its first call, and `kapsule list`
+//!   socket-activating it (`systemd-socket-activate`, as `kapsule-daemon.socket` does) vs the
+//!   same with the daemon running; resident memory (RSS, PSS) idle and after the workload;
+//! - `ListContainers` with 1 and with 20 containers vs the raw `GET /1.0/instances?recursion=1`
+//!   it makes, and 50 of each at once;
+//! - `kapsule list` and `kapsule --version` as whole processes, next to `incus list` and
+//!   `incus --version`;
+//! - create, stop, start and delete through the daemon vs the same done directly through Incus
+//!   with the configuration and devices the daemon gave the container.
+//!
 //! Everything runs as processes, as users run them: the release binaries, a daemon of its own on
 //! a private bus. Nothing is left behind.
 
 // The table is this program's output.
 #![allow(clippy::print_stdout)]
+
+mod daemon;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,22 +49,32 @@ fn main() {
 
 struct Options {
     trials: usize,
+    lifecycle_trials: usize,
     json: PathBuf,
 }
 
 fn options() -> Result<Options> {
     let mut trials = 30;
-    let mut json = workspace().join("target/bench/enter.json");
+    let mut lifecycle_trials = 3;
+    let mut json = workspace().join("target/bench/bench.json");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--trials" => trials = args.next().context("--trials N")?.parse()?,
+            "--lifecycle-trials" => lifecycle_trials = args.next().context("--lifecycle-trials N")?.parse()?,
             "--json" => json = args.next().context("--json FILE")?.into(),
-            other => bail!("unknown argument {other} (known: --trials N, --json FILE)"),
+            other => bail!("unknown argument {other} (known: --trials N, --lifecycle-trials N, --json FILE)"),
         }
     }
-    ensure!(trials >= 3, "at least 3 trials");
-    Ok(Options { trials, json })
+    ensure!(
+        trials >= 3 && lifecycle_trials >= 1,
+        "at least 3 trials and 1 lifecycle trial"
+    );
+    Ok(Options {
+        trials,
+        lifecycle_trials,
+        json,
+    })
 }
 
 fn workspace() -> PathBuf {
@@ -86,10 +109,31 @@ fn run() -> Result<()> {
     let bin = workspace().join("target/release");
     let image = std::env::var("KAPSULE_TEST_IMAGE").unwrap_or_else(|_| "kapsule-test".into());
     let user = kapsule_integration_tests::test_user();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut sections: Vec<(&str, Vec<Row>)> = Vec::new();
+
+    // The daemon starting, each time on a bus of its own with nothing else running.
+    let (cold, idle_memory) = daemon::cold_start(&rt, &bin, options.trials)?;
+    let (activated, socket_warm) = daemon::socket_activation(&bin, options.trials)?;
+    sections.push((
+        "daemon",
+        vec![
+            Row::new("daemon cold start: process start to first answer", &cold, None),
+            Row::new(
+                "kapsule list, socket-activating the daemon",
+                &activated,
+                Some(("kapsule list, daemon running", &socket_warm)),
+            ),
+            Row::new("kapsule list, daemon running (socket)", &socket_warm, None),
+        ],
+    ));
 
     // The tests' own private bus (a dbus-daemon any user may reach, with its own polkitd).
     let bus = kapsule_integration_tests::PrivateBus::start();
-    let _daemon = Daemon::start(&bin, &bus.address)?;
+    let main_daemon = Daemon::start(&bin, &bus.address)?;
     let as_user = |args: &[&str]| -> Command {
         let mut c = user.command(bin.join("kapsule"));
         c.args(args)
@@ -193,31 +237,111 @@ fn run() -> Result<()> {
         Some(("warm kapsule enter", &warm)),
     ));
 
-    println!("{:<46} {:>9} {:>9} {:>9}  ratio", "enter", "min ms", "median", "max");
-    for row in &rows {
-        println!(
-            "{:<46} {:>9.1} {:>9.1} {:>9.1}  {}",
-            row.name,
-            row.min,
-            row.median,
-            row.max,
-            row.ratio
-                .as_ref()
-                .map(|(what, r)| if *r < 0.1 {
-                    format!("{r:.4}x of {what}")
-                } else {
-                    format!("{r:.2}x of {what}")
-                })
-                .unwrap_or_default()
-        );
+    sections.push(("enter and desktop sockets", rows));
+
+    // Listing, with the one container there is now, then with 20.
+    let incus = kapsule_incus::Client::from_env();
+    let client = rt.block_on(bus.connect());
+    let manager = rt.block_on(kapsule_dbus::ManagerProxy::new(&client))?;
+    let mut listing = rt.block_on(daemon::list_vs_raw(&manager, &incus, options.trials, "1 container"))?;
+    let (_tiny, _tiny_image) = rt.block_on(daemon::tiny_containers(
+        &incus,
+        &format!("kb-{}", std::process::id()),
+        19,
+    ))?;
+    listing.extend(rt.block_on(daemon::list_vs_raw(&manager, &incus, options.trials, "20 containers"))?);
+    sections.push(("listing", listing));
+
+    // Whole processes, as a user's shell runs them.
+    let kapsule = |args: &[&str]| {
+        let mut c = Command::new(bin.join("kapsule"));
+        c.args(args)
+            .env("KAPSULE_BUS_ADDRESS", &bus.address)
+            .stdout(Stdio::null());
+        c
+    };
+    let incus_cli = |args: &[&str]| {
+        let mut c = Command::new("incus");
+        c.args(args).stdout(Stdio::null());
+        c
+    };
+    let kapsule_list = measure(options.trials, || kapsule(&["list"]))?;
+    let incus_list = measure(options.trials, || incus_cli(&["list", "-f", "csv"]))?;
+    let kapsule_version = measure(options.trials, || kapsule(&["--version"]))?;
+    let incus_version = measure(options.trials, || incus_cli(&["--version"]))?;
+    sections.push((
+        "command line (20 containers)",
+        vec![
+            Row::new("kapsule list", &kapsule_list, Some(("incus list", &incus_list))),
+            Row::new("incus list", &incus_list, None),
+            Row::new(
+                "kapsule --version",
+                &kapsule_version,
+                Some(("incus --version", &incus_version)),
+            ),
+            Row::new("incus --version", &incus_version, None),
+        ],
+    ));
+    drop((_tiny, _tiny_image));
+
+    // The lifecycle, through the daemon and directly.
+    let lifecycle = rt.block_on(daemon::lifecycle(
+        &client,
+        &manager,
+        &incus,
+        &image,
+        &format!("kb-{}", std::process::id()),
+        options.lifecycle_trials,
+    ))?;
+    sections.push(("lifecycle (ms; Completed signal vs Incus operation done)", lifecycle));
+    let busy_memory = daemon::memory(main_daemon.0.id())?;
+
+    for (section, rows) in &sections {
+        println!("{:<52} {:>9} {:>9} {:>9}  ratio", section, "min ms", "median", "max");
+        for row in rows {
+            println!(
+                "  {:<50} {:>9.1} {:>9.1} {:>9.1}  {}",
+                row.name,
+                row.min,
+                row.median,
+                row.max,
+                row.ratio
+                    .as_ref()
+                    .map(|(what, r)| if *r < 0.1 {
+                        format!("{r:.4}x of {what}")
+                    } else {
+                        format!("{r:.2}x of {what}")
+                    })
+                    .unwrap_or_default()
+            );
+        }
     }
-    let json = serde_json::json!({
-        "trials": options.trials,
-        "machine": machine(),
-        "rows": rows.iter().map(|r| serde_json::json!({
+    println!("daemon memory                                        RSS KiB   PSS KiB");
+    println!(
+        "  idle, after its first call {:>33} {:>9}",
+        idle_memory.rss_kib, idle_memory.pss_kib
+    );
+    println!(
+        "  after the whole workload {:>35} {:>9}",
+        busy_memory.rss_kib, busy_memory.pss_kib
+    );
+    let row_json = |r: &Row| {
+        serde_json::json!({
             "name": r.name, "min_ms": r.min, "median_ms": r.median, "max_ms": r.max,
             "ratio": r.ratio.as_ref().map(|(what, ratio)| serde_json::json!({"against": what, "median_ratio": ratio})),
+        })
+    };
+    let json = serde_json::json!({
+        "trials": options.trials,
+        "lifecycle_trials": options.lifecycle_trials,
+        "machine": machine(),
+        "sections": sections.iter().map(|(name, rows)| serde_json::json!({
+            "name": name, "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "memory_kib": {
+            "idle": {"rss": idle_memory.rss_kib, "pss": idle_memory.pss_kib},
+            "after_workload": {"rss": busy_memory.rss_kib, "pss": busy_memory.pss_kib},
+        },
     });
     if let Some(dir) = options.json.parent() {
         std::fs::create_dir_all(dir)?;

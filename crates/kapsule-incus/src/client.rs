@@ -168,6 +168,16 @@ impl Client {
         decode_envelope(method_name(&method), path, &raw)
     }
 
+    /// The body of a GET of `path`, exactly as Incus sent it (nothing decoded): the floor the
+    /// benchmarks compare Kapsule's calls with. An error status is an [`Error`] as usual.
+    pub async fn get_raw(&self, path: &str) -> Result<bytes::Bytes> {
+        let raw = self.send(Method::GET, path, &[], empty(), None).await?;
+        if !raw.status.is_success() {
+            decode_envelope("GET", path, &raw)?;
+        }
+        Ok(raw.body)
+    }
+
     /// A synchronous call whose metadata is decoded into `T`.
     pub(crate) async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let (_, metadata) = self.call(Method::GET, path, None, None).await?;

@@ -28,7 +28,6 @@ pub async fn env() -> TestEnv {
     let _ = env_logger::Builder::new()
         .filter_level(log::LevelFilter::Info)
         .parse_env("KAPSULE_TEST_LOG")
-        .format_timestamp_millis()
         .try_init();
     let incus = Client::from_env();
     if let Err(e) = incus.server().await {
