@@ -138,19 +138,27 @@ pub(crate) async fn ensure(
     notes
         .info(&format!("Setting up user '{}' in {name}", account.name))
         .await;
+    let started = std::time::Instant::now();
+    let step = |what: &str| log::debug!("{name}: user setup: {what} after {:?}", started.elapsed());
     wait_for_boot(state, name).await;
+    step("boot wait");
     if account.uid == 0 {
         // Root is in every image already, with its own /root; only the marker is needed.
         mark_mapped(state, name, 0).await?;
         return Ok(true);
     }
     mount_home(state, notes, name, account, &wants).await?;
+    step("home");
     create_account(state, notes, name, account, &wants).await?;
+    step("account");
     mount_custom_dirs(state, notes, name, account, &wants).await?;
     mount_minimal_host_dirs(state, name, account, &wants).await?;
+    step("other mounts");
     configure_sudo(state, name, account).await?;
+    step("sudo");
     enable_linger(state, notes, name, account, &wants).await;
     mark_mapped(state, name, account.uid).await?;
+    log::info!("{name}: user '{}' set up in {:?}", account.name, started.elapsed());
     Ok(true)
 }
 
@@ -158,11 +166,16 @@ pub(crate) async fn ensure(
 /// systemd-sysusers may rewrite /etc/passwd and /etc/group whole (it runs before that target):
 /// an account written meanwhile can be lost (seen in CI: "sudo: you do not exist in the passwd
 /// database" on the second enter of a just-created container). Starting the target waits for
-/// exactly that and returns at once once it is reached; the rest of the boot (the services, some
-/// hundreds of milliseconds more) is not waited for. Images without systemd have nothing to wait
-/// for.
+/// exactly that; the rest of the boot (the services, some hundreds of milliseconds more) is not
+/// waited for. Once it is reached, it is only looked at: a start job on an active target still
+/// queues its wanted units again and waits for them (200 ms and more, measured). Images without
+/// systemd have nothing to wait for.
 async fn wait_for_boot(state: &State, name: &str) {
-    let request = kapsule_incus::ExecRequest::new(["systemctl", "start", "sysinit.target"]);
+    let request = kapsule_incus::ExecRequest::new([
+        "sh",
+        "-c",
+        "systemctl -q is-active sysinit.target || systemctl start sysinit.target",
+    ]);
     match state
         .incus
         .exec(name, &request, std::time::Duration::from_secs(90))
