@@ -290,31 +290,16 @@ pub(crate) async fn lifecycle(
     let mut template: Template = None;
     for trial in 0..trials {
         // Alternating which goes first, so neither always finds the caches the other warmed.
-        if trial % 2 == 0 {
-            through_daemon(
-                client,
-                manager,
-                incus,
-                image,
-                &format!("{prefix}-c{trial}"),
-                &mut ours,
-                &mut template,
-            )
-            .await?;
-            directly(incus, image, &format!("{prefix}-d{trial}"), &mut direct, &template).await?;
-        } else {
-            let Some(_) = &template else { bail!("no template") };
-            directly(incus, image, &format!("{prefix}-d{trial}"), &mut direct, &template).await?;
-            through_daemon(
-                client,
-                manager,
-                incus,
-                image,
-                &format!("{prefix}-c{trial}"),
-                &mut ours,
-                &mut template,
-            )
-            .await?;
+        // The first trial goes through the daemon first: its container is the template.
+        let daemon_first = trial % 2 == 0;
+        let direct_name = format!("{prefix}-d{trial}");
+        if !daemon_first {
+            directly(incus, image, &direct_name, &mut direct, &template).await?;
+        }
+        let name = format!("{prefix}-c{trial}");
+        through_daemon(client, manager, incus, image, &name, &mut ours, &mut template).await?;
+        if daemon_first {
+            directly(incus, image, &direct_name, &mut direct, &template).await?;
         }
     }
     let mut rows = Vec::new();
