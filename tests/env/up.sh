@@ -85,7 +85,7 @@ configure_incus() {
 # import_image ALIAS BUILD_SCRIPT: builds (or reuses) an image with the script and imports it
 # under ALIAS, unless Incus has it from the same recipe already.
 import_image() {
-    local alias=$1 build=$2 dir key have
+    local alias=$1 build=$2 dir key have fingerprint
     key=$("$build" --print-key)
     have=$(incus query "/1.0/images/aliases/$alias" 2>/dev/null | jq -r .target || true)
     if [ -n "$have" ] && [ "$(incus query "/1.0/images/$have" | jq -r '.properties["kapsule.recipe"] // ""')" = "$key" ]; then
@@ -96,6 +96,14 @@ import_image() {
     if [ -n "$have" ]; then
         log "replacing the outdated image $alias"
         incus image alias delete "$alias"
+    fi
+    # Incus names a split image by the sha256 of its two files: an image already there (imported
+    # earlier from this cache, its alias since moved by another checkout) only needs the alias.
+    fingerprint=$(cat "$dir/meta.tar.gz" "$dir/rootfs.tar.zst" | sha256sum | cut -d' ' -f1)
+    if incus query "/1.0/images/$fingerprint" >/dev/null 2>&1; then
+        log "image $alias ($key) is in Incus already: aliasing it"
+        incus image alias create "$alias" "$fingerprint"
+        return 0
     fi
     log "importing $alias"
     incus image import "$dir/meta.tar.gz" "$dir/rootfs.tar.zst" --alias "$alias" >/dev/null
