@@ -4,6 +4,8 @@
 //! A missing prerequisite (not root, no incusd, no test image) panics with what to do about it:
 //! these tests never skip silently.
 
+pub mod desktop;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
