@@ -169,7 +169,7 @@ pub(crate) async fn start(state: &State, reporter: &Reporter, name: &str) -> Res
     let op = state.incus.start_instance(name).await?;
     run_incus_operation(state, reporter, op).await?;
     // The host's timezone or DNS may have changed while it was stopped.
-    crate::hostsync::report(reporter, crate::hostsync::sync_one(state, name).await).await;
+    crate::hostsync::report(reporter, crate::hostsync::sync_instance(state, &instance).await).await;
     state.containers_changed().await;
     Ok(format!("Container '{name}' started"))
 }
@@ -198,7 +198,7 @@ pub(crate) async fn ensure_running(
             state.incus.wait_operation(&op.id, INCUS_WAIT).await?;
         }
     }
-    crate::hostsync::log_lines(name, crate::hostsync::sync_one(state, name).await);
+    crate::hostsync::log_lines(name, crate::hostsync::sync_instance(state, instance).await);
     Ok(())
 }
 

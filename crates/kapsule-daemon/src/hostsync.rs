@@ -288,14 +288,22 @@ pub(crate) async fn sync_all(state: &State) {
     }
 }
 
-/// Pushes the host's configuration into container `name`, which just started or was made.
-pub(crate) async fn sync_one(state: &State, name: &str) -> Vec<Synced> {
+/// Pushes the host's configuration into container `instance`, which just started (its config,
+/// read before the start, still holds what was synced: a start does not change it).
+pub(crate) async fn sync_instance(state: &State, instance: &Instance) -> Vec<Synced> {
     let Some(root) = state.settings.host_sync.root() else {
         return Vec::new();
     };
-    let config = HostConfig::read(root);
+    sync_container(state, instance, &HostConfig::read(root)).await
+}
+
+/// Pushes the host's configuration into container `name`, which was just made.
+pub(crate) async fn sync_one(state: &State, name: &str) -> Vec<Synced> {
+    if state.settings.host_sync.root().is_none() {
+        return Vec::new();
+    }
     match state.incus.get_instance(name).await {
-        Ok(instance) => sync_container(state, &instance, &config).await,
+        Ok(instance) => sync_instance(state, &instance).await,
         Err(e) => vec![Err(format!("cannot read the container: {e}"))],
     }
 }
