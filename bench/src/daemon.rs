@@ -284,9 +284,8 @@ pub(crate) async fn lifecycle(
     prefix: &str,
     trials: usize,
 ) -> Result<Vec<Row>> {
-    let steps = ["create", "stop", "start", "delete"];
-    let mut ours: Vec<Vec<Duration>> = vec![Vec::new(); 4];
-    let mut direct: Vec<Vec<Duration>> = vec![Vec::new(); 4];
+    let mut ours: Vec<Vec<Duration>> = vec![Vec::new(); STEPS.len()];
+    let mut direct: Vec<Vec<Duration>> = vec![Vec::new(); STEPS.len()];
     let mut template: Template = None;
     for trial in 0..trials {
         // Alternating which goes first, so neither always finds the caches the other warmed.
@@ -303,7 +302,7 @@ pub(crate) async fn lifecycle(
         }
     }
     let mut rows = Vec::new();
-    for (i, step) in steps.iter().enumerate() {
+    for (i, step) in STEPS.iter().enumerate() {
         let floor = format!("{step} through Incus directly");
         rows.push(Row::new(
             &format!("{step} through the daemon"),
@@ -314,6 +313,9 @@ pub(crate) async fn lifecycle(
     }
     Ok(rows)
 }
+
+/// The lifecycle's steps, in the order both paths take them; `samples[i]` holds step `i`.
+const STEPS: [&str; 4] = ["create", "stop", "start", "delete"];
 
 type Template = Option<(kapsule_incus::models::ConfigMap, kapsule_incus::models::Devices)>;
 
@@ -327,7 +329,7 @@ async fn through_daemon(
     template: &mut Template,
 ) -> Result<()> {
     let _guard = InstanceGuard(name.to_owned());
-    for (i, step) in ["create", "stop", "start", "delete"].iter().enumerate() {
+    for (i, step) in STEPS.iter().enumerate() {
         if *step == "stop" {
             booted(incus, name).await?;
         }

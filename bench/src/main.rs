@@ -11,8 +11,9 @@
 //! Desktop sockets (issue: "desktop integration"):
 //! - mounting 5 sockets cold with one `kapsule-mounts` run vs 5 `incus exec` calls that each
 //!   bind-mount one (the original's approach, per socket), and the helper when all are current;
-//! - a warm enter in a desktop session (sockets present, mounts current: the helper is skipped)
-//!   vs a warm enter without one.
+//! - a warm enter in a desktop session (the tests' fake desktop: Wayland, PipeWire, PulseAudio,
+//!   X11, Xauthority, a session bus; mounts current, so the helper is skipped) vs a warm enter
+//!   without one.
 //!
 //! The daemon (issue: "benchmarks"):
 //! - cold start: from starting the process to the answer of its first call, and `kapsule list`
@@ -223,11 +224,10 @@ fn run() -> Result<()> {
     ));
     rows.push(Row::new("5 incus exec, one mount each (root)", &per_exec, None));
     rows.push(Row::new("kapsule-mounts: 5 sockets, all current", &current, None));
-    let desktop = FakeSockets::in_runtime_dir(&user)?;
+    let desktop = rt.block_on(kapsule_integration_tests::desktop::FakeDesktop::start(&user));
     let warm_desktop = measure(options.trials, || {
         let mut c = as_user(&["enter", &name, "--", "true"]);
-        c.env("XDG_RUNTIME_DIR", desktop.run.as_os_str())
-            .env("WAYLAND_DISPLAY", "wayland-kb");
+        c.envs(desktop.environment());
         c
     })?;
     drop(desktop);
@@ -438,13 +438,24 @@ fn socket_mounts(trials: usize, name: &str, bin: &Path) -> Result<(Vec<Duration>
             .stdout(Stdio::null());
         Ok(c)
     };
-    let unmount_all = || {
-        Command::new("nsenter")
+    // Leaves no socket mounted (stacked ones too), or fails: a "cold" run must be cold.
+    let unmount_all = || -> Result<()> {
+        let status = Command::new("nsenter")
             // With the pid namespace too: umount reads /proc/self, which only a process of the
             // container's pid namespace has in the container's /proc.
             .args(["-t", &pid.to_string(), "-m", "-p", "--", "sh", "-c"])
-            .arg("for t in /run/kapsule-bench/s*; do umount -l \"$t\" 2>/dev/null; rm -f \"$t\"; done")
-            .status()
+            .arg(
+                "for t in /run/kapsule-bench/s*; do \
+                   while mountpoint -q \"$t\"; do umount -l \"$t\" || exit 1; done; rm -f \"$t\"; \
+                 done; \
+                 ! grep -q ' /run/kapsule-bench/' /proc/self/mountinfo",
+            )
+            .status()?;
+        ensure!(
+            status.success(),
+            "the bench's socket mounts in {name} cannot be removed"
+        );
+        Ok(())
     };
     let exec_one = |i: usize| {
         let script = format!(
@@ -477,53 +488,6 @@ fn socket_mounts(trials: usize, name: &str, bin: &Path) -> Result<(Vec<Duration>
     unmount_all()?;
     drop(listeners);
     Ok((cold, per_exec, current))
-}
-
-/// Sockets of a desktop session in the user's runtime directory (Wayland, PipeWire,
-/// PulseAudio), removed again when dropped.
-struct FakeSockets {
-    run: PathBuf,
-    made: Vec<PathBuf>,
-    _listeners: Vec<std::os::unix::net::UnixListener>,
-}
-
-impl FakeSockets {
-    fn in_runtime_dir(user: &kapsule_integration_tests::TestUser) -> Result<FakeSockets> {
-        let run = PathBuf::from(format!("/run/user/{}", user.uid));
-        let mut made = Vec::new();
-        if !run.exists() {
-            std::fs::create_dir_all(&run)?;
-            made.push(run.clone());
-        }
-        std::fs::create_dir_all(run.join("pulse"))?;
-        let mut listeners = Vec::new();
-        for name in ["wayland-kb", "pipewire-0", "pulse/native"] {
-            let path = run.join(name);
-            let _ = std::fs::remove_file(&path);
-            listeners.push(std::os::unix::net::UnixListener::bind(&path)?);
-            made.push(path);
-        }
-        for path in [&run, &run.join("pulse")].into_iter().chain(&made) {
-            std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))?;
-        }
-        Ok(FakeSockets {
-            run,
-            made,
-            _listeners: listeners,
-        })
-    }
-}
-
-impl Drop for FakeSockets {
-    fn drop(&mut self) {
-        for path in self.made.iter().rev() {
-            let _ = std::fs::remove_file(path);
-        }
-        let _ = std::fs::remove_dir(self.run.join("pulse"));
-        if self.made.first() == Some(&self.run) {
-            let _ = std::fs::remove_dir(&self.run);
-        }
-    }
 }
 
 fn init_pid(name: &str) -> Result<String> {
