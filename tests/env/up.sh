@@ -15,7 +15,8 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
 
-HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux iproute2 kmod busybox-static systemd squashfs-tools)
+# openssl and xz-utils: the loopback image server of tests/integration/src/simplestreams.rs.
+HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux iproute2 kmod busybox-static systemd squashfs-tools openssl xz-utils)
 
 install_packages() {
     local suite missing=() p

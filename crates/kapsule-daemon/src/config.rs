@@ -28,13 +28,13 @@ pub(crate) fn user_file(caller: &Caller) -> PathBuf {
     caller.home.join(".config/kapsule/kapsule.conf")
 }
 
-/// The configuration as `caller` sees it: the system layers, then their own file.
-pub(crate) async fn for_caller(caller: &Caller) -> BTreeMap<String, String> {
+/// The configuration as `caller` sees it: the system layers (`system_files`, lowest first),
+/// then their own file.
+pub(crate) async fn for_caller(system_files: &[PathBuf], caller: &Caller) -> BTreeMap<String, String> {
     let mut layers = Vec::new();
-    for file in SYSTEM_FILES {
-        let path = PathBuf::from(file);
-        let text = tokio::fs::read_to_string(&path).await;
-        layers.push((path, text));
+    for path in system_files {
+        let text = tokio::fs::read_to_string(path).await;
+        layers.push((path.clone(), text));
     }
     let path = user_file(caller);
     let text = caller.read_small(&path, MAX_FILE).await;
@@ -67,29 +67,65 @@ fn merge(layers: Vec<(PathBuf, std::io::Result<String>)>) -> BTreeMap<String, St
 
 /// The `[kapsule]` keys of an INI text that Kapsule knows; others are ignored.
 fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut values = BTreeMap::new();
-    let mut in_section = false;
+    Ok(entries(text)?
+        .into_iter()
+        .filter(|e| e.section == "kapsule" && DEFAULTS.iter().any(|(k, _)| *k == e.key))
+        .map(|e| (e.key, e.value))
+        .collect())
+}
+
+/// One `key = value` line of an INI text, with the section it is in.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub section: String,
+    pub key: String,
+    pub value: String,
+}
+
+/// Every `key = value` of an INI text, in order; `#` and `;` start comment lines. A line that is
+/// neither fails the whole file (a half-read file is worse than a skipped one).
+pub(crate) fn entries(text: &str) -> Result<Vec<Entry>, String> {
+    let mut entries = Vec::new();
+    let mut section = String::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
-        if let Some(section) = line.strip_prefix('[') {
-            let section = section
+        if let Some(name) = line.strip_prefix('[') {
+            let name = name
                 .strip_suffix(']')
                 .ok_or_else(|| format!("line {}: unclosed section", n + 1))?;
-            in_section = section.trim() == "kapsule";
+            section = name.trim().to_owned();
             continue;
         }
         let (key, value) = line
             .split_once('=')
             .ok_or_else(|| format!("line {}: expected key = value", n + 1))?;
-        let key = key.trim();
-        if in_section && DEFAULTS.iter().any(|(k, _)| *k == key) {
-            values.insert(key.to_owned(), value.trim().to_owned());
+        entries.push(Entry {
+            section: section.clone(),
+            key: key.trim().to_owned(),
+            value: value.trim().to_owned(),
+        });
+    }
+    Ok(entries)
+}
+
+/// Reads the system layers (lowest first) for what only the system decides, such as image
+/// remotes: the text of each file that exists and parses; the others are logged and skipped.
+pub(crate) async fn system_entries(files: &[PathBuf]) -> Vec<(PathBuf, Vec<Entry>)> {
+    let mut layers = Vec::new();
+    for file in files {
+        match tokio::fs::read_to_string(file).await {
+            Ok(text) => match entries(&text) {
+                Ok(entries) => layers.push((file.clone(), entries)),
+                Err(e) => log::warn!("skipping {}: {e}", file.display()),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("skipping {}: {e}", file.display()),
         }
     }
-    Ok(values)
+    layers
 }
 
 #[cfg(test)]
@@ -130,6 +166,6 @@ mod tests {
         let mut caller = Caller::from_uid(0).unwrap();
         caller.home = home.path().to_owned();
         assert_eq!(user_file(&caller), file);
-        assert_eq!(for_caller(&caller).await["default_container"], "mine");
+        assert_eq!(for_caller(&[], &caller).await["default_container"], "mine");
     }
 }

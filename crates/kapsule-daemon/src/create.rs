@@ -9,35 +9,13 @@ use kapsule_dbus::Error;
 use kapsule_dbus::image::{ImageRef, is_fingerprint};
 use kapsule_dbus::options::{self, CreateOptions};
 use kapsule_incus::models::{ConfigMap, Devices, Image, InstanceSource, InstancesPost};
+use zbus::DBusError as _;
 use zbus::OwnedVariant;
 
 use crate::State;
 use crate::caller::{Caller, Missing};
 use crate::containers::{run_incus_operation, validate_name};
 use crate::operation::{Failure, MessageKind, Reporter};
-
-/// Remote image servers a client may name as `<remote>:<alias>`.
-const REMOTES: &[(&str, &str)] = &[
-    ("images", "https://images.linuxcontainers.org"),
-    ("ubuntu", "https://cloud-images.ubuntu.com/releases"),
-];
-
-/// The server a remote name stands for, or the error that lists the known ones.
-pub(crate) fn remote_server(remote: &str) -> Result<&'static str, Error> {
-    REMOTES
-        .iter()
-        .find(|(n, _)| *n == remote)
-        .map(|(_, s)| *s)
-        .ok_or_else(|| {
-            let known: Vec<&str> = std::iter::once("local")
-                .chain(REMOTES.iter().map(|(n, _)| *n))
-                .collect();
-            Error::InvalidArgument(format!(
-                "Unknown image remote '{remote}'. Known remotes: {}",
-                known.join(", ")
-            ))
-        })
-}
 
 /// The storage pool containers' root disks live in (kapsule-init creates it).
 const POOL: &str = "default";
@@ -47,10 +25,26 @@ const POOL: &str = "default";
 pub(crate) struct Plan {
     pub name: String,
     pub image_label: String,
-    pub source: InstanceSource,
+    pub image: ImageSource,
+    /// The client's own options; the image's defaults go under them.
+    pub client: BTreeMap<String, options::OptionValue>,
+    /// The options in effect, as far as they are known before the image is local.
     pub options: CreateOptions,
-    /// The uid of the user creating it, recorded as its owner.
-    pub owner: u32,
+    /// The user creating it, recorded as its owner.
+    pub owner: Caller,
+}
+
+/// Where the container's image comes from.
+#[derive(Debug)]
+pub(crate) enum ImageSource {
+    /// In the local store (imported, or pulled earlier).
+    Local(Box<Image>),
+    /// On a remote server, pulled into the store first.
+    Pull {
+        remote: crate::remotes::Remote,
+        alias: String,
+        certificate: Option<String>,
+    },
 }
 
 /// Checks a create request without changing anything.
@@ -68,19 +62,20 @@ pub(crate) async fn plan(
         Err(e) if e.is_not_found() => {}
         Err(e) => return Err(crate::incus_error(e)),
     }
-    let (source, local) = resolve_image(state, image).await?;
-    let image_defaults = match &local {
-        Some(image) => image_default_options(image),
-        None => BTreeMap::new(),
+    let source = resolve_image(state, image).await?;
+    let image_defaults = match &source {
+        ImageSource::Local(image) => image_default_options(image),
+        ImageSource::Pull { .. } => BTreeMap::new(),
     };
     let options = options::resolve(&image_defaults, &client)?;
     check_custom_mounts(owner, &options.custom_mounts).await?;
     Ok(Plan {
         name: name.to_owned(),
         image_label: image.to_owned(),
-        source,
+        image: source,
+        client,
         options,
-        owner: owner.uid,
+        owner: owner.clone(),
     })
 }
 
@@ -106,19 +101,16 @@ async fn check_custom_mounts(owner: &Caller, mounts: &[String]) -> Result<(), Er
     Ok(())
 }
 
-/// `local:<alias>` and a bare alias that exists locally use the local store; `<remote>:<alias>`
-/// and other bare aliases pull from a known remote.
-async fn resolve_image(state: &State, image: &str) -> Result<(InstanceSource, Option<Image>), Error> {
+/// `local:<alias>` and a bare alias that exists locally use the local store. `<remote>:<alias>`
+/// and other bare aliases (from `images`) use the image pulled from that server under that alias
+/// before, if the store has one (Incus keeps it current; `kapsule image refresh` updates it now),
+/// so a second container needs no network; else the image is pulled.
+async fn resolve_image(state: &State, image: &str) -> Result<ImageSource, Error> {
     let parsed = ImageRef::parse(image).map_err(|e| e.for_image(image))?;
     let (remote, alias) = (parsed.remote, parsed.alias);
     if parsed.may_be_local() {
         match local_image(state, alias).await? {
-            Some(found) => {
-                return Ok((
-                    InstanceSource::local_fingerprint(found.fingerprint.clone()),
-                    Some(found),
-                ));
-            }
+            Some(found) => return Ok(ImageSource::Local(Box::new(found))),
             None if remote == Some("local") => {
                 return Err(Error::NotFound(format!(
                     "No local image with alias or fingerprint '{alias}'"
@@ -132,16 +124,18 @@ async fn resolve_image(state: &State, image: &str) -> Result<(InstanceSource, Op
             kapsule_dbus::quote(image)
         )));
     }
-    let server = remote_server(remote.unwrap_or("images"))?;
-    let source = InstanceSource {
-        kind: "image".into(),
-        alias: Some(alias.to_owned()),
-        server: Some(server.to_owned()),
-        protocol: Some("simplestreams".into()),
-        mode: Some("pull".into()),
-        ..Default::default()
-    };
-    Ok((source, None))
+    let remotes = crate::remotes::Remotes::read(&state.settings.system_files()).await;
+    let remote = remotes.get(remote.unwrap_or("images"))?.clone();
+    let images = state.incus.list_images().await.map_err(crate::incus_error)?;
+    if let Some(pulled) = crate::images::pulled_from(&images, &remote.url, alias) {
+        return Ok(ImageSource::Local(Box::new(pulled.clone())));
+    }
+    let certificate = remote.certificate_pem().await?;
+    Ok(ImageSource::Pull {
+        remote,
+        alias: alias.to_owned(),
+        certificate,
+    })
 }
 
 async fn local_image(state: &State, alias: &str) -> Result<Option<Image>, Error> {
@@ -294,12 +288,46 @@ pub(crate) fn raw_lxc(
     lines
 }
 
-/// The operation's work: create, start, fix up; on failure or cancellation, remove what was made.
-pub(crate) async fn run(state: &State, reporter: &Reporter, plan: Plan) -> Result<String, Failure> {
+/// The operation's work: pull the image if it is not local, create, start, fix up; on failure
+/// or cancellation, remove the container that was made (a pulled image stays: the next create
+/// from it needs no download).
+pub(crate) async fn run(state: &State, reporter: &Reporter, mut plan: Plan) -> Result<String, Failure> {
     let name = plan.name.clone();
+    let image = match &plan.image {
+        ImageSource::Local(image) => (**image).clone(),
+        ImageSource::Pull {
+            remote,
+            alias,
+            certificate,
+        } => {
+            let image = crate::images::pull(state, reporter, remote, alias, certificate.clone())
+                .await
+                .map_err(|failure| match failure {
+                    Failure::Failed(why) => Failure::Failed(format!("Creating '{name}' failed: {why}")),
+                    cancelled => cancelled,
+                })?;
+            // Now the image's own defaults are known: they go under the client's options.
+            let defaults = image_default_options(&image);
+            if !defaults.is_empty() {
+                let refused = |e: Error| {
+                    Failure::Failed(format!(
+                        "Creating '{name}' failed: with the defaults of image {}: {}",
+                        plan.image_label,
+                        e.description().unwrap_or_default()
+                    ))
+                };
+                plan.options = options::resolve(&defaults, &plan.client).map_err(|e| refused(e.into()))?;
+                check_custom_mounts(&plan.owner, &plan.options.custom_mounts)
+                    .await
+                    .map_err(refused)?;
+            }
+            image
+        }
+    };
     let gpu = host_has_gpu(state).await;
     let nvidia_hook = state.settings.nvidia_hook_path();
     reporter.info(&format!("Image: {}", plan.image_label)).await;
+    log::info!("creating {name} from image {}", image.fingerprint);
     if plan.options.gpu && !gpu {
         reporter
             .warn("No GPU found on this host; the container gets none")
@@ -321,7 +349,7 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, plan: Plan) -> Resul
     }
     let session_mode = plan.options.session_mode;
     let mut config = config(&plan.options);
-    config.insert(crate::containers::OWNER_KEY.into(), plan.owner.to_string());
+    config.insert(crate::containers::OWNER_KEY.into(), plan.owner.uid.to_string());
     let raw = raw_lxc(
         &plan.options,
         &state.settings.network_namespace_path(),
@@ -330,7 +358,7 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, plan: Plan) -> Resul
     config.insert("raw.lxc".into(), raw);
     let request = InstancesPost {
         name: name.clone(),
-        source: plan.source,
+        source: InstanceSource::local_fingerprint(image.fingerprint.clone()),
         config,
         devices: devices(&plan.options, gpu),
         profiles: Vec::new(),

@@ -102,11 +102,11 @@ pub(crate) struct Started {
 }
 
 /// The container a caller means: the one named, or their configured default.
-pub(crate) async fn resolve_name(caller: &Caller, name: &str) -> Result<String, Error> {
+pub(crate) async fn resolve_name(state: &State, caller: &Caller, name: &str) -> Result<String, Error> {
     if !name.is_empty() {
         return Ok(name.to_owned());
     }
-    Ok(crate::config::for_caller(caller)
+    Ok(crate::config::for_caller(&state.settings.system_files(), caller)
         .await
         .remove("default_container")
         .unwrap_or_default())
@@ -133,7 +133,7 @@ pub(crate) async fn prepare(state: &State, who: &Requester, name: &str) -> Resul
 /// Starts `session` as the caller of `who`.
 pub(crate) async fn start(state: &State, who: &Requester, session: Session) -> Result<Started, Error> {
     check_bounds(&session)?;
-    let name = resolve_name(&who.caller, &session.container).await?;
+    let name = resolve_name(state, &who.caller, &session.container).await?;
     let (account, wants) = prepare(state, who, &name).await?;
     let (pid, pidfd) = container_init(state, &name).await?;
     let mounts = (pid, &pidfd);

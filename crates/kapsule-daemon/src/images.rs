@@ -4,13 +4,14 @@ use std::path::{Path, PathBuf};
 
 use kapsule_dbus::Error;
 use kapsule_dbus::image::{ImageRef, is_fingerprint};
-use kapsule_incus::models::Image;
-use kapsule_incus::{ImageUpload, UploadFile};
+use kapsule_incus::models::{Image, InstanceSource};
+use kapsule_incus::{EventKind, ImageUpload, UploadFile};
 
 use crate::State;
 use crate::caller::Caller;
 use crate::containers::{INCUS_WAIT, run_incus_operation};
 use crate::operation::{Failure, MessageKind, Reporter};
+use crate::remotes::Remotes;
 
 /// Checks a local alias (or fingerprint), with the message a client sees.
 fn check_local_alias(alias: &str) -> Result<(), Error> {
@@ -294,8 +295,124 @@ async fn remove_quietly(state: &State, fingerprint: &str) {
     }
 }
 
-fn short(fingerprint: &str) -> &str {
+pub(crate) fn short(fingerprint: &str) -> &str {
     fingerprint.get(..12).unwrap_or(fingerprint)
+}
+
+/// The newest image in `images` that was pulled from `server` under `alias` and that Incus
+/// keeps current.
+pub(crate) fn pulled_from<'a>(images: &'a [Image], server: &str, alias: &str) -> Option<&'a Image> {
+    images
+        .iter()
+        .filter(|i| {
+            i.update_source
+                .as_ref()
+                .is_some_and(|s| s.server.trim_end_matches('/') == server && s.alias == alias)
+        })
+        .max_by(|a, b| a.uploaded_at.cmp(&b.uploaded_at))
+}
+
+/// Pulls `alias` from `remote` into the local store, kept current by Incus (`auto_update`), and
+/// returns the image. Incus's download progress (from its events stream) becomes a progress bar
+/// on the operation: the percentage of the file being fetched, and Incus's text.
+pub(crate) async fn pull(
+    state: &State,
+    reporter: &Reporter,
+    remote: &crate::remotes::Remote,
+    alias: &str,
+    certificate: Option<String>,
+) -> Result<Image, Failure> {
+    let label = format!("{}:{alias}", remote.name);
+    reporter.info(&format!("Pulling {label} from {}", remote.url)).await;
+    // Subscribed before the pull starts, so no update is missed. Without events, the pull
+    // still works; only the bar stays still.
+    let mut events = match state.incus.events(&[EventKind::Operation]).await {
+        Ok(events) => Some(events),
+        Err(e) => {
+            log::warn!("no download progress for {label}: {e}");
+            None
+        }
+    };
+    let source = InstanceSource::simplestreams(&remote.url, alias, certificate);
+    let op = state.incus.pull_image(&source, true).await?;
+    let progress = reporter.progress_start(&format!("Downloading {label}"), 100).await;
+    let mut shown = String::new();
+    let wait = run_incus_operation(state, reporter, op.clone());
+    tokio::pin!(wait);
+    let done = loop {
+        tokio::select! {
+            done = &mut wait => break done,
+            event = async { events.as_mut()?.next().await }, if events.is_some() => {
+                let Some(Ok(event)) = event else {
+                    events = None; // the stream ended or broke: wait without it
+                    continue;
+                };
+                let Some(text) = download_progress(&event, &op.id) else { continue };
+                if text != shown {
+                    if let Some(percent) = percent_of(&text) {
+                        reporter.progress_update(&progress, percent).await;
+                    }
+                    reporter.progress_text(&progress, &text).await;
+                    shown = text;
+                }
+            }
+        }
+    };
+    let done = match done {
+        Ok(done) => done,
+        Err(failure) => {
+            reporter.progress_done(&progress, false, failure.message()).await;
+            return Err(match failure {
+                Failure::Failed(why) => Failure::Failed(format!("Cannot pull {label}: {why}")),
+                cancelled => cancelled,
+            });
+        }
+    };
+    let fingerprint = done
+        .metadata_str("fingerprint")
+        .ok_or_else(|| Failure::Failed(format!("Incus pulled {label} but did not say which image it is")))?
+        .to_owned();
+    let image = state.incus.get_image(&fingerprint).await?;
+    reporter
+        .progress_done(
+            &progress,
+            true,
+            &format!("{} ({})", mib(image.size), short(&fingerprint)),
+        )
+        .await;
+    Ok(image)
+}
+
+/// The `download_progress` text of an event about operation `id`.
+fn download_progress(event: &kapsule_incus::models::Event, id: &str) -> Option<String> {
+    let op = event.operation()?;
+    if op.id != id {
+        return None;
+    }
+    op.metadata?.get("download_progress")?.as_str().map(str::to_owned)
+}
+
+/// The percentage in Incus's progress text (`rootfs: 45% (12.3MB/s)`).
+fn percent_of(text: &str) -> Option<i32> {
+    let number = text.split('%').next()?.rsplit([' ', ':']).next()?;
+    number.parse::<i32>().ok().filter(|p| (0..=100).contains(p))
+}
+
+/// Makes Incus forget the index it cached of image server `server` (it keeps one per server
+/// for an hour, so a refresh right after a publication would see nothing new). Only this
+/// server's cache directory is removed; Incus fetches the index again on its next use.
+async fn forget_index(state: &State, server: &str) {
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(server.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = state.settings.incus_cache_dir().join(hash);
+    match tokio::fs::remove_dir_all(&dir).await {
+        Ok(()) => log::debug!("dropped Incus's index cache of {server} ({})", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("cannot drop Incus's index cache of {server} ({}): {e}", dir.display()),
+    }
 }
 
 /// Which cached images a `RefreshImages` filter names: empty for all, `<remote>:<alias>`, or a
@@ -307,7 +424,7 @@ pub(crate) struct RefreshFilter {
 }
 
 impl RefreshFilter {
-    pub(crate) fn parse(filter: &str) -> Result<RefreshFilter, Error> {
+    pub(crate) fn parse(filter: &str, remotes: &Remotes) -> Result<RefreshFilter, Error> {
         if filter.is_empty() {
             return Ok(RefreshFilter {
                 server: None,
@@ -316,27 +433,33 @@ impl RefreshFilter {
         }
         let parsed = ImageRef::parse(filter).map_err(|e| e.for_image(filter))?;
         let server = match parsed.remote {
-            Some(remote) => Some(crate::create::remote_server(remote)?),
+            Some("local") => {
+                return Err(Error::InvalidArgument(format!(
+                    "'{filter}': local images are not refreshed; name the remote they came from"
+                )));
+            }
+            Some(remote) => Some(remotes.get(remote)?.url.clone()),
             None => None,
         };
-        let alias = parsed.alias;
         Ok(RefreshFilter {
-            server: server.map(str::to_owned),
-            alias: Some(alias.to_owned()),
+            server,
+            alias: Some(parsed.alias.to_owned()),
         })
     }
 
-    /// The images that can be refreshed (cached copies of a remote image that Incus keeps up to
-    /// date) and that this filter names.
+    /// The images that can be refreshed (pulled from a remote, by Kapsule or as Incus's cache
+    /// of a create, and kept up to date by Incus) and that this filter names.
     pub(crate) fn select<'a>(&self, images: &'a [Image]) -> Vec<&'a Image> {
         images
             .iter()
-            .filter(|i| i.auto_update && i.cached)
+            .filter(|i| i.auto_update)
             .filter(|i| {
                 let Some(source) = &i.update_source else {
                     return false;
                 };
-                self.server.as_deref().is_none_or(|s| s == source.server)
+                self.server
+                    .as_deref()
+                    .is_none_or(|s| s == source.server.trim_end_matches('/'))
                     && self.alias.as_deref().is_none_or(|a| a == source.alias)
             })
             .collect()
@@ -346,15 +469,16 @@ impl RefreshFilter {
 /// Asks Incus to refresh each selected image from its source, one after the other; an image that
 /// fails does not stop the others, but fails the operation.
 pub(crate) async fn refresh(state: &State, reporter: &Reporter, filter: String) -> Result<String, Failure> {
-    let parsed = RefreshFilter::parse(&filter)?;
+    let remotes = Remotes::read(&state.settings.system_files()).await;
+    let parsed = RefreshFilter::parse(&filter, &remotes)?;
     let images = state.incus.list_images().await?;
     let selected = parsed.select(&images);
     if selected.is_empty() {
         if filter.is_empty() {
-            reporter.warn("No cached auto-update images found").await;
+            reporter.warn("No auto-updating images pulled from a remote").await;
             return Ok("Nothing to refresh".to_owned());
         }
-        return Err(Failure::Failed(format!("No cached images match '{filter}'")));
+        return Err(Failure::Failed(format!("No pulled images match '{filter}'")));
     }
     reporter
         .info(&format!("Found {} image(s) to refresh", selected.len()))
@@ -362,8 +486,9 @@ pub(crate) async fn refresh(state: &State, reporter: &Reporter, filter: String) 
     let mut refreshed = 0;
     for image in &selected {
         let source = image.update_source.clone().unwrap_or_default();
-        let label = format!("{} from {}", source.alias, source.server);
+        let label = source_label(&remotes, &source);
         let progress = reporter.progress_start(&format!("Refreshing {label}"), -1).await;
+        forget_index(state, &source.server).await;
         let result = async {
             let op = state.incus.refresh_image(&image.fingerprint).await?;
             run_incus_operation(state, reporter, op).await
@@ -378,10 +503,14 @@ pub(crate) async fn refresh(state: &State, reporter: &Reporter, filter: String) 
                     .and_then(|m| m.get("refreshed"))
                     .and_then(serde_json::Value::as_bool);
                 let text = match changed {
-                    Some(false) => "already up to date",
-                    _ => "refreshed",
+                    Some(false) => "already up to date".to_owned(),
+                    _ => match pulled_from(&state.incus.list_images().await?, &source.server, &source.alias) {
+                        Some(new) => format!("updated: {} -> {}", short(&image.fingerprint), short(&new.fingerprint)),
+                        None => "refreshed".to_owned(),
+                    },
                 };
-                reporter.progress_done(&progress, true, text).await;
+                reporter.say(MessageKind::Info, &format!("{label}: {text}")).await;
+                reporter.progress_done(&progress, true, &text).await;
             }
             Err(Failure::Cancelled) => {
                 reporter.progress_done(&progress, false, "Cancelled").await;
@@ -400,6 +529,15 @@ pub(crate) async fn refresh(state: &State, reporter: &Reporter, filter: String) 
         Ok(summary)
     } else {
         Err(Failure::Failed(summary))
+    }
+}
+
+/// `<remote>:<alias>` for a pulled image, by the remote's name when a configured remote has
+/// that server, else `<alias> from <server>`.
+pub(crate) fn source_label(remotes: &Remotes, source: &kapsule_incus::models::ImageUpdateSource) -> String {
+    match remotes.by_url(source.server.trim_end_matches('/')) {
+        Some(remote) => format!("{}:{}", remote.name, source.alias),
+        None => format!("{} from {}", source.alias, source.server),
     }
 }
 
@@ -423,39 +561,75 @@ mod tests {
     }
 
     #[test]
-    fn refresh_selects_cached_auto_updating_images_the_filter_names() {
+    fn refresh_selects_pulled_auto_updating_images_the_filter_names() {
         let lxc = "https://images.linuxcontainers.org";
         let ubuntu = "https://cloud-images.ubuntu.com/releases";
-        let mut imported = cached("mine", lxc);
-        imported.cached = false;
+        let mut pulled = cached("pulled", &format!("{lxc}/"));
+        pulled.cached = false;
         let mut pinned = cached("pinned", lxc);
         pinned.auto_update = false;
+        let imported = Image {
+            fingerprint: "imported-fp".into(),
+            auto_update: true,
+            ..Default::default()
+        };
         let images = vec![
             cached("debian/12", lxc),
             cached("24.04", ubuntu),
-            imported,
+            pulled,
             pinned,
-            Image::default(),
+            imported,
         ];
+        let remotes = Remotes::built_in();
         let names = |f: &str| -> Vec<String> {
-            RefreshFilter::parse(f)
+            RefreshFilter::parse(f, &remotes)
                 .unwrap()
                 .select(&images)
                 .iter()
                 .map(|i| i.fingerprint.clone())
                 .collect()
         };
-        assert_eq!(names(""), ["debian/12-fp", "24.04-fp"]);
+        assert_eq!(names(""), ["debian/12-fp", "24.04-fp", "pulled-fp"]);
         assert_eq!(names("debian/12"), ["debian/12-fp"]);
         assert_eq!(names("images:debian/12"), ["debian/12-fp"]);
         assert_eq!(names("ubuntu:debian/12"), Vec::<String>::new());
         assert_eq!(names("ubuntu:24.04"), ["24.04-fp"]);
-        assert_eq!(names("mine"), Vec::<String>::new());
-        for bad in ["nowhere:x", "images:", "a b", "x\n"] {
+        assert_eq!(
+            names("images:pulled"),
+            ["pulled-fp"],
+            "a trailing '/' on the server is the same server"
+        );
+        assert_eq!(names("pinned"), Vec::<String>::new());
+        for bad in ["nowhere:x", "images:", "a b", "x\n", "local:x", "kapsule:x"] {
             assert!(
-                matches!(RefreshFilter::parse(bad), Err(Error::InvalidArgument(_))),
+                matches!(RefreshFilter::parse(bad, &remotes), Err(Error::InvalidArgument(_))),
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_newest_pull_of_an_alias_is_used() {
+        let lxc = "https://images.linuxcontainers.org";
+        let mut old = cached("debian/12", lxc);
+        old.fingerprint = "old".into();
+        old.uploaded_at = "2026-11-01T10:00:00Z".into();
+        let mut new = cached("debian/12", lxc);
+        new.fingerprint = "new".into();
+        new.uploaded_at = "2026-11-20T10:00:00Z".into();
+        let images = vec![new, old, cached("debian/13", lxc)];
+        assert_eq!(pulled_from(&images, lxc, "debian/12").unwrap().fingerprint, "new");
+        assert!(pulled_from(&images, "https://elsewhere", "debian/12").is_none());
+        assert!(pulled_from(&images, lxc, "arch").is_none());
+    }
+
+    #[test]
+    fn incus_progress_texts_give_percentages() {
+        assert_eq!(percent_of("rootfs: 45% (12.30MB/s)"), Some(45));
+        assert_eq!(percent_of("metadata: 100% (1.16GB/s)"), Some(100));
+        assert_eq!(percent_of("rootfs delta: 7% (1MB/s)"), Some(7));
+        assert_eq!(percent_of("12% (3MB/s)"), Some(12));
+        assert_eq!(percent_of("rootfs: 45.00MB (12.30MB/s)"), None);
+        assert_eq!(percent_of("rootfs: 400% (x)"), None);
     }
 }

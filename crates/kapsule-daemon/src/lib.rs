@@ -19,6 +19,7 @@ mod link;
 mod manager;
 mod operation;
 mod peer;
+mod remotes;
 mod sockets;
 mod users;
 
@@ -66,6 +67,13 @@ pub struct Settings {
     /// incusd's own process: the host's network. Tests give a namespace of their own, so nothing
     /// a container does (dockerd making bridges) touches the machine's network.
     pub network_namespace: Option<std::path::PathBuf>,
+    /// The system configuration files, lowest layer first; default `/usr/lib/kapsule/kapsule.conf`
+    /// then `/etc/kapsule/kapsule.conf`. Tests give their own.
+    pub config_files: Option<Vec<std::path::PathBuf>>,
+    /// Incus's cache directory, where it keeps each image server's index for an hour; default
+    /// `/var/cache/incus`. A refresh drops the index of the server it asks about, so it sees
+    /// what the server has now.
+    pub incus_cache: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -78,6 +86,18 @@ impl Settings {
     /// `kapsule-mounts`, found as [`Settings::nsenter_path`] finds its helper.
     pub(crate) fn mounts_path(&self) -> std::path::PathBuf {
         self.mounts.clone().unwrap_or_else(|| installed("kapsule-mounts"))
+    }
+
+    /// The system configuration layers, lowest first.
+    pub(crate) fn system_files(&self) -> Vec<std::path::PathBuf> {
+        self.config_files
+            .clone()
+            .unwrap_or_else(|| config::SYSTEM_FILES.iter().map(Into::into).collect())
+    }
+
+    /// Incus's cache directory.
+    pub(crate) fn incus_cache_dir(&self) -> std::path::PathBuf {
+        self.incus_cache.clone().unwrap_or_else(|| "/var/cache/incus".into())
     }
 
     /// The network namespace new containers share.

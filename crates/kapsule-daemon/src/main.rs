@@ -73,6 +73,8 @@ fn main() {
         host_sync: kapsule_daemon::HostSync::Host,
         nvidia_hook: args.nvidia_hook,
         network_namespace: args.network_namespace,
+        config_files: None,
+        incus_cache: None,
     };
     let bus = match (args.session, args.address) {
         (_, Some(address)) => kapsule_daemon::Bus::Address(address),

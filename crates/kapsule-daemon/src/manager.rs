@@ -57,7 +57,10 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
     ) -> HashMap<String, String> {
         match self.link.identify(connection, &header).await {
-            Ok((caller, _)) => config::for_caller(&caller).await.into_iter().collect(),
+            Ok((caller, _)) => config::for_caller(&self.state.settings.system_files(), &caller)
+                .await
+                .into_iter()
+                .collect(),
             Err(e) => HashMap::from([("error".to_owned(), e.to_string())]),
         }
     }
@@ -190,7 +193,7 @@ impl Manager {
         working_directory: String,
     ) -> Result<(bool, String, Vec<String>), Error> {
         let who = Requester::of(&self.link, connection, &header).await?;
-        let name = enter::resolve_name(&who.caller, &container_name).await?;
+        let name = enter::resolve_name(&self.state, &who.caller, &container_name).await?;
         match enter::prepare(&self.state, &who, &name).await {
             Ok(_) => {}
             Err(Error::NotFound(message) | Error::Failed(message) | Error::InvalidArgument(message)) => {
@@ -254,7 +257,8 @@ impl Manager {
         image: String,
     ) -> Result<OwnedObjectPath, Error> {
         let who = Requester::authorized(&self.link, connection, &header, Action::ManageImages, &[]).await?;
-        images::RefreshFilter::parse(&image)?;
+        let remotes = crate::remotes::Remotes::read(&self.state.settings.system_files()).await;
+        images::RefreshFilter::parse(&image, &remotes)?;
         self.operation(
             &who,
             "refresh_images",
@@ -295,7 +299,7 @@ impl Manager {
     ) -> Result<OwnedObjectPath, Error> {
         let who = managing(&self.link, connection, &header, &name).await?;
         let image = if image.is_empty() {
-            config::for_caller(&who.caller)
+            config::for_caller(&self.state.settings.system_files(), &who.caller)
                 .await
                 .remove("default_image")
                 .unwrap_or_default()

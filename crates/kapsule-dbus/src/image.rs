@@ -67,7 +67,8 @@ pub fn is_fingerprint(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn check_remote(remote: &str) -> Result<(), ImageRefError> {
+/// Checks a remote's name: 1 to 63 letters, digits, `-` or `_`.
+pub fn check_remote(remote: &str) -> Result<(), ImageRefError> {
     if remote.is_empty() {
         return Err(ImageRefError::EmptyRemote);
     }

@@ -17,7 +17,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::client::{Body, Client, decode_envelope, enc, expect_operation};
 use crate::error::{Error, Result};
-use crate::models::{Image, ImageAlias, Operation};
+use crate::models::{Image, ImageAlias, InstanceSource, Operation};
 
 /// An upload may be large and the disk slow; the request ends when Incus has the bytes, and the
 /// unpacking is then an operation with its own wait.
@@ -77,6 +77,15 @@ impl Client {
     pub async fn delete_image(&self, fingerprint: &str) -> Result<Operation> {
         let path = format!("/1.0/images/{}", enc(fingerprint));
         self.start_operation(Method::DELETE, &path, None).await
+    }
+
+    /// Starts pulling an image from a remote server (`source`: `type` image, `mode` pull, the
+    /// server, protocol, alias and a certificate to pin). The operation's metadata carries
+    /// `download_progress` while it runs and the image's `fingerprint` when done. With
+    /// `auto_update`, Incus keeps it current and `refresh_image` works on it.
+    pub async fn pull_image(&self, source: &InstanceSource, auto_update: bool) -> Result<Operation> {
+        let body = json!({ "source": source, "auto_update": auto_update });
+        self.start_operation(Method::POST, "/1.0/images", Some(&body)).await
     }
 
     /// Starts refreshing an auto-updating image from its source.

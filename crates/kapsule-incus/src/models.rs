@@ -130,6 +130,20 @@ impl InstanceSource {
             ..Default::default()
         }
     }
+
+    /// An image on a simplestreams server, by alias, optionally pinning the server's
+    /// certificate (PEM).
+    pub fn simplestreams(server: impl Into<String>, alias: impl Into<String>, certificate: Option<String>) -> Self {
+        InstanceSource {
+            kind: "image".into(),
+            alias: Some(alias.into()),
+            server: Some(server.into()),
+            protocol: Some("simplestreams".into()),
+            mode: Some("pull".into()),
+            certificate,
+            ..Default::default()
+        }
+    }
 }
 
 /// `GET /1.0/instances/<name>/state`.

@@ -47,6 +47,9 @@ pub async fn follow(connection: &Connection, subscription: Subscription, path: &
     } = subscription;
     let terminal = console::Term::stderr().is_term();
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    // Without a terminal: each bar's description and when its text was last printed, so a
+    // download says how far it got every few seconds instead of at every percent.
+    let mut plain: HashMap<String, (String, Option<std::time::Instant>)> = HashMap::new();
     let op = kapsule_dbus::OperationProxy::uncached(connection, path.clone()).await?;
     loop {
         let message = tokio::select! {
@@ -87,18 +90,23 @@ pub async fn follow(connection: &Connection, subscription: Subscription, path: &
                     let bar = if total > 0 {
                         let bar = ProgressBar::new(u64::try_from(total).unwrap_or(0));
                         bar.set_style(
-                            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}").expect("valid template"),
+                            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+                                .expect("valid template"),
                         );
+                        bar.set_prefix(description.clone());
                         bar
                     } else {
                         let bar = ProgressBar::new_spinner();
                         bar.enable_steady_tick(Duration::from_millis(120));
                         bar
                     };
-                    bar.set_message(description);
+                    if total <= 0 {
+                        bar.set_message(description);
+                    }
                     bars.insert(id, bar);
                 } else {
                     eprintln!("{description}...");
+                    plain.insert(id, (description, None));
                 }
             }
             "ProgressUpdate" => {
@@ -111,14 +119,32 @@ pub async fn follow(connection: &Connection, subscription: Subscription, path: &
                 let (id, text): (String, String) = message.body().deserialize()?;
                 match bars.get(&id) {
                     Some(bar) => bar.set_message(text),
-                    None if !terminal => eprintln!("{text}"),
+                    None if !terminal => {
+                        let last = plain.get_mut(&id).map(|(_, last)| last);
+                        let due = match &last {
+                            Some(Some(at)) => at.elapsed() >= Duration::from_secs(2),
+                            _ => true,
+                        };
+                        if due {
+                            eprintln!("  {text}");
+                            if let Some(last) = last {
+                                *last = Some(std::time::Instant::now());
+                            }
+                        }
+                    }
                     None => {}
                 }
             }
             "ProgressCompleted" => {
-                let (id, _ok, _text): (String, bool, String) = message.body().deserialize()?;
+                let (id, ok, text): (String, bool, String) = message.body().deserialize()?;
                 if let Some(bar) = bars.remove(&id) {
                     bar.finish_and_clear();
+                }
+                if let Some((description, _)) = plain.remove(&id)
+                    && !text.is_empty()
+                {
+                    let mark = if ok { "done" } else { "failed" };
+                    eprintln!("{description}: {mark}: {text}");
                 }
             }
             "Completed" => {

@@ -218,7 +218,7 @@ fn print_images(images: &[serde_json::Value], format: Format) {
     let mut table = Table::new();
     table
         .load_style(NOTHING)
-        .set_header(["ALIAS", "FINGERPRINT", "DESCRIPTION", "SIZE", "UPLOADED"]);
+        .set_header(["ALIAS", "FINGERPRINT", "DESCRIPTION", "SIZE", "UPLOADED", "PULLED FROM"]);
     for image in images {
         let aliases: Vec<&str> = image["aliases"]
             .as_array()
@@ -238,9 +238,22 @@ fn print_images(images: &[serde_json::Value], format: Format) {
                 .to_owned(),
             format!("{:.1} MiB", size as f64 / (1024.0 * 1024.0)),
             uploaded.get(..16).unwrap_or(uploaded).replace('T', " "),
+            pulled_from(image),
         ]);
     }
     write_out(&table.to_string());
+}
+
+/// `<alias> @ <server>` for an image pulled from a remote (Incus keeps it current), else empty.
+fn pulled_from(image: &serde_json::Value) -> String {
+    let source = &image["update_source"];
+    match (source["alias"].as_str(), source["server"].as_str()) {
+        (Some(alias), Some(server)) if !alias.is_empty() => {
+            let host = server.strip_prefix("https://").unwrap_or(server);
+            format!("{alias} @ {}", host.trim_end_matches('/'))
+        }
+        _ => String::new(),
+    }
 }
 
 /// Data goes to stdout; a closed pipe (`kapsule list | head -1`) is not an error worth a panic.

@@ -5,6 +5,7 @@
 //! these tests never skip silently.
 
 pub mod desktop;
+pub mod simplestreams;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -303,6 +304,9 @@ pub fn test_settings() -> kapsule_daemon::Settings {
         host_sync: kapsule_daemon::HostSync::Off,
         nvidia_hook: Some(workspace_binary("kapsule-nvidia-hook")),
         network_namespace: Some(test_network_namespace()),
+        // The machine's own /etc/kapsule is not the tests' business.
+        config_files: Some(Vec::new()),
+        incus_cache: None,
     }
 }
 
@@ -370,6 +374,14 @@ pub async fn collect_operation_signals(stream: &mut zbus::MessageStream, path: &
                     let (_id, description, total, _indent): (String, String, i32, i32) =
                         msg.body().deserialize().unwrap();
                     format!("ProgressStarted({description:?}, {total})")
+                }
+                "ProgressUpdate" => {
+                    let (_id, current, _rate): (String, i32, f64) = msg.body().deserialize().unwrap();
+                    format!("ProgressUpdate({current})")
+                }
+                "ProgressTextUpdate" => {
+                    let (_id, text): (String, String) = msg.body().deserialize().unwrap();
+                    format!("ProgressTextUpdate({text:?})")
                 }
                 "ProgressCompleted" => {
                     let (_id, ok, text): (String, bool, String) = msg.body().deserialize().unwrap();

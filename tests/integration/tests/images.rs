@@ -187,8 +187,9 @@ async fn a_user_imports_only_what_they_can_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_reports_what_there_is_to_refresh() {
     let test = &daemon_test().await;
-    // The test store holds only local images (nothing here can reach an image server), so
-    // there is nothing to refresh: a warning, and success.
+    // The test store holds only local images here (remote_images.rs, which pulls some, never
+    // runs at the same time: .config/nextest.toml), so there is nothing to refresh: a
+    // warning, and success.
     let mut signals = kapsule_signals(&test.client).await;
     let path = test.manager.refresh_images("").await.unwrap();
     let mut seen = collect_operation_signals(&mut signals, path.as_str()).await;
@@ -196,20 +197,20 @@ async fn refresh_reports_what_there_is_to_refresh() {
     assert_eq!(
         seen,
         [
-            "Message(2, \"No cached auto-update images found\")",
+            "Message(2, \"No auto-updating images pulled from a remote\")",
             "Message(1, \"Nothing to refresh\")",
             "Completed(true, \"\")"
         ]
     );
-    // Naming an image that is not cached fails the operation.
+    // Naming an image that was not pulled fails the operation.
     let path = test.manager.refresh_images("images:debian/12").await.unwrap();
     let seen = collect_operation_signals(&mut signals, path.as_str()).await;
     assert_eq!(
         seen.last().unwrap(),
-        "Completed(false, \"No cached images match 'images:debian/12'\")"
+        "Completed(false, \"No pulled images match 'images:debian/12'\")"
     );
     // A filter that cannot name anything is refused before any work.
-    for bad in ["nowhere:x", "images:", "a b"] {
+    for bad in ["nowhere:x", "images:", "a b", "local:x", "kapsule:x"] {
         let (name, message) = error_of(test.manager.refresh_images(bad).await.unwrap_err());
         assert_eq!(name, "org.kde.kapsule.Error.InvalidArgument", "{bad}: {message}");
     }
