@@ -100,14 +100,14 @@ import_image() {
     fi
     # Incus names a split image by the sha256 of its two files: an image already there (imported
     # earlier from this cache, its alias since moved by another checkout) only needs the alias.
-    fingerprint=$(cat "$dir/meta.tar.gz" "$dir/rootfs.tar.zst" | sha256sum | cut -d' ' -f1)
+    fingerprint=$(cat "$dir/metadata.tar.gz" "$dir/rootfs.tar.zst" | sha256sum | cut -d' ' -f1)
     if incus query "/1.0/images/$fingerprint" >/dev/null 2>&1; then
         log "image $alias ($key) is in Incus already: aliasing it"
         incus image alias create "$alias" "$fingerprint"
         return 0
     fi
     log "importing $alias"
-    incus image import "$dir/meta.tar.gz" "$dir/rootfs.tar.zst" --alias "$alias" >/dev/null
+    incus image import "$dir/metadata.tar.gz" "$dir/rootfs.tar.zst" --alias "$alias" >/dev/null
 }
 
 # Plain users for the tests that call the daemon as someone other than root: no Incus group, a
@@ -162,6 +162,7 @@ write_env() {
 # Written by tests/env/up.sh; source it to talk to the test environment.
 export INCUS_SOCKET=$INCUS_SOCKET
 export KAPSULE_TEST_IMAGE=$KAPSULE_TEST_IMAGE
+export KAPSULE_TEST_IMAGE_DIR=$("$KAPSULE_ROOT/images/debian/build.sh")
 export KAPSULE_TEST_OS_IMAGE=$KAPSULE_TEST_OS_IMAGE
 export KAPSULE_TEST_USER=$KAPSULE_TEST_USER
 export KAPSULE_TEST_OTHER_USER=$KAPSULE_TEST_OTHER_USER
@@ -173,7 +174,7 @@ mkdir -p "$KAPSULE_TEST_RUN" "$KAPSULE_CACHE_DIR"
 install_packages
 start_incusd
 configure_incus
-import_image "$KAPSULE_TEST_IMAGE" "$KAPSULE_ROOT/tests/env/image/build.sh"
+import_image "$KAPSULE_TEST_IMAGE" "$KAPSULE_ROOT/images/debian/build.sh"
 import_image "$KAPSULE_TEST_OS_IMAGE" "$KAPSULE_ROOT/tests/env/image/build-os.sh"
 create_test_users
 install_polkit_files

@@ -96,8 +96,13 @@ fn validate(root: &Path) -> Result<()> {
         ],
     )?;
 
+    // Shell scripts: `*.sh`, CI's entry point, and the hooks images ship in `.kapsule/sync` and
+    // `.kapsule/init` (named without an extension, as containers run them).
     let scripts = files_with(root, &|p| {
-        p.extension().is_some_and(|e| e == "sh") || p.ends_with(".ci/run")
+        p.extension().is_some_and(|e| e == "sh")
+            || p.ends_with(".ci/run")
+            || p.parent()
+                .is_some_and(|d| d.ends_with(".kapsule/sync") || d.ends_with(".kapsule/init"))
     })?;
     for script in &scripts {
         let path = script.to_string_lossy();

@@ -51,7 +51,7 @@ impl<'a> ImageRef<'a> {
 pub const METADATA_FILES: &[&str] = &["incus.tar.xz", "metadata.tar.xz", "metadata.tar.gz"];
 /// ...and the root filesystem. The images bundled in the sysext (`/usr/share/kapsule/images/
 /// <alias>/`, imported by `kapsule-init`) use the same names.
-pub const ROOTFS_FILES: &[&str] = &["rootfs.squashfs", "rootfs.tar.xz", "rootfs.tar.gz"];
+pub const ROOTFS_FILES: &[&str] = &["rootfs.squashfs", "rootfs.tar.xz", "rootfs.tar.gz", "rootfs.tar.zst"];
 
 /// Checks a local alias (what `ImportImage` names, what `DeleteImage` finds): an alias without
 /// `/`, because it is one segment of an Incus URL.

@@ -95,20 +95,25 @@ pub enum ImageCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Import an image from a directory.
+    /// Import an image: a directory, or its two files.
     ///
-    /// The directory holds a metadata tarball (incus.tar.xz, metadata.tar.xz or
-    /// metadata.tar.gz) and a root file system (rootfs.squashfs, rootfs.tar.xz or
-    /// rootfs.tar.gz). Create containers from it with `kapsule create --image local:ALIAS`.
+    /// A directory holds a metadata tarball (incus.tar.xz, metadata.tar.xz or metadata.tar.gz)
+    /// and a root file system (rootfs.squashfs, rootfs.tar.xz, rootfs.tar.gz or rootfs.tar.zst);
+    /// or give the two files themselves, metadata first. Create containers from it with
+    /// `kapsule create --image local:ALIAS`.
     Import {
-        /// The image directory (read with your own permissions).
-        dir: std::path::PathBuf,
-        /// The alias to give the image; an image that had this alias is replaced.
-        alias: String,
+        /// The image directory, or the metadata tarball and the root file system (read with
+        /// your own permissions).
+        #[arg(required = true, num_args = 1..=2, value_name = "DIR|METADATA ROOTFS")]
+        paths: Vec<std::path::PathBuf>,
+        /// The alias to give the image (default: the directory's name); an image that had this
+        /// alias is replaced once the new one is in.
+        #[arg(short, long)]
+        alias: Option<String>,
     },
-    /// Refresh cached remote images from their servers.
+    /// Refresh images pulled from remotes (get each one's newest build).
     Refresh {
-        /// Only this image: <remote>:<alias> or <alias> (default: every cached image).
+        /// Only this image: <remote>:<alias> or <alias> (default: every pulled image).
         image: Option<String>,
     },
     /// Delete a local image, by alias or fingerprint.

@@ -137,11 +137,9 @@ async fn run_command(connection: &Connection, manager: &ManagerProxy<'_>, comman
             command: ImageCommand::Delete { image },
         } => operation(connection, manager.delete_image(&image)).await,
         Command::Image {
-            command: ImageCommand::Import { dir, alias },
+            command: ImageCommand::Import { paths, alias },
         } => {
-            // The daemon has no working directory of ours: send an absolute path (symlinks are
-            // left for the daemon to follow, with our permissions).
-            let dir = std::path::absolute(&dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+            let (dir, alias, _staged) = import_source(&paths, alias)?;
             let dir = dir
                 .to_str()
                 .ok_or_else(|| anyhow!("the path {} is not valid UTF-8", dir.display()))?;
@@ -203,6 +201,63 @@ fn print_containers(containers: &[ContainerTuple], format: Format) {
             }
             write_out(&table.to_string());
         }
+    }
+}
+
+/// The directory `ImportImage` reads and the alias, from what was given: a directory (its name
+/// is the default alias), or a metadata tarball and a root file system, which are linked under
+/// the names the daemon looks for in a temporary directory (kept until the import is done).
+///
+/// The daemon has no working directory of ours: the path sent is absolute. Symlinks are left
+/// for the daemon to follow, with our permissions.
+fn import_source(
+    paths: &[std::path::PathBuf],
+    alias: Option<String>,
+) -> Result<(std::path::PathBuf, String, Option<tempfile::TempDir>)> {
+    let absolute =
+        |p: &std::path::Path| std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()));
+    match paths {
+        [dir] => {
+            let dir = absolute(dir)?;
+            let alias = match alias {
+                Some(alias) => alias,
+                None => dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_owned)
+                    .ok_or_else(|| anyhow!("{} has no name to use as the alias; give --alias", dir.display()))?,
+            };
+            Ok((dir, alias, None))
+        }
+        [metadata, rootfs] => {
+            let alias = alias.ok_or_else(|| anyhow!("give the image an alias with --alias when importing files"))?;
+            let staged = tempfile::Builder::new().prefix("kapsule-import.").tempdir()?;
+            for (file, kind, names) in [
+                (metadata, "metadata", kapsule_dbus::image::METADATA_FILES),
+                (rootfs, "root file system", kapsule_dbus::image::ROOTFS_FILES),
+            ] {
+                let file = absolute(file)?;
+                if !file.is_file() {
+                    bail!("{} is not a file", file.display());
+                }
+                let given = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                // The daemon's name for it: the one with the same ending (the compression).
+                let name = names
+                    .iter()
+                    .find(|n| n.split_once('.').is_some_and(|(_, ext)| given.ends_with(ext)))
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "{}: a {kind} is one of {} (by its ending)",
+                            file.display(),
+                            names.join(", ")
+                        )
+                    })?;
+                std::os::unix::fs::symlink(&file, staged.path().join(name))?;
+            }
+            // The daemon reads it with our permissions; a temporary directory is ours alone.
+            Ok((staged.path().to_owned(), alias, Some(staged)))
+        }
+        _ => bail!("give a directory, or a metadata tarball and a root file system"),
     }
 }
 

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Builds the "OS" image of the booted-system test (tests/integration/tests/booted.rs), a stand-in
-# for KDE Linux: the test image (build.sh) plus Incus 6.0 from the backports suite, systemd-sysext
+# for KDE Linux: the Debian image (images/debian/build.sh) plus Incus 6.0 from the backports suite, systemd-sysext
 # merging /var/lib/extensions at boot, and the reload after the merge that newer systemd does by
-# itself (os-files/). Prints the directory holding meta.tar.gz and rootfs.tar.zst.
+# itself (os-files/). Prints the directory holding metadata.tar.gz and rootfs.tar.zst.
 #
 # Cached like the test image, under $KAPSULE_CACHE_DIR/images/os-<key>.
 # Usage: build-os.sh [--print-key]
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BASE_RECIPE=$HERE/../../../images/debian/build.sh
 
 recipe_key() {
     {
-        "$HERE/build.sh" --print-key
+        "$BASE_RECIPE" --print-key
         cat "$HERE/build-os.sh"
         find "$HERE/os-files" -type f -print0 | sort -z | xargs -0 cat
     } | sha256sum | cut -c1-16
@@ -26,13 +27,13 @@ fi
 require_root
 KEY=$(recipe_key)
 OUT=$KAPSULE_CACHE_DIR/images/os-$KEY
-if [ -f "$OUT/rootfs.tar.zst" ] && [ -f "$OUT/meta.tar.gz" ]; then
+if [ -f "$OUT/rootfs.tar.zst" ] && [ -f "$OUT/metadata.tar.gz" ]; then
     log "OS image $KEY: cached in $OUT"
     printf '%s\n' "$OUT"
     exit 0
 fi
 
-BASE=$("$HERE/build.sh")
+BASE=$("$BASE_RECIPE")
 SUITE=$(codename)
 WORK=$(mktemp -d "$KAPSULE_CACHE_DIR/build-os.XXXXXX")
 cleanup() {
@@ -89,9 +90,9 @@ properties:
   description: Kapsule booted-system test OS ($SUITE, systemd, Incus)
   kapsule.recipe: "os-$KEY"
 EOM
-tar -C "$WORK" -czf "$WORK/meta.tar.gz" metadata.yaml
+tar -C "$WORK" -czf "$WORK/metadata.tar.gz" metadata.yaml
 tar --numeric-owner --xattrs --xattrs-include='*' -C "$root" -I 'zstd -T0 -3' -cf "$WORK/rootfs.tar.zst" .
 mkdir -p "$OUT"
-mv "$WORK/meta.tar.gz" "$WORK/rootfs.tar.zst" "$OUT/"
+mv "$WORK/metadata.tar.gz" "$WORK/rootfs.tar.zst" "$OUT/"
 log "OS image $KEY built: $(du -sh "$OUT/rootfs.tar.zst" | cut -f1)"
 printf '%s\n' "$OUT"

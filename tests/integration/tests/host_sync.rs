@@ -1,8 +1,9 @@
 //! The host's timezone, locale and DNS in its containers. The daemon reads them from a directory
 //! standing in for the host's `/etc` (the machine's own is not the tests' to change), pushes
 //! them at creation, within seconds of a change while the container runs (inotify), through the
-//! image's `/.kapsule/sync/<kind>` scripts where it has them, and at the next start for a
-//! change made while the container was stopped.
+//! image's `/.kapsule/sync/<kind>` scripts where it has them (the Debian image's own, from
+//! images/debian) and the built-in way where not, and at the next start for a change made while
+//! the container was stopped.
 //!
 //! Runs alone (`.config/nextest.toml`): a daemon that syncs pushes into every running Kapsule
 //! container, and other tests' containers are not this test's to change.
@@ -55,30 +56,27 @@ async fn the_hosts_timezone_locale_and_dns_reach_its_containers() {
     let test = daemon_test_with(settings).await;
     let incus = &test.env.incus;
 
-    // At creation: the built-in way for an image without sync scripts.
+    // At creation, through the image's own scripts (images/debian/files/.kapsule/sync).
     let name = unique_name("sync");
     let _guard = InstanceGuard(name.clone());
     let seen = test
         .create_from(&name, &format!("local:{}", test.env.image), Default::default())
         .await;
-    for line in [
-        "Message(4, \"Host configuration: timezone: built in\")",
-        "Message(4, \"Host configuration: locale: left to the image (it has no /.kapsule/sync/locale)\")",
-        "Message(4, \"Host configuration: dns: built in\")",
-    ] {
-        assert!(seen.iter().any(|s| s == line), "{line} in {seen:?}");
+    for kind in ["timezone", "locale", "dns"] {
+        let line = format!("Message(4, \"Host configuration: {kind}: by the image's script\")");
+        assert!(seen.contains(&line), "{line} in {seen:?}");
     }
     let (code, out) = sh(
         incus,
         &name,
-        "readlink /etc/localtime; cat /etc/timezone; date +%Z; cat /etc/resolv.conf",
+        "readlink /etc/localtime; cat /etc/timezone; date +%Z; cat /etc/resolv.conf /etc/default/locale",
     )
     .await;
     assert_eq!(
         (code, out.as_str()),
         (
             0,
-            "/usr/share/zoneinfo/Asia/Tokyo\nAsia/Tokyo\nJST\nnameserver 192.0.2.1\n"
+            "/usr/share/zoneinfo/Asia/Tokyo\nAsia/Tokyo\nJST\nnameserver 192.0.2.1\nLANG=C.UTF-8\n"
         )
     );
 
@@ -95,31 +93,37 @@ async fn the_hosts_timezone_locale_and_dns_reach_its_containers() {
     eprintln!("a DNS change reached the container in {took:?}");
     set_zone(&etc, "Europe/Lisbon");
     until(incus, &name, "date +%Z", "WET\n", Duration::from_secs(10)).await;
-
-    // An image's own scripts take the values on stdin instead.
-    let (code, out) = sh(
-        incus,
-        &name,
-        "mkdir -p /.kapsule/sync && for k in dns locale; do \
-         printf '#!/bin/sh\\ncat > /etc/kt-%s-by-script\\n' $k > /.kapsule/sync/$k; \
-         chmod 755 /.kapsule/sync/$k; done",
-    )
-    .await;
-    assert_eq!(code, 0, "{out}");
-    replace(&etc.join("resolv.conf"), "nameserver 192.0.2.3\n");
+    // A locale the image has not generated becomes C.UTF-8 there (programs would warn at every
+    // start otherwise); the script says so.
     replace(&etc.join("locale.conf"), "LANG=\"de_DE.UTF-8\"\nLC_TIME=en_GB.UTF-8\n");
     until(
         incus,
         &name,
-        "cat /etc/kt-dns-by-script /etc/kt-locale-by-script",
-        "nameserver 192.0.2.3\nLANG=de_DE.UTF-8\nLC_TIME=en_GB.UTF-8\n",
+        "cat /etc/default/locale",
+        "LANG=C.UTF-8\nLC_TIME=C.UTF-8\n",
         Duration::from_secs(10),
     )
     .await;
-    let (_, out) = sh(incus, &name, "cat /etc/resolv.conf").await;
+
+    // Without the image's scripts, Kapsule's built-in way: DNS and timezone written, the
+    // locale left to the image.
+    let (code, out) = sh(incus, &name, "rm -r /.kapsule/sync").await;
+    assert_eq!(code, 0, "{out}");
+    replace(&etc.join("locale.conf"), "LANG=C.UTF-8\n");
+    replace(&etc.join("resolv.conf"), "nameserver 192.0.2.3\n");
+    until(
+        incus,
+        &name,
+        "cat /etc/resolv.conf",
+        "nameserver 192.0.2.3\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    // The pass that wrote DNS saw the locale change too (both files changed before it).
+    let (_, out) = sh(incus, &name, "cat /etc/default/locale").await;
     assert_eq!(
-        out, "nameserver 192.0.2.2\nsearch example.test\n",
-        "the script, not Kapsule, wrote"
+        out, "LANG=C.UTF-8\nLC_TIME=C.UTF-8\n",
+        "Kapsule itself leaves the locale alone"
     );
 
     // A change while the container is stopped arrives when it starts.

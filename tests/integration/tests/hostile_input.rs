@@ -730,7 +730,7 @@ async fn bad_input_gets_a_named_error_and_changes_nothing() {
         (vec!["rm", "--force", &foreign], not_kapsule.into()),
         (vec!["rm", "kt-no-such-container"], "does not exist".into()),
         (
-            vec!["image", "import", "/root", &img_alias],
+            vec!["image", "import", "/root", "--alias", &img_alias],
             "You cannot read /root".into(),
         ),
         (vec!["image", "rm", "../x"], "'/' is not allowed".into()),

@@ -1,12 +1,13 @@
 //! Images through the daemon against the real incusd: import (as the caller), replacing an
-//! alias, re-importing an image the store has, refresh, and the errors bad requests get.
+//! alias, re-importing an image the store has, the project's own Debian image imported and
+//! replaced under a running container, refresh, and the errors bad requests get.
 
 use std::path::Path;
 use std::process::Command;
 
 use kapsule_integration_tests::{
-    DaemonTest, ImageGuard, RemoveOnDrop, collect_operation_signals, daemon_test, kapsule_binary, kapsule_signals,
-    test_user, tiny_image_files, unique_name,
+    DaemonTest, ImageGuard, InstanceGuard, RemoveOnDrop, busybox_rootfs, collect_operation_signals, daemon_test,
+    kapsule_binary, kapsule_signals, pack_image, sh, test_user, tiny_image_files, unique_name,
 };
 
 fn error_of(e: zbus::Error) -> (String, String) {
@@ -89,6 +90,144 @@ async fn import_replace_and_reimport() {
     assert_eq!(names, expected);
 }
 
+/// The project's Debian image (images/debian/build.sh, built by tests/env/up.sh) goes in through
+/// `kapsule image import` and makes containers with the image's hooks in them; re-imported under
+/// the same alias while a container runs from it, the alias moves and the container goes on; then
+/// deleted by alias and by fingerprint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debian_image_imports_replaces_under_a_running_container_and_deletes() {
+    let test = &daemon_test().await;
+    let incus = &test.env.incus;
+    let cli = |args: &[&str]| -> std::process::Output {
+        Command::new(kapsule_binary())
+            .args(args)
+            .env("KAPSULE_BUS_ADDRESS", &test.bus.address)
+            .output()
+            .unwrap()
+    };
+    let ok = |out: std::process::Output| -> String {
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{said}");
+        said
+    };
+    let built = std::path::PathBuf::from(
+        std::env::var("KAPSULE_TEST_IMAGE_DIR")
+            .expect("KAPSULE_TEST_IMAGE_DIR is not set: source /run/kapsule-test/env (tests/env/up.sh)"),
+    );
+    // A package of its own: the built rootfs (hard-linked) with metadata that says so, so it has
+    // another fingerprint than the shared test image, which this test must not delete.
+    let dir = tempfile::tempdir_in(built.parent().unwrap()).unwrap();
+    std::fs::hard_link(built.join("rootfs.tar.zst"), dir.path().join("rootfs.tar.zst")).unwrap();
+    let description = unique_name("debian");
+    std::fs::write(
+        dir.path().join("metadata.yaml"),
+        format!("architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: {description}\n"),
+    )
+    .unwrap();
+    assert!(
+        Command::new("tar")
+            .arg("-C")
+            .arg(dir.path())
+            .arg("-czf")
+            .arg(dir.path().join("metadata.tar.gz"))
+            .arg("metadata.yaml")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let debian_fp = fingerprint_of(&dir.path().join("metadata.tar.gz"), &dir.path().join("rootfs.tar.zst"));
+    let alias = unique_name("deb");
+    let _alias = ImageGuard(alias.clone());
+    let said = ok(cli(&[
+        "image",
+        "import",
+        dir.path().to_str().unwrap(),
+        "--alias",
+        &alias,
+    ]));
+    assert!(
+        said.contains(&format!("Image '{alias}' imported ({})", &debian_fp[..12])),
+        "{said}"
+    );
+
+    // Containers from it have the image's hooks, and identities of their own.
+    let first = unique_name("deb");
+    let _first = InstanceGuard(first.clone());
+    ok(cli(&["create", &first, "--image", &format!("local:{alias}")]));
+    assert_eq!(
+        sh(
+            incus,
+            &first,
+            "ls /.kapsule/sync /.kapsule/init; . /etc/os-release; echo $ID"
+        )
+        .await,
+        (
+            0,
+            "/.kapsule/init:\n10-machine-id\n\n/.kapsule/sync:\ndns\nlocale\ntimezone\ndebian\n".to_owned()
+        )
+    );
+    let other = unique_name("deb");
+    let _other = InstanceGuard(other.clone());
+    ok(cli(&[
+        "create",
+        &other,
+        "--image",
+        &format!("local:{}", test.env.image),
+    ]));
+    let (_, id1) = sh(incus, &first, "cat /etc/machine-id").await;
+    let (_, id2) = sh(incus, &other, "cat /etc/machine-id").await;
+    assert_eq!(id1.trim().len(), 32, "{id1}");
+    assert_ne!(id1, id2, "every container has its own machine ID");
+
+    // Re-imported under the same alias while `first` runs from it: the alias moves, the old
+    // image (nameless now) goes, the container goes on, new containers get the new image.
+    // (Named after the alias: without --alias, the directory's name is the alias.)
+    let parent = tempfile::tempdir().unwrap();
+    let next = parent.path().join(&alias);
+    let root = busybox_rootfs(&next);
+    std::fs::write(root.join("etc/kt-marker"), "next\n").unwrap();
+    pack_image(&next, "kt next");
+    let said = ok(cli(&["image", "import", next.to_str().unwrap()]));
+    assert!(said.contains("Replacing the image"), "{said}");
+    assert!(incus.get_image(&debian_fp).await.unwrap_err().is_not_found());
+    assert_eq!(
+        sh(incus, &first, "cat /etc/debian_version >/dev/null && echo alive").await,
+        (0, "alive\n".to_owned())
+    );
+    let second = unique_name("deb");
+    let _second = InstanceGuard(second.clone());
+    ok(cli(&["create", &second, "--image", &format!("local:{alias}")]));
+    assert_eq!(sh(incus, &second, "cat /etc/kt-marker").await, (0, "next\n".to_owned()));
+
+    // Deleted by alias, then another by its fingerprint; the containers stay.
+    let next_fp = incus.get_image_alias(&alias).await.unwrap().target;
+    ok(cli(&["image", "delete", &alias]));
+    assert!(incus.get_image(&next_fp).await.unwrap_err().is_not_found());
+    assert_eq!(sh(incus, &second, "cat /etc/kt-marker").await, (0, "next\n".to_owned()));
+    // (Given as its two files this time.)
+    let (third, third_fp) = image_dir();
+    let alias3 = unique_name("deb");
+    let _alias3 = ImageGuard(alias3.clone());
+    let files = |name: &str| third.path().join(name).to_str().unwrap().to_owned();
+    ok(cli(&[
+        "image",
+        "import",
+        &files("metadata.tar.gz"),
+        &files("rootfs.tar.gz"),
+        "--alias",
+        &alias3,
+    ]));
+    assert_eq!(incus.get_image_alias(&alias3).await.unwrap().target, third_fp);
+    let said = ok(cli(&["image", "delete", &third_fp]));
+    assert!(said.contains(&format!("Image {} deleted", &third_fp[..12])), "{said}");
+    assert!(incus.get_image(&third_fp).await.unwrap_err().is_not_found());
+    assert!(incus.get_image_alias(&alias3).await.unwrap_err().is_not_found());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_imports_get_named_errors_and_change_nothing() {
     let test = &daemon_test().await;
@@ -148,7 +287,7 @@ async fn a_user_imports_only_what_they_can_read() {
     let _guard = ImageGuard(alias.clone());
     let out = user
         .command(kapsule_binary())
-        .args(["image", "import", secret.path().to_str().unwrap(), &alias])
+        .args(["image", "import", secret.path().to_str().unwrap(), "--alias", &alias])
         .env("KAPSULE_BUS_ADDRESS", &test.bus.address)
         .output()
         .unwrap();
@@ -173,7 +312,7 @@ async fn a_user_imports_only_what_they_can_read() {
     assert!(status.success());
     let out = user
         .command(kapsule_binary())
-        .args(["image", "import", &own, &alias])
+        .args(["image", "import", &own, "-a", &alias])
         .current_dir(&user.home)
         .env("KAPSULE_BUS_ADDRESS", &test.bus.address)
         .output()

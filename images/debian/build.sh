@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Builds the Kapsule test image with debootstrap and prints the directory holding it
-# (metadata tarball `meta.tar.gz` + rootfs tarball `rootfs.tar.zst`, the split format Incus imports).
+# Builds Kapsule's Debian image with debootstrap, offline from the machine's own apt mirror, and
+# prints the directory holding it: `metadata.tar.gz` + `rootfs.tar.zst`, the split format Incus
+# imports and that `kapsule image import DIR` and `kapsule-init` (as a bundled image) load.
 #
-# The image carries everything later tests need so that no test downloads anything at run time:
-# systemd as init, D-Bus, sudo, util-linux `su`, podman/docker/runc/crun for nested containers,
-# uidmap for rootless podman, socat for socket tests, busybox for a tiny nested image.
+# It is the demo image of tests/env/try.sh and the image of the tests, so it carries everything
+# they need and nothing downloads at run time: systemd as init, D-Bus, sudo, util-linux `su`,
+# podman/docker/runc/crun for nested containers, uidmap for rootless podman, socat for socket
+# tests, busybox for a tiny nested image; and the Kapsule hooks of files/.kapsule (README.md).
 #
 # The result is cached under $KAPSULE_CACHE_DIR/images/<key>, where <key> hashes this recipe and the
 # files beside it, so a second run reuses it and a changed recipe rebuilds it.
 #
 # Usage: build.sh [--print-key]
-source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../../tests/env/lib.sh"
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -43,8 +45,8 @@ fi
 require_root
 KEY=$(recipe_key)
 OUT=$KAPSULE_CACHE_DIR/images/$KEY
-if [ -f "$OUT/rootfs.tar.zst" ] && [ -f "$OUT/meta.tar.gz" ]; then
-    log "test image $KEY: cached in $OUT"
+if [ -f "$OUT/rootfs.tar.zst" ] && [ -f "$OUT/metadata.tar.gz" ]; then
+    log "Debian image $KEY: cached in $OUT"
     printf '%s\n' "$OUT"
     exit 0
 fi
@@ -65,7 +67,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "building test image $KEY from $SUITE (debootstrap, about a minute)"
+log "building the Debian image $KEY from $SUITE (debootstrap, a few minutes)"
 include=$(IFS=,; printf '%s' "${PACKAGES[*]}")
 mkdir -p "$KAPSULE_CACHE_DIR/debs"
 if ! debootstrap --variant=minbase --include="$include" --cache-dir="$KAPSULE_CACHE_DIR/debs" \
@@ -99,13 +101,13 @@ properties:
   os: debian
   release: $SUITE
   architecture: $arch
-  description: Kapsule test image ($SUITE, systemd, podman, docker)
+  description: Kapsule Debian image ($SUITE, systemd, podman, docker)
   kapsule.recipe: "$KEY"
 EOF
-tar -C "$WORK" -czf "$WORK/meta.tar.gz" metadata.yaml
+tar -C "$WORK" -czf "$WORK/metadata.tar.gz" metadata.yaml
 tar --numeric-owner --xattrs --xattrs-include='*' -C "$WORK/rootfs" -I 'zstd -T0 -3' -cf "$WORK/rootfs.tar.zst" .
 
 mkdir -p "$OUT"
-mv "$WORK/meta.tar.gz" "$WORK/rootfs.tar.zst" "$OUT/"
-log "test image $KEY built: $(du -sh "$OUT/rootfs.tar.zst" | cut -f1)"
+mv "$WORK/metadata.tar.gz" "$WORK/rootfs.tar.zst" "$OUT/"
+log "Debian image $KEY built: $(du -sh "$OUT/rootfs.tar.zst" | cut -f1)"
 printf '%s\n' "$OUT"
