@@ -1,7 +1,8 @@
 //! A simplestreams image server on loopback, over HTTPS with a self-signed certificate, for
 //! tests that pull images through Incus without the internet.
 //!
-//! The files are served by `openssl s_server -HTTP`, which sends each file as a complete HTTP
+//! Images are published with the project's own `images/publish.sh`, as a vendor publishes a
+//! Kapsule remote. The files are served by `openssl s_server -HTTP`, which sends each file as a complete HTTP
 //! response; each one is written with its `Content-Length`, so Incus knows the size and reports
 //! its download progress in percent, as it does for real servers.
 
@@ -21,7 +22,6 @@ pub struct SimpleStreamsServer {
     pub certificate: PathBuf,
     root: tempfile::TempDir,
     child: Child,
-    products: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One published image: what Incus will call it.
@@ -78,9 +78,7 @@ impl SimpleStreamsServer {
             certificate,
             root,
             child,
-            products: serde_json::Map::new(),
         };
-        server.write_index();
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "the image server did not start listening");
@@ -89,66 +87,43 @@ impl SimpleStreamsServer {
         server
     }
 
-    /// Publishes the split image `metadata` + `rootfs` (a tar.xz each) as `alias`, version
-    /// `version` (`YYYYMMDD_HHMM`); a second call for the same alias replaces what it offers.
-    pub fn publish(
-        &mut self,
-        alias: &str,
-        version: &str,
-        metadata: &Path,
-        rootfs: &Path,
-        requirements: &[(&str, &str)],
-    ) -> Published {
-        let dir = format!("images/{}/{version}", alias.replace('/', "-"));
+    /// Publishes the split image in `dir` (as [`pack_xz`] leaves it) as `alias`, version
+    /// `version` (`YYYYMMDD_HHMM`), with the project's own publisher (`images/publish.sh`);
+    /// older versions stay offered, as on a real server.
+    pub fn publish(&mut self, alias: &str, version: &str, dir: &Path, default_options: Option<&str>) -> Published {
+        let stream = self.root.path().join("stream");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/publish.sh");
+        let mut command = Command::new("bash");
+        command.arg(script).args(["--alias", alias, "--version", version]);
+        if let Some(options) = default_options {
+            command.args(["--default-options", options]);
+        }
+        let out = command.arg(dir).arg(&stream).output().unwrap();
+        assert!(
+            out.status.success(),
+            "publish.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let fingerprint = {
             let mut hash = Sha256::new();
-            hash.update(std::fs::read(metadata).unwrap());
-            hash.update(std::fs::read(rootfs).unwrap());
+            hash.update(std::fs::read(dir.join("incus.tar.xz")).unwrap());
+            hash.update(std::fs::read(dir.join("rootfs.tar.xz")).unwrap());
             hex(&hash.finalize())
         };
-        let item = |server: &SimpleStreamsServer, file: &Path, name: &str, ftype: &str| {
-            let path = format!("{dir}/{name}");
-            let bytes = std::fs::read(file).unwrap();
-            server.serve(&path, &bytes);
-            serde_json::json!({
-                "ftype": ftype, "path": path, "size": bytes.len(), "sha256": hex(&Sha256::digest(&bytes)),
-            })
-        };
-        let mut meta = item(self, metadata, "incus.tar.xz", "incus.tar.xz");
-        meta["combined_rootxz_sha256"] = fingerprint.clone().into();
-        meta["combined_sha256"] = fingerprint.clone().into();
-        let root = item(self, rootfs, "root.tar.xz", "root.tar.xz");
-        let requirements: serde_json::Map<String, serde_json::Value> = requirements
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).into()))
-            .collect();
-        self.products.insert(
-            format!("kt:{alias}:amd64:default"),
-            serde_json::json!({
-                "aliases": alias, "arch": "amd64", "os": "KapsuleTest", "release": "current",
-                "release_title": "current", "variant": "default", "requirements": requirements,
-                "versions": { version: { "items": { "incus.tar.xz": meta, "root.tar.xz": root } } },
-            }),
-        );
-        self.write_index();
+        // Every file of the tree, as the response the server sends for it.
+        let mut pending = vec![stream.clone()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else {
+                    let relative = path.strip_prefix(&stream).unwrap().to_str().unwrap().to_owned();
+                    self.serve(&relative, &std::fs::read(&path).unwrap());
+                }
+            }
+        }
         Published { fingerprint }
-    }
-
-    fn write_index(&self) {
-        let products = serde_json::json!({
-            "content_id": "images", "datatype": "image-downloads", "format": "products:1.0",
-            "products": self.products,
-        });
-        self.serve("streams/v1/images.json", products.to_string().as_bytes());
-        let names: Vec<&String> = self.products.keys().collect();
-        let index = serde_json::json!({
-            "format": "index:1.0",
-            "index": { "images": {
-                "datatype": "image-downloads", "path": "streams/v1/images.json",
-                "format": "products:1.0", "products": names,
-            } },
-        });
-        self.serve("streams/v1/index.json", index.to_string().as_bytes());
     }
 
     /// Writes `path` as the complete HTTP response `s_server -HTTP` sends for it.
@@ -185,8 +160,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Packs `dir/rootfs` as the tar.xz pair image servers publish (`incus.tar.xz`, `root.tar.xz`
-/// in `dir`) and returns the two paths.
+/// Packs `dir/rootfs` as a tar.xz pair (`incus.tar.xz`, `rootfs.tar.xz` in `dir`), the files
+/// image servers publish, and returns the two paths.
 pub fn pack_xz(dir: &Path, description: &str) -> (PathBuf, PathBuf) {
     std::fs::write(
         dir.join("metadata.yaml"),
@@ -194,7 +169,7 @@ pub fn pack_xz(dir: &Path, description: &str) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     let meta = dir.join("incus.tar.xz");
-    let rootfs = dir.join("root.tar.xz");
+    let rootfs = dir.join("rootfs.tar.xz");
     let tar = |args: &[&std::ffi::OsStr]| assert!(Command::new("tar").args(args).status().unwrap().success());
     tar(&[
         "-C".as_ref(),

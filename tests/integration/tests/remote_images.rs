@@ -40,10 +40,10 @@ impl Drop for PulledImages {
 }
 
 /// A BusyBox image that says which build it is in `/etc/kt-build`.
-fn build(dir: &std::path::Path, which: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+fn build(dir: &std::path::Path, which: &str) {
     let root = busybox_rootfs(dir);
     std::fs::write(root.join("etc/kt-build"), format!("{which}\n")).unwrap();
-    pack_xz(dir, &format!("kt remote {which}"))
+    pack_xz(dir, &format!("kt remote {which}"));
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -59,14 +59,8 @@ async fn images_are_pulled_from_a_configured_remote_with_progress_and_refreshed(
     let image = format!("{remote}:{alias}");
 
     let v1_dir = tempfile::tempdir().unwrap();
-    let (meta, rootfs) = build(v1_dir.path(), "v1");
-    let v1 = server.publish(
-        alias,
-        "20261101_0000",
-        &meta,
-        &rootfs,
-        &[("kapsule_default_options", r#"{"mount_home": false}"#)],
-    );
+    build(v1_dir.path(), "v1");
+    let v1 = server.publish(alias, "20261101_0000", v1_dir.path(), Some(r#"{"mount_home": false}"#));
 
     let config = tempfile::tempdir().unwrap();
     let file = config.path().join("kapsule.conf");
@@ -153,8 +147,8 @@ async fn images_are_pulled_from_a_configured_remote_with_progress_and_refreshed(
     // The server publishes a new build; a refresh (at once, not after Incus's hourly index
     // cache) brings it, and says so per image.
     let v2_dir = tempfile::tempdir().unwrap();
-    let (meta, rootfs) = build(v2_dir.path(), "v2");
-    let v2 = server.publish(alias, "20261102_0000", &meta, &rootfs, &[]);
+    build(v2_dir.path(), "v2");
+    let v2 = server.publish(alias, "20261102_0000", v2_dir.path(), None);
     let out = cli(&["image", "refresh", &image]);
     let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{said}");
