@@ -38,6 +38,9 @@ ln -sfn ../kapsule-init.service "$usr/lib/systemd/system/multi-user.target.wants
 file 0644 "$src/units/modules-load.d/kapsule.conf" lib/modules-load.d/kapsule.conf
 file 0644 "$src/units/tmpfiles.d/kapsule.conf" lib/tmpfiles.d/kapsule.conf
 
+# The vendor configuration: default container and image (config/README.md).
+file 0644 "$src/config/kapsule.conf" lib/kapsule/kapsule.conf
+
 # D-Bus: the bus policy, activation, the interface descriptions.
 file 0644 "$src/dbus/org.kde.kapsule.conf" share/dbus-1/system.d/org.kde.kapsule.conf
 file 0644 "$src/dbus/org.kde.kapsule.service" share/dbus-1/system-services/org.kde.kapsule.service

@@ -96,13 +96,18 @@ fn validate(root: &Path) -> Result<()> {
         ],
     )?;
 
-    // Shell scripts: `*.sh`, CI's entry point, and the hooks images ship in `.kapsule/sync` and
-    // `.kapsule/init` (named without an extension, as containers run them).
+    // Shell scripts: `*.sh`, CI's entry point, the hooks images ship in `.kapsule/sync` and
+    // `.kapsule/init` (named without an extension, as containers run them), mkosi's scripts.
     let scripts = files_with(root, &|p| {
         p.extension().is_some_and(|e| e == "sh")
             || p.ends_with(".ci/run")
             || p.parent()
                 .is_some_and(|d| d.ends_with(".kapsule/sync") || d.ends_with(".kapsule/init"))
+            || p.file_name().is_some_and(|n| {
+                ["mkosi.prepare", "mkosi.build", "mkosi.postinst", "mkosi.finalize"]
+                    .iter()
+                    .any(|script| n == *script)
+            })
     })?;
     for script in &scripts {
         let path = script.to_string_lossy();

@@ -157,6 +157,19 @@ mod tests {
         assert_eq!(merge(vec![])["default_image"], "images:ubuntu/24.04");
     }
 
+    #[test]
+    fn the_shipped_vendor_file_sets_the_defaults_and_no_remote() {
+        let text = include_str!("../../../config/kapsule.conf");
+        let config = merge(vec![layer("/usr/lib/kapsule/kapsule.conf", Ok(text))]);
+        assert_eq!(config["default_container"], "container");
+        assert_eq!(config["default_image"], "archlinux");
+        let entries = entries(text).unwrap();
+        assert!(
+            entries.iter().all(|e| e.section == "kapsule"),
+            "the kapsule remote ships commented out: {entries:?}"
+        );
+    }
+
     #[tokio::test]
     async fn the_callers_file_is_the_top_layer() {
         let home = tempfile::tempdir().unwrap();

@@ -62,6 +62,7 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
         ("usr/bin/kapsule", 0o755),
         ("usr/bin/kapsule-init", 0o755),
         ("usr/lib/kapsule/kapsule-daemon", 0o755),
+        ("usr/lib/kapsule/kapsule.conf", 0o644),
         ("usr/lib/kapsule/kapsule-mounts", 0o755),
         ("usr/lib/kapsule/kapsule-nsenter", 0o755),
         ("usr/lib/kapsule/kapsule-nvidia-hook", 0o755),
@@ -181,4 +182,85 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
         .map(str::to_owned)
         .collect();
     assert_eq!(in_image, files, "the image and the tree differ");
+}
+
+/// The Arch Linux image (images/archlinux) needs mkosi >= 24 and pacman, which this machine may
+/// lack: its build then says exactly what is missing and builds nothing, and says it is ready
+/// where all is there. Its mkosi.conf gives a reason for every setting.
+#[test]
+fn the_arch_image_says_what_its_build_needs() {
+    let root = workspace_root();
+    let dir = root.join("images/archlinux");
+    let on_path = |program: &str| {
+        Command::new("sh")
+            .args(["-c", "command -v \"$1\" >/dev/null", "sh", program])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let mkosi_new_enough = on_path("mkosi")
+        && Command::new("mkosi")
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| {
+                let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                let digits: String = text
+                    .chars()
+                    .skip_while(|c| !c.is_ascii_digit())
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse::<u32>().ok()
+            })
+            .is_some_and(|v| v >= 24);
+    let expected: Vec<&str> = [
+        (!mkosi_new_enough, "mkosi >= 24"),
+        (!on_path("pacman"), "pacman ("),
+        (!on_path("pacman-key"), "pacman-key"),
+        (!on_path("mksquashfs"), "mksquashfs"),
+    ]
+    .into_iter()
+    .filter_map(|(missing, what)| missing.then_some(what))
+    .collect();
+    let out = Command::new("bash")
+        .arg(dir.join("build.sh"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if expected.is_empty() {
+        assert!(out.status.success(), "{stderr}");
+    } else {
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let listed: Vec<&str> = stderr.lines().filter(|l| l.starts_with("  - ")).collect();
+        assert_eq!(listed.len(), expected.len(), "{stderr}");
+        for (line, what) in listed.iter().zip(&expected) {
+            assert!(line.contains(what), "{line} should name {what}");
+        }
+        // Asked to build, it refuses the same way and leaves nothing.
+        let target = tempfile::tempdir().unwrap();
+        let out = Command::new("bash")
+            .arg(dir.join("build.sh"))
+            .arg(target.path().join("out"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(!target.path().join("out").exists());
+    }
+
+    // Every setting of mkosi.conf has its reason in a comment right above it.
+    let conf = std::fs::read_to_string(dir.join("mkosi.conf")).unwrap();
+    let lines: Vec<&str> = conf.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.contains('=') && !line.starts_with('#') {
+            assert!(
+                i > 0 && lines[i - 1].starts_with('#'),
+                "mkosi.conf line {}: `{line}` has no reason above it",
+                i + 1
+            );
+        }
+    }
+    for section in ["[Distribution]", "[Output]", "[Content]"] {
+        assert!(lines.contains(&section), "{section}");
+    }
 }
