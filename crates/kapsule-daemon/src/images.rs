@@ -333,6 +333,9 @@ pub(crate) async fn pull(
             None
         }
     };
+    // What the server has now, not what Incus saw of it up to an hour ago: an alias published
+    // since would not be found. (Pulls are rare and large; the index is small beside them.)
+    forget_index(state, &remote.url).await;
     let source = InstanceSource::simplestreams(&remote.url, alias, certificate);
     let op = state.incus.pull_image(&source, true).await?;
     let progress = reporter.progress_start(&format!("Downloading {label}"), 100).await;
@@ -399,7 +402,7 @@ fn percent_of(text: &str) -> Option<i32> {
 }
 
 /// Makes Incus forget the index it cached of image server `server` (it keeps one per server
-/// for an hour, so a refresh right after a publication would see nothing new). Only this
+/// for an hour, so a pull or a refresh right after a publication would see nothing new). Only this
 /// server's cache directory is removed; Incus fetches the index again on its next use.
 async fn forget_index(state: &State, server: &str) {
     use sha2::Digest;

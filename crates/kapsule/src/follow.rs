@@ -47,9 +47,10 @@ pub async fn follow(connection: &Connection, subscription: Subscription, path: &
     } = subscription;
     let terminal = console::Term::stderr().is_term();
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
-    // Without a terminal: each bar's description and when its text was last printed, so a
-    // download says how far it got every few seconds instead of at every percent.
-    let mut plain: HashMap<String, (String, Option<std::time::Instant>)> = HashMap::new();
+    // Without a terminal: each bar's description, and when its text was last printed and what
+    // it began with ("rootfs: "), so a download says how far it got every few seconds, and at
+    // each new file, instead of at every percent.
+    let mut plain: HashMap<String, (String, Option<(std::time::Instant, String)>)> = HashMap::new();
     let op = kapsule_dbus::OperationProxy::uncached(connection, path.clone()).await?;
     loop {
         let message = tokio::select! {
@@ -120,15 +121,16 @@ pub async fn follow(connection: &Connection, subscription: Subscription, path: &
                 match bars.get(&id) {
                     Some(bar) => bar.set_message(text),
                     None if !terminal => {
+                        let stage = text.split_once(": ").map(|(s, _)| s).unwrap_or_default().to_owned();
                         let last = plain.get_mut(&id).map(|(_, last)| last);
                         let due = match &last {
-                            Some(Some(at)) => at.elapsed() >= Duration::from_secs(2),
+                            Some(Some((at, was))) => *was != stage || at.elapsed() >= Duration::from_secs(2),
                             _ => true,
                         };
                         if due {
                             eprintln!("  {text}");
                             if let Some(last) = last {
-                                *last = Some(std::time::Instant::now());
+                                *last = Some((std::time::Instant::now(), stage));
                             }
                         }
                     }

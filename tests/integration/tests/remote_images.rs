@@ -175,6 +175,27 @@ async fn images_are_pulled_from_a_configured_remote_with_progress_and_refreshed(
     assert_eq!(sh(incus, &third, "cat /etc/kt-build").await, (0, "v2\n".to_owned()));
     assert_eq!(sh(incus, &first, "cat /etc/kt-build").await, (0, "v1\n".to_owned()));
 
+    // Through the CLI without a terminal, a download shows as lines: what is fetched, Incus's
+    // progress, what arrived.
+    let other_dir = tempfile::tempdir().unwrap();
+    build(other_dir.path(), "other");
+    let other = server.publish("kt/other", "20261103_0000", other_dir.path(), None);
+    let fourth = unique_name("kr");
+    let _fourth = InstanceGuard(fourth.clone());
+    let out = cli(&["create", &fourth, "--image", &format!("{remote}:kt/other")]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let started = format!("Downloading {remote}:kt/other...");
+    let done = format!("Downloading {remote}:kt/other: done: ");
+    let at = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix));
+    let (Some(started), Some(progress), Some(done)) = (at(&started), at("  rootfs: "), at(&done)) else {
+        panic!("no download lines in:\n{stderr}");
+    };
+    assert!(started < progress && progress < done, "{stderr}");
+    assert!(lines[done].contains(&other.fingerprint[..12]), "{stderr}");
+    assert_eq!(sh(incus, &fourth, "cat /etc/kt-build").await, (0, "other\n".to_owned()));
+
     // A remote nobody configured: refused with the known ones, nothing made.
     let bogus = unique_name("kr");
     let out = cli(&["create", &bogus, "--image", "bogus:x"]);
@@ -187,7 +208,11 @@ async fn images_are_pulled_from_a_configured_remote_with_progress_and_refreshed(
         text(&out.stderr)
     );
     assert!(incus.get_instance(&bogus).await.unwrap_err().is_not_found());
-    assert_eq!(pulled.fingerprints(), vec![v2.fingerprint.clone()]);
+    let mut fingerprints = pulled.fingerprints();
+    fingerprints.sort();
+    let mut expected = vec![v2.fingerprint.clone(), other.fingerprint.clone()];
+    expected.sort();
+    assert_eq!(fingerprints, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
