@@ -402,3 +402,48 @@ async fn cancelling_an_import_mid_upload_leaves_no_image() {
     assert!(test.env.incus.get_image_alias(&alias).await.unwrap_err().is_not_found());
     assert!(test.env.incus.get_image(&fingerprint).await.unwrap_err().is_not_found());
 }
+
+/// An imported image's own option defaults (`kapsule.default_options` in its metadata) apply to
+/// containers made from it, under what the client asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_images_default_options_go_under_the_clients() {
+    let test = &daemon_test().await;
+    let incus = &test.env.incus;
+    let dir = tempfile::tempdir().unwrap();
+    busybox_rootfs(dir.path());
+    pack_image(dir.path(), "kt defaults");
+    // pack_image's metadata, with the image's defaults added.
+    std::fs::write(
+        dir.path().join("metadata.yaml"),
+        "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: kt defaults\n  \
+         kapsule.default_options: '{\"mount_home\": false, \"host_rootfs\": false}'\n",
+    )
+    .unwrap();
+    assert!(
+        Command::new("tar")
+            .arg("-C")
+            .arg(dir.path())
+            .arg("-czf")
+            .arg(dir.path().join("metadata.tar.gz"))
+            .arg("metadata.yaml")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let alias = unique_name("defaults");
+    let _alias = ImageGuard(alias.clone());
+    let seen = import(test, dir.path(), &alias).await;
+    assert_eq!(seen.last().unwrap(), "Completed(true, \"\")", "{seen:?}");
+
+    let name = unique_name("defaults");
+    let _guard = InstanceGuard(name.clone());
+    let client = kapsule_integration_tests::options(vec![("host_rootfs", zbus::Variant::from(true))]);
+    let seen = test.create_from(&name, &format!("local:{alias}"), client).await;
+    assert_eq!(seen.last().unwrap(), "Completed(true, \"\")", "{seen:?}");
+    let config = incus.get_instance(&name).await.unwrap().config;
+    assert_eq!(config["user.kapsule.mount-home"], "false", "the image's default");
+    assert_eq!(
+        config["user.kapsule.host-rootfs"], "true",
+        "the client's choice over the image's"
+    );
+}
