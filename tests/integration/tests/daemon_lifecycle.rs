@@ -47,6 +47,8 @@ async fn create_list_stop_start_delete_with_signals_in_order() {
             format!("Message(0, \"Image: local:{}\")", env.image),
             "Message(2, \"No GPU found on this host; the container gets none\")".to_owned(),
             "ProgressStarted(\"Creating container\", -1)".to_owned(),
+            // The Debian image's one init hook (images/debian/files/.kapsule/init).
+            "Message(4, \"Running /.kapsule/init/10-machine-id\")".to_owned(),
             "ProgressCompleted(true, \"\")".to_owned(),
             format!("Message(1, \"Container '{name}' created\")"),
             "PropertiesChanged".to_owned(),
