@@ -71,7 +71,7 @@ async fn create_list_stop_start_delete_with_signals_in_order() {
         .expect("the new container is listed")
         .clone();
     assert_eq!(row.1, "Running");
-    assert!(row.2.starts_with("Kapsule test image"), "image column: {}", row.2);
+    assert!(row.2.starts_with("Kapsule Debian image"), "image column: {}", row.2);
     assert!(row.3.ends_with("+00:00"), "created column: {}", row.3);
     assert_eq!(row.4, "Default");
     assert_eq!(manager.get_container_info(&name).await.unwrap(), row);
