@@ -162,28 +162,34 @@ pub(crate) async fn ensure(
     Ok(true)
 }
 
-/// Waits (at most 90 s) until the container's systemd has reached `sysinit.target`. Until then
-/// systemd-sysusers may rewrite /etc/passwd and /etc/group whole (it runs before that target):
-/// an account written meanwhile can be lost (seen in CI: "sudo: you do not exist in the passwd
-/// database" on the second enter of a just-created container). Starting the target waits for
-/// exactly that; the rest of the boot (the services, some hundreds of milliseconds more) is not
-/// waited for. Once it is reached, it is only looked at: a start job on an active target still
-/// queues its wanted units again and waits for them (200 ms and more, measured). Images without
-/// systemd have nothing to wait for.
+/// Waits (at most 90 s) until the container's systemd-sysusers has run. Until then it may
+/// rewrite /etc/passwd and /etc/group whole: an account written meanwhile can be lost (seen in
+/// CI: "sudo: you do not exist in the passwd database" on the second enter of a just-created
+/// container). A start job on its unit waits for exactly that, and is a no-op once it ran; the
+/// rest of the boot is not waited for (sysinit.target, which was waited for before, came 100 ms
+/// to a second later, measured).
+///
+/// Right after a start, systemd may not accept connections yet ("Failed to connect to bus"):
+/// the script first waits for its socket, else it would not wait at all. Images whose init is
+/// not systemd have nothing to wait for.
 async fn wait_for_boot(state: &State, name: &str) {
-    let request = kapsule_incus::ExecRequest::new([
-        "sh",
-        "-c",
-        "systemctl -q is-active sysinit.target || systemctl start sysinit.target",
-    ]);
+    const SCRIPT: &str = r#"[ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] || exit 0
+i=0
+while [ ! -S /run/systemd/private ]; do
+    i=$((i + 1))
+    [ "$i" -le 1200 ] || exit 3
+    sleep 0.05 2>/dev/null || sleep 1
+done
+systemctl start systemd-sysusers.service"#;
+    let request = kapsule_incus::ExecRequest::new(["sh", "-c", SCRIPT]);
     match state
         .incus
         .exec(name, &request, std::time::Duration::from_secs(90))
         .await
     {
-        // Reached, or no systemd at all (an error from systemctl): go on either way.
+        // Done, or nothing to wait for (an error from systemctl: no such unit): go on either way.
         Ok(out) => log::debug!(
-            "{name}: sysinit.target: exit {} {}",
+            "{name}: boot wait: exit {} {}",
             out.exit_code,
             String::from_utf8_lossy(&out.stderr).trim()
         ),
@@ -567,7 +573,14 @@ async fn enable_linger(state: &State, notes: Notes<'_>, name: &str, account: &Ac
     if !wants.session_mode {
         return;
     }
-    let request = kapsule_incus::ExecRequest::new(["loginctl", "enable-linger", &account.name]);
+    // logind first (a start job waits for it and the bus it needs): the boot wait above stops
+    // at systemd-sysusers, which may be before either is up.
+    let request = kapsule_incus::ExecRequest::new([
+        "sh",
+        "-c",
+        "systemctl start systemd-logind.service; exec loginctl enable-linger \"$0\"",
+        &account.name,
+    ]);
     run_best_effort(state, notes, name, &request, "Enabling linger").await;
     // logind starts the user's manager now, in the background, and with it mounts a fresh
     // /run/user/<uid>: waited for, so the first session finds the runtime directory (and the
