@@ -104,10 +104,24 @@ import_image() {
     if incus query "/1.0/images/$fingerprint" >/dev/null 2>&1; then
         log "image $alias ($key) is in Incus already: aliasing it"
         incus image alias create "$alias" "$fingerprint"
+        forget_nameless "$have"
         return 0
     fi
     log "importing $alias"
     incus image import "$dir/metadata.tar.gz" "$dir/rootfs.tar.zst" --alias "$alias" >/dev/null
+    forget_nameless "$have"
+}
+
+# forget_nameless FINGERPRINT: removes the image an alias was moved away from, once nothing names
+# it (each outdated recipe left a few hundred MiB behind). Containers made from it keep their own
+# copy of its files.
+forget_nameless() {
+    local old=$1
+    [ -n "$old" ] || return 0
+    if [ "$(incus query "/1.0/images/$old" 2>/dev/null | jq '.aliases | length')" = 0 ]; then
+        log "removing the outdated image ${old:0:12}"
+        incus image delete "$old"
+    fi
 }
 
 # Plain users for the tests that call the daemon as someone other than root: no Incus group, a
