@@ -29,6 +29,27 @@ fn fingerprint_of(metadata: &Path, rootfs: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }
 
+/// Writes `dir/metadata.tar.gz` with `properties` (YAML lines under `properties:`, indented by
+/// two after the first).
+fn write_metadata(dir: &Path, properties: &str) {
+    std::fs::write(
+        dir.join("metadata.yaml"),
+        format!("architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  {properties}\n"),
+    )
+    .unwrap();
+    assert!(
+        Command::new("tar")
+            .arg("-C")
+            .arg(dir)
+            .arg("-czf")
+            .arg(dir.join("metadata.tar.gz"))
+            .arg("metadata.yaml")
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 /// A directory with a tiny image in it, readable by everyone.
 fn image_dir() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -123,22 +144,7 @@ async fn the_debian_image_imports_replaces_under_a_running_container_and_deletes
     let dir = tempfile::tempdir_in(built.parent().unwrap()).unwrap();
     std::fs::hard_link(built.join("rootfs.tar.zst"), dir.path().join("rootfs.tar.zst")).unwrap();
     let description = unique_name("debian");
-    std::fs::write(
-        dir.path().join("metadata.yaml"),
-        format!("architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: {description}\n"),
-    )
-    .unwrap();
-    assert!(
-        Command::new("tar")
-            .arg("-C")
-            .arg(dir.path())
-            .arg("-czf")
-            .arg(dir.path().join("metadata.tar.gz"))
-            .arg("metadata.yaml")
-            .status()
-            .unwrap()
-            .success()
-    );
+    write_metadata(dir.path(), &format!("description: {description}"));
     let debian_fp = fingerprint_of(&dir.path().join("metadata.tar.gz"), &dir.path().join("rootfs.tar.zst"));
     let alias = unique_name("deb");
     let _alias = ImageGuard(alias.clone());
@@ -413,22 +419,9 @@ async fn an_images_default_options_go_under_the_clients() {
     busybox_rootfs(dir.path());
     pack_image(dir.path(), "kt defaults");
     // pack_image's metadata, with the image's defaults added.
-    std::fs::write(
-        dir.path().join("metadata.yaml"),
-        "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: kt defaults\n  \
-         kapsule.default_options: '{\"mount_home\": false, \"host_rootfs\": false}'\n",
-    )
-    .unwrap();
-    assert!(
-        Command::new("tar")
-            .arg("-C")
-            .arg(dir.path())
-            .arg("-czf")
-            .arg(dir.path().join("metadata.tar.gz"))
-            .arg("metadata.yaml")
-            .status()
-            .unwrap()
-            .success()
+    write_metadata(
+        dir.path(),
+        "description: kt defaults\n  kapsule.default_options: '{\"mount_home\": false, \"host_rootfs\": false}'",
     );
     let alias = unique_name("defaults");
     let _alias = ImageGuard(alias.clone());

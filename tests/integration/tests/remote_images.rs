@@ -5,12 +5,13 @@
 //! publishes a new build, `kapsule image refresh` updates it and new containers get it while the
 //! old ones keep running. A remote nobody configured is refused with the list of known ones.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use kapsule_integration_tests::simplestreams::{SimpleStreamsServer, pack_xz};
 use kapsule_integration_tests::{
-    InstanceGuard, busybox_rootfs, collect_operation_signals, daemon_test_with, kapsule_binary, kapsule_signals, sh,
-    test_settings, unique_name,
+    DaemonTest, InstanceGuard, busybox_rootfs, collect_operation_signals, daemon_test_with, kapsule_binary,
+    kapsule_signals, sh, test_settings, unique_name,
 };
 
 /// Deletes every image Incus pulled from `server` when dropped.
@@ -39,6 +40,20 @@ impl Drop for PulledImages {
     }
 }
 
+/// A daemon whose system configuration (a file in `dir`) has the remote `name` at `url`, pinning
+/// `certificate`.
+async fn daemon_with_remote(dir: &Path, name: &str, url: &str, certificate: &Path) -> DaemonTest {
+    let file = dir.join("kapsule.conf");
+    let text = format!(
+        "# the tests' remote\n[remote.{name}]\nurl = {url}\ncertificate = {}\n",
+        certificate.display()
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut settings = test_settings();
+    settings.config_files = Some(vec![file]);
+    daemon_test_with(settings).await
+}
+
 /// A BusyBox image that says which build it is in `/etc/kt-build`.
 fn build(dir: &std::path::Path, which: &str) {
     let root = busybox_rootfs(dir);
@@ -63,19 +78,7 @@ async fn images_are_pulled_from_a_configured_remote_with_progress_and_refreshed(
     let v1 = server.publish(alias, "20261101_0000", v1_dir.path(), Some(r#"{"mount_home": false}"#));
 
     let config = tempfile::tempdir().unwrap();
-    let file = config.path().join("kapsule.conf");
-    std::fs::write(
-        &file,
-        format!(
-            "# the tests' remote\n[remote.{remote}]\nurl = {}\ncertificate = {}\n",
-            server.url,
-            server.certificate.display()
-        ),
-    )
-    .unwrap();
-    let mut settings = test_settings();
-    settings.config_files = Some(vec![file]);
-    let test = &daemon_test_with(settings).await;
+    let test = &daemon_with_remote(config.path(), &remote, &server.url, &server.certificate).await;
     let incus = &test.env.incus;
     let cli = |args: &[&str]| -> Output {
         Command::new(kapsule_binary())
@@ -221,20 +224,8 @@ async fn a_server_whose_certificate_is_not_the_pinned_one_is_refused() {
     let other = SimpleStreamsServer::start();
     let _pulled = PulledImages(server.url.clone());
     let config = tempfile::tempdir().unwrap();
-    let file = config.path().join("kapsule.conf");
     // The server's URL, another server's certificate.
-    std::fs::write(
-        &file,
-        format!(
-            "[remote.pinned]\nurl = {}\ncertificate = {}\n",
-            server.url,
-            other.certificate.display()
-        ),
-    )
-    .unwrap();
-    let mut settings = test_settings();
-    settings.config_files = Some(vec![file]);
-    let test = &daemon_test_with(settings).await;
+    let test = &daemon_with_remote(config.path(), "pinned", &server.url, &other.certificate).await;
     let name = unique_name("kr");
     let _guard = InstanceGuard(name.clone());
     let mut signals = kapsule_signals(&test.client).await;
