@@ -173,8 +173,10 @@ pub(crate) fn init_script_failure(path: &str, code: i32, stderr: &[u8]) -> Strin
 /// `cap_setuid+ep` on newuidmap and `cap_setgid+ep` on newgidmap, where the image has them.
 ///
 /// Set directly as the `security.capability` attribute, through the container's root as its init
-/// sees it, so the image needs no `setcap`. The paths are resolved with `RESOLVE_IN_ROOT`: a
-/// symlink in the image cannot lead out of the container.
+/// sees it, so the image needs no `setcap`. The paths are resolved with `RESOLVE_IN_ROOT` (a
+/// symlink in the image resolves inside the container) and `RESOLVE_NO_XDEV`: the walk stays on
+/// the container's own root file system, so a symlink into a mount (`/.kapsule/host` is the
+/// host's `/`) cannot lead to a host file.
 async fn set_id_map_capabilities(state: &State, name: &str) -> Result<(), String> {
     let (pid, pidfd) = crate::enter::container_init(state, name)
         .await
@@ -191,10 +193,20 @@ async fn set_id_map_capabilities(state: &State, name: &str) -> Result<(), String
         if exited(&pidfd) {
             return Err("the container stopped".into());
         }
-        for (path, cap) in ID_MAP_HELPERS {
-            set_file_capability(&root, path, cap).map_err(|e| format!("/{path}: {e}"))?;
+        // Each helper on its own: one that cannot be done does not keep the other from it.
+        let failed: Vec<String> = ID_MAP_HELPERS
+            .iter()
+            .filter_map(|(path, cap)| {
+                set_file_capability(&root, path, *cap)
+                    .err()
+                    .map(|e| format!("/{path}: {e}"))
+            })
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
         }
-        Ok(())
     })
     .await
     .map_err(|e| e.to_string())?
@@ -215,10 +227,15 @@ fn set_file_capability(root: &OwnedFd, path: &str, cap: u32) -> std::io::Result<
         path,
         OFlags::PATH | OFlags::CLOEXEC,
         Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
     ) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(rustix::io::Errno::XDEV) => {
+            return Err(std::io::Error::other(
+                "it leads off the container's own file system (into a mount); left alone",
+            ));
+        }
         Err(e) => return Err(e.into()),
     };
     let stat = rustix::fs::fstat(&file)?;

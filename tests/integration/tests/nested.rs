@@ -167,13 +167,17 @@ async fn creation_runs_the_images_init_scripts_once_and_prepares_podman() {
         "#!/bin/sh\necho second >> /var/log/kt-init\necho 'no keyring here' >&2\nexit 3\n",
     );
     write_executable(&init.join("30-third"), "#!/bin/sh\necho third >> /var/log/kt-init\n");
-    // The id-map helpers: one a plain file, which gets its capability; one a symlink that
-    // leads, read from the host, to a file of the host's. Inside the container it leads nowhere,
-    // and the host's file must stay untouched.
+    // The id-map helpers: one a plain file, which gets its capability; one a symlink into the
+    // host's file system as the container sees it (`/.kapsule/host`, a bind mount of the host's
+    // `/`), to a file of the host's, which must stay untouched.
     write_executable(&root.join("usr/bin/newgidmap"), "#!/bin/sh\n");
     let host_file = tempfile::NamedTempFile::new_in("/var/tmp").unwrap();
     std::fs::set_permissions(host_file.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::os::unix::fs::symlink(host_file.path(), root.join("usr/bin/newuidmap")).unwrap();
+    std::os::unix::fs::symlink(
+        format!("/.kapsule/host{}", host_file.path().display()),
+        root.join("usr/bin/newuidmap"),
+    )
+    .unwrap();
 
     let (meta, rootfs) = pack_image(dir.path(), "kt busybox with init scripts");
     let alias = unique_name("initimg");
@@ -185,6 +189,11 @@ async fn creation_runs_the_images_init_scripts_once_and_prepares_podman() {
     let seen = test
         .create_from(&name, &format!("local:{alias}"), Default::default())
         .await;
+    assert!(
+        seen.iter().any(|s| s.contains("Could not set file capabilities")
+            && s.contains("/usr/bin/newuidmap: it leads off the container's own file system")),
+        "the symlink into a mount is refused, and said: {seen:?}"
+    );
     let ran: Vec<&String> = seen.iter().filter(|s| s.contains("Running /.kapsule/init/")).collect();
     assert_eq!(ran.len(), 3, "one message per script: {seen:?}");
     assert!(
