@@ -140,22 +140,31 @@ pub(crate) async fn ensure(
         .await;
     let started = std::time::Instant::now();
     let step = |what: &str| log::debug!("{name}: user setup: {what} after {:?}", started.elapsed());
-    wait_for_boot(state, name).await;
-    step("boot wait");
     if account.uid == 0 {
         // Root is in every image already, with its own /root; only the marker is needed.
+        wait_for_boot(state, name).await;
         mark_mapped(state, name, 0).await?;
         return Ok(true);
     }
-    mount_home(state, notes, name, account, &wants).await?;
-    step("home");
+    // What does not touch the user database (the devices, the sudo rule) is done while the boot
+    // wait runs: only the account has to come after it.
+    let (_, prepared) = tokio::join!(
+        async {
+            wait_for_boot(state, name).await;
+            step("boot wait");
+        },
+        async {
+            mount_home(state, notes, name, account, &wants).await?;
+            mount_custom_dirs(state, notes, name, account, &wants).await?;
+            mount_minimal_host_dirs(state, name, account, &wants).await?;
+            configure_sudo(state, name, account).await?;
+            step("mounts and sudo");
+            Ok::<(), Failure>(())
+        }
+    );
+    prepared?;
     create_account(state, notes, name, account, &wants).await?;
     step("account");
-    mount_custom_dirs(state, notes, name, account, &wants).await?;
-    mount_minimal_host_dirs(state, name, account, &wants).await?;
-    step("other mounts");
-    configure_sudo(state, name, account).await?;
-    step("sudo");
     enable_linger(state, notes, name, account, &wants).await;
     mark_mapped(state, name, account.uid).await?;
     log::info!("{name}: user '{}' set up in {:?}", account.name, started.elapsed());
@@ -197,7 +206,7 @@ systemctl start systemd-sysusers.service"#;
     }
 }
 
-/// Step 1: the host home at the container home, as a disk device.
+/// Step 1 (beside the boot wait): the host home at the container home, as a disk device.
 async fn mount_home(
     state: &State,
     notes: Notes<'_>,
@@ -230,8 +239,8 @@ pub(crate) fn home_devices(account: &Account) -> Devices {
     )])
 }
 
-/// Step 2: the group and the account, written into the container's user database; with
-/// `mount_home` off, a home of its own made from `/etc/skel`.
+/// Step 5 (after the boot wait): the group and the account, written into the container's user
+/// database; with `mount_home` off, a home of its own made from `/etc/skel`.
 async fn create_account(
     state: &State,
     notes: Notes<'_>,
@@ -425,8 +434,8 @@ fn days_since_epoch() -> u64 {
         .unwrap_or(0)
 }
 
-/// Step 3: each custom mount, `~/x` meaning the user's own `x`, created on the host as the user
-/// and mounted at the same path inside. A directory inside a mounted home is visible through the
+/// Step 2 (beside the boot wait): each custom mount, `~/x` meaning the user's own `x`, created
+/// on the host as the user and mounted at the same path inside. A directory inside a mounted home is visible through the
 /// home already and gets no mount of its own (Incus cannot hot-plug a mount below another one).
 async fn mount_custom_dirs(
     state: &State,
@@ -498,8 +507,8 @@ pub(crate) fn custom_mount_device(path: &str) -> String {
     format!("kapsule-mount-{hex}")
 }
 
-/// Step 4: without `/.kapsule/host`, only the user's runtime directory and the X11 sockets are
-/// shared, at the same places below `/.kapsule/host` (where the socket mounts look). A source
+/// Step 3 (beside the boot wait): without `/.kapsule/host`, only the user's runtime directory and
+/// the X11 sockets are shared, at the same places below `/.kapsule/host` (where the socket mounts look). A source
 /// the host does not have yet (no session) is not an error: it is mounted once it exists at the
 /// next start.
 async fn mount_minimal_host_dirs(state: &State, name: &str, account: &Account, wants: &Wants) -> Result<(), Failure> {
@@ -539,7 +548,8 @@ pub(crate) fn minimal_host_devices(uid: u32) -> Devices {
     ])
 }
 
-/// Step 5: passwordless sudo, in a sudoers.d file sudo will read (it skips names with a `.`).
+/// Step 4 (beside the boot wait): passwordless sudo, in a sudoers.d file sudo will read (it skips
+/// names with a `.`).
 async fn configure_sudo(state: &State, name: &str, account: &Account) -> Result<(), Failure> {
     let root = |mode| FileMeta::new(0, 0, mode);
     state
