@@ -32,24 +32,13 @@ recipe_key() {
     {
         cat "$HERE"/build.sh
         find "$HERE/files" -type f -print0 | sort -z | xargs -0 cat
+        declare -f image_recipe_start image_recipe_finish
         codename
         uname -m
     } | sha256sum | cut -c1-16
 }
 
-if [ "${1:-}" = "--print-key" ]; then
-    recipe_key
-    exit 0
-fi
-
-require_root
-KEY=$(recipe_key)
-OUT=$KAPSULE_CACHE_DIR/images/$KEY
-if [ -f "$OUT/rootfs.tar.zst" ] && [ -f "$OUT/metadata.tar.gz" ]; then
-    log "Debian image $KEY: cached in $OUT"
-    printf '%s\n' "$OUT"
-    exit 0
-fi
+image_recipe_start "Debian image" "" "$@"
 
 command -v debootstrap >/dev/null || die "debootstrap is not installed (run tests/env/up.sh)"
 command -v zstd >/dev/null || die "zstd is not installed (run tests/env/up.sh)"
@@ -104,10 +93,4 @@ properties:
   description: Kapsule Debian image ($SUITE, systemd, podman, docker)
   kapsule.recipe: "$KEY"
 EOF
-tar -C "$WORK" -czf "$WORK/metadata.tar.gz" metadata.yaml
-tar --numeric-owner --xattrs --xattrs-include='*' -C "$WORK/rootfs" -I 'zstd -T0 -3' -cf "$WORK/rootfs.tar.zst" .
-
-mkdir -p "$OUT"
-mv "$WORK/metadata.tar.gz" "$WORK/rootfs.tar.zst" "$OUT/"
-log "Debian image $KEY built: $(du -sh "$OUT/rootfs.tar.zst" | cut -f1)"
-printf '%s\n' "$OUT"
+image_recipe_finish "Debian image" "$WORK" "$WORK/rootfs"

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared helpers for the test environment scripts (up.sh, down.sh, image/build.sh).
+# Shared helpers for the test environment scripts (up.sh, down.sh) and the image recipes
+# (images/debian/build.sh, image/build-os.sh).
 #
 # Everything the environment starts is recorded under $KAPSULE_TEST_RUN so that down.sh can stop
 # exactly what up.sh started and nothing else (a developer's own incusd is left alone).
@@ -108,4 +109,39 @@ stop_pidfile() {
         fi
     fi
     rm -f "$pidfile"
+}
+
+# The cache of an image recipe, which defines recipe_key (a hash of everything that shapes the
+# image; it includes these two functions through `declare -f`). Call as
+# `image_recipe_start WHAT PREFIX "$@"`: with --print-key it prints the key and exits; else it
+# sets KEY and OUT (the cache entry, .cache/images/<PREFIX><KEY>) and, when OUT holds a built
+# image, prints OUT and exits.
+image_recipe_start() {
+    local what=$1 prefix=$2
+    shift 2
+    if [ "${1:-}" = "--print-key" ]; then
+        recipe_key
+        exit 0
+    fi
+    require_root
+    KEY=$(recipe_key)
+    OUT=$KAPSULE_CACHE_DIR/images/$prefix$KEY
+    if [ -f "$OUT/rootfs.tar.zst" ] && [ -f "$OUT/metadata.tar.gz" ]; then
+        log "$what $KEY: cached in $OUT"
+        printf '%s\n' "$OUT"
+        exit 0
+    fi
+}
+
+# image_recipe_finish WHAT WORK ROOTFS: packs WORK/metadata.yaml and the tree ROOTFS as the split
+# image Incus imports (metadata.tar.gz, rootfs.tar.zst with owners and xattrs: file capabilities
+# live in them), moves both into OUT and prints OUT.
+image_recipe_finish() {
+    local what=$1 work=$2 rootfs=$3
+    tar -C "$work" -czf "$work/metadata.tar.gz" metadata.yaml
+    tar --numeric-owner --xattrs --xattrs-include='*' -C "$rootfs" -I 'zstd -T0 -3' -cf "$work/rootfs.tar.zst" .
+    mkdir -p "$OUT"
+    mv "$work/metadata.tar.gz" "$work/rootfs.tar.zst" "$OUT/"
+    log "$what $KEY built: $(du -sh "$OUT/rootfs.tar.zst" | cut -f1)"
+    printf '%s\n' "$OUT"
 }

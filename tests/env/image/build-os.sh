@@ -19,19 +19,7 @@ recipe_key() {
     } | sha256sum | cut -c1-16
 }
 
-if [ "${1:-}" = "--print-key" ]; then
-    recipe_key
-    exit 0
-fi
-
-require_root
-KEY=$(recipe_key)
-OUT=$KAPSULE_CACHE_DIR/images/os-$KEY
-if [ -f "$OUT/rootfs.tar.zst" ] && [ -f "$OUT/metadata.tar.gz" ]; then
-    log "OS image $KEY: cached in $OUT"
-    printf '%s\n' "$OUT"
-    exit 0
-fi
+image_recipe_start "OS image" "os-" "$@"
 
 BASE=$("$BASE_RECIPE")
 SUITE=$(codename)
@@ -90,9 +78,4 @@ properties:
   description: Kapsule booted-system test OS ($SUITE, systemd, Incus)
   kapsule.recipe: "os-$KEY"
 EOM
-tar -C "$WORK" -czf "$WORK/metadata.tar.gz" metadata.yaml
-tar --numeric-owner --xattrs --xattrs-include='*' -C "$root" -I 'zstd -T0 -3' -cf "$WORK/rootfs.tar.zst" .
-mkdir -p "$OUT"
-mv "$WORK/metadata.tar.gz" "$WORK/rootfs.tar.zst" "$OUT/"
-log "OS image $KEY built: $(du -sh "$OUT/rootfs.tar.zst" | cut -f1)"
-printf '%s\n' "$OUT"
+image_recipe_finish "OS image" "$WORK" "$root"
