@@ -7,7 +7,7 @@
 //! a symlink from there to a file the user may not read gives nothing away.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::caller::Caller;
 
@@ -49,29 +49,31 @@ fn merge(layers: Vec<(PathBuf, std::io::Result<String>)>) -> BTreeMap<String, St
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     for (file, text) in layers {
-        let text = match text {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                log::warn!("skipping {}: {e}", file.display());
-                continue;
-            }
+        let Some(entries) = layer_entries(&file, text) else {
+            continue;
         };
-        match parse(&text) {
-            Ok(values) => config.extend(values),
-            Err(e) => log::warn!("skipping {}: {e}", file.display()),
-        }
+        // The `[kapsule]` keys Kapsule knows; others are ignored.
+        config.extend(
+            entries
+                .into_iter()
+                .filter(|e| e.section == "kapsule" && DEFAULTS.iter().any(|(k, _)| *k == e.key))
+                .map(|e| (e.key, e.value)),
+        );
     }
     config
 }
 
-/// The `[kapsule]` keys of an INI text that Kapsule knows; others are ignored.
-fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
-    Ok(entries(text)?
-        .into_iter()
-        .filter(|e| e.section == "kapsule" && DEFAULTS.iter().any(|(k, _)| *k == e.key))
-        .map(|e| (e.key, e.value))
-        .collect())
+/// One layer's entries: `None` for a file that is missing (silently) or that cannot be read or
+/// parsed (logged): the layer is skipped whole.
+fn layer_entries(file: &Path, text: std::io::Result<String>) -> Option<Vec<Entry>> {
+    let parsed = match text {
+        Ok(text) => entries(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => Err(e.to_string()),
+    };
+    parsed
+        .inspect_err(|e| log::warn!("skipping {}: {e}", file.display()))
+        .ok()
 }
 
 /// One `key = value` line of an INI text, with the section it is in.
@@ -116,13 +118,8 @@ pub(crate) fn entries(text: &str) -> Result<Vec<Entry>, String> {
 pub(crate) async fn system_entries(files: &[PathBuf]) -> Vec<(PathBuf, Vec<Entry>)> {
     let mut layers = Vec::new();
     for file in files {
-        match tokio::fs::read_to_string(file).await {
-            Ok(text) => match entries(&text) {
-                Ok(entries) => layers.push((file.clone(), entries)),
-                Err(e) => log::warn!("skipping {}: {e}", file.display()),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => log::warn!("skipping {}: {e}", file.display()),
+        if let Some(entries) = layer_entries(file, tokio::fs::read_to_string(file).await) {
+            layers.push((file.clone(), entries));
         }
     }
     layers
