@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use kapsule_dbus::Error;
 use kapsule_dbus::image::{ImageRef, is_fingerprint};
-use kapsule_incus::models::{Image, InstanceSource};
+use kapsule_incus::models::{Image, ImageUpdateSource, InstanceSource};
 use kapsule_incus::{EventKind, ImageUpload, UploadFile};
 
 use crate::State;
@@ -299,6 +299,11 @@ pub(crate) fn short(fingerprint: &str) -> &str {
     fingerprint.get(..12).unwrap_or(fingerprint)
 }
 
+/// The server a pulled image came from, as a remote's URL is written (no trailing `/`).
+fn source_server(source: &ImageUpdateSource) -> &str {
+    source.server.trim_end_matches('/')
+}
+
 /// The newest image in `images` that was pulled from `server` under `alias` and that Incus
 /// keeps current.
 pub(crate) fn pulled_from<'a>(images: &'a [Image], server: &str, alias: &str) -> Option<&'a Image> {
@@ -307,7 +312,7 @@ pub(crate) fn pulled_from<'a>(images: &'a [Image], server: &str, alias: &str) ->
         .filter(|i| {
             i.update_source
                 .as_ref()
-                .is_some_and(|s| s.server.trim_end_matches('/') == server && s.alias == alias)
+                .is_some_and(|s| source_server(s) == server && s.alias == alias)
         })
         .max_by(|a, b| a.uploaded_at.cmp(&b.uploaded_at))
 }
@@ -460,20 +465,23 @@ impl RefreshFilter {
                 let Some(source) = &i.update_source else {
                     return false;
                 };
-                self.server
-                    .as_deref()
-                    .is_none_or(|s| s == source.server.trim_end_matches('/'))
+                self.server.as_deref().is_none_or(|s| s == source_server(source))
                     && self.alias.as_deref().is_none_or(|a| a == source.alias)
             })
             .collect()
     }
 }
 
-/// Asks Incus to refresh each selected image from its source, one after the other; an image that
-/// fails does not stop the others, but fails the operation.
-pub(crate) async fn refresh(state: &State, reporter: &Reporter, filter: String) -> Result<String, Failure> {
-    let remotes = Remotes::read(&state.settings.system_files()).await;
-    let parsed = RefreshFilter::parse(&filter, &remotes)?;
+/// Asks Incus to refresh each image `parsed` (the client's `filter`, checked against `remotes`
+/// before the operation began) selects, one after the other; an image that fails does not stop
+/// the others, but fails the operation.
+pub(crate) async fn refresh(
+    state: &State,
+    reporter: &Reporter,
+    filter: &str,
+    parsed: &RefreshFilter,
+    remotes: &Remotes,
+) -> Result<String, Failure> {
     let images = state.incus.list_images().await?;
     let selected = parsed.select(&images);
     if selected.is_empty() {
@@ -489,7 +497,7 @@ pub(crate) async fn refresh(state: &State, reporter: &Reporter, filter: String) 
     let mut refreshed = 0;
     for image in &selected {
         let source = image.update_source.clone().unwrap_or_default();
-        let label = source_label(&remotes, &source);
+        let label = source_label(remotes, &source);
         let progress = reporter.progress_start(&format!("Refreshing {label}"), -1).await;
         forget_index(state, &source.server).await;
         let result = async {
@@ -537,8 +545,8 @@ pub(crate) async fn refresh(state: &State, reporter: &Reporter, filter: String) 
 
 /// `<remote>:<alias>` for a pulled image, by the remote's name when a configured remote has
 /// that server, else `<alias> from <server>`.
-pub(crate) fn source_label(remotes: &Remotes, source: &kapsule_incus::models::ImageUpdateSource) -> String {
-    match remotes.by_url(source.server.trim_end_matches('/')) {
+pub(crate) fn source_label(remotes: &Remotes, source: &ImageUpdateSource) -> String {
+    match remotes.by_url(source_server(source)) {
         Some(remote) => format!("{}:{}", remote.name, source.alias),
         None => format!("{} from {}", source.alias, source.server),
     }

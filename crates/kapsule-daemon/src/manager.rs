@@ -258,13 +258,13 @@ impl Manager {
     ) -> Result<OwnedObjectPath, Error> {
         let who = Requester::authorized(&self.link, connection, &header, Action::ManageImages, &[]).await?;
         let remotes = crate::remotes::Remotes::read(&self.state.settings.system_files()).await;
-        images::RefreshFilter::parse(&image, &remotes)?;
+        let filter = images::RefreshFilter::parse(&image, &remotes)?;
         self.operation(
             &who,
             "refresh_images",
             "Refreshing cached images".to_owned(),
             String::new(),
-            move |state, reporter| async move { images::refresh(&state, &reporter, image).await },
+            move |state, reporter| async move { images::refresh(&state, &reporter, &image, &filter, &remotes).await },
         )
         .await
     }
