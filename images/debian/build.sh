@@ -82,15 +82,5 @@ rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/lib/apt/lis
 # Incus sets the hostname from the container name; a baked-in one would win over it.
 rm -f "$WORK/rootfs/etc/hostname"
 
-arch=$(uname -m)
-cat >"$WORK/metadata.yaml" <<EOF
-architecture: $arch
-creation_date: $(date +%s)
-properties:
-  os: debian
-  release: $SUITE
-  architecture: $arch
-  description: Kapsule Debian image ($SUITE, systemd, podman, docker)
-  kapsule.recipe: "$KEY"
-EOF
-image_recipe_finish "Debian image" "$WORK" "$WORK/rootfs"
+image_recipe_finish "Debian image" "Kapsule Debian image ($SUITE, systemd, podman, docker)" \
+    "$WORK" "$WORK/rootfs"

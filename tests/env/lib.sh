@@ -133,11 +133,25 @@ image_recipe_start() {
     fi
 }
 
-# image_recipe_finish WHAT WORK ROOTFS: packs WORK/metadata.yaml and the tree ROOTFS as the split
-# image Incus imports (metadata.tar.gz, rootfs.tar.zst with owners and xattrs: file capabilities
-# live in them), moves both into OUT and prints OUT.
+# image_recipe_finish WHAT DESCRIPTION WORK ROOTFS: writes the image's metadata (this machine's
+# Debian release and architecture, DESCRIPTION, and the recipe's key as `kapsule.recipe`, which
+# up.sh compares with --print-key), packs it and the tree ROOTFS as the split image Incus imports
+# (metadata.tar.gz, rootfs.tar.zst with owners and xattrs: file capabilities live in them), moves
+# both into OUT and prints OUT.
 image_recipe_finish() {
-    local what=$1 work=$2 rootfs=$3
+    local what=$1 description=$2 work=$3 rootfs=$4 arch suite
+    arch=$(uname -m)
+    suite=$(codename)
+    cat >"$work/metadata.yaml" <<META
+architecture: $arch
+creation_date: $(date +%s)
+properties:
+  os: debian
+  release: $suite
+  architecture: $arch
+  description: $description
+  kapsule.recipe: "$KEY"
+META
     tar -C "$work" -czf "$work/metadata.tar.gz" metadata.yaml
     tar --numeric-owner --xattrs --xattrs-include='*' -C "$rootfs" -I 'zstd -T0 -3' -cf "$work/rootfs.tar.zst" .
     mkdir -p "$OUT"

@@ -67,15 +67,4 @@ ln -sf /lib/systemd/system/systemd-sysext.service "$root/etc/systemd/system/sysi
 [ -e "$root/etc/systemd/system/sockets.target.wants/incus.socket" ] ||
     die "the incus package did not enable incus.socket"
 
-arch=$(uname -m)
-cat >"$WORK/metadata.yaml" <<EOM
-architecture: $arch
-creation_date: $(date +%s)
-properties:
-  os: debian
-  release: $SUITE
-  architecture: $arch
-  description: Kapsule booted-system test OS ($SUITE, systemd, Incus)
-  kapsule.recipe: "os-$KEY"
-EOM
-image_recipe_finish "OS image" "$WORK" "$root"
+image_recipe_finish "OS image" "Kapsule booted-system test OS ($SUITE, systemd, Incus)" "$WORK" "$root"
