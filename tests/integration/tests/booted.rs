@@ -68,7 +68,10 @@ impl Os {
 
     /// Waits until the boot is over and says how it went; every unit must have succeeded.
     fn booted(&self) {
-        // Right after `incus start`, exec may fail until the container's init runs.
+        // Right after `incus start`, exec fails until the container's init runs (and until
+        // systemd made /run/systemd/system, systemctl says "offline"); then `systemctl` fails
+        // ("Failed to connect to bus") until systemd listens on its private socket:
+        // `is-system-running --wait` prints a state only once it could ask.
         let started = Instant::now();
         while !self.sh("test -d /run/systemd/system").ok {
             assert!(
@@ -77,7 +80,18 @@ impl Os {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        let state = self.sh("systemctl is-system-running --wait");
+        let state = loop {
+            let state = self.sh("systemctl is-system-running --wait");
+            if !state.stdout.trim().is_empty() {
+                break state;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "cannot ask the OS's systemd how the boot went: {}",
+                state.stderr
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
         let failed = self.sh("systemctl --failed --no-legend --plain");
         assert_eq!(
             state.stdout.trim(),
