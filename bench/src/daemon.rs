@@ -267,10 +267,21 @@ pub(crate) async fn tiny_containers(
 
 /// Waits (untimed) until the container's systemd has booted: a clean stop sent while it still
 /// boots can be lost (the signal arrives before systemd handles it) and waits out its timeout.
+/// Right after a start `systemctl` cannot connect yet ("Failed to connect to bus") and prints
+/// no state: it is asked again until it could ask.
 async fn booted(incus: &kapsule_incus::Client, name: &str) -> Result<()> {
     let request = kapsule_incus::ExecRequest::new(["systemctl", "is-system-running", "--wait"]);
-    incus.exec(name, &request, Duration::from_secs(120)).await?;
-    Ok(())
+    let started = Instant::now();
+    loop {
+        let out = incus.exec(name, &request, Duration::from_secs(120)).await?;
+        if !out.stdout.trim_ascii().is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("{name} did not boot: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Create, stop, start and delete through the daemon (each timed from the call to its
