@@ -9,9 +9,11 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use kapsule_incus::{ExecRequest, FileMeta};
+use kapsule_incus::ExecRequest;
+use kapsule_rootfs::Meta;
 
 use crate::State;
+use crate::files::{ContainerFiles, exited};
 use crate::operation::{Failure, MessageKind, Reporter};
 use crate::users::{IfMissing, edit_file};
 
@@ -45,33 +47,26 @@ const CAP_SETUID: u32 = 7;
 /// Every step, in order. `session_mode` containers run their own systemd user session and keep
 /// podman's default cgroup manager.
 pub(crate) async fn run(state: &State, reporter: &Reporter, name: &str, session_mode: bool) -> Result<(), Failure> {
-    let root = FileMeta::new(0, 0, 0o755);
+    let files = ContainerFiles::open(state, name).await.map_err(Failure::Failed)?;
     // Konsole detects Kapsule containers by /.kapsule; it exists even without the host mount.
-    state
-        .incus
-        .ensure_directory(name, "/.kapsule", root)
+    files
+        .run(|root| root.ensure_dir("/.kapsule", Meta::new(0, 0, 0o755)))
         .await
-        .map_err(|e| Failure::Failed(format!("Cannot create /.kapsule: {e}")))?;
+        .map_err(|e| Failure::Failed(format!("Cannot create /.kapsule: {}", e.reason())))?;
     // Masked, as systemctl mask would: with the host's network there is nothing to wait for, and
     // the unit would stall boot for 30 s.
-    if let Err(e) = state
-        .incus
-        .create_symlink(
-            name,
-            "/etc/systemd/system/systemd-networkd-wait-online.service",
-            "/dev/null",
-            root,
-        )
-        .await
-    {
+    let masked = files
+        .run(|root| root.symlink("/etc/systemd/system/systemd-networkd-wait-online.service", "/dev/null"))
+        .await;
+    if let Err(e) = masked {
         reporter
-            .warn(&format!("Could not mask systemd-networkd-wait-online: {e}"))
+            .warn(&format!("Could not mask systemd-networkd-wait-online: {}", e.reason()))
             .await;
     }
     // On the host's network no DNS server knows the container's name, and sudo, among others,
     // looks it up on every run ("unable to resolve host").
-    let hosts_meta = FileMeta::new(0, 0, 0o644);
-    if let Err(e) = edit_file(state, name, "/etc/hosts", IfMissing::Create(hosts_meta), |hosts| {
+    let hosts_meta = Meta::new(0, 0, 0o644);
+    if let Err(e) = edit_file(&files, "/etc/hosts", IfMissing::Create(hosts_meta), |hosts| {
         hosts_with_name(hosts, name)
     })
     .await
@@ -80,7 +75,7 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, name: &str, session_
             .warn(&format!("Could not add '{name}' to /etc/hosts: {}", e.message()))
             .await;
     }
-    run_init_scripts(state, reporter, name).await?;
+    run_init_scripts(state, &files, reporter).await?;
     if let Err(e) = set_id_map_capabilities(state, name).await {
         reporter
             .warn(&format!(
@@ -88,9 +83,9 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, name: &str, session_
             ))
             .await;
     }
-    if !session_mode && let Err(e) = write_podman_drop_in(state, name).await {
+    if !session_mode && let Err(e) = write_podman_drop_in(&files).await {
         reporter
-            .warn(&format!("Could not write the rootless podman drop-in: {e}"))
+            .warn(&format!("Could not write the rootless podman drop-in: {}", e.reason()))
             .await;
     }
     Ok(())
@@ -120,15 +115,16 @@ pub(crate) fn hosts_with_name(hosts: &str, name: &str) -> Option<String> {
 
 /// Runs every entry of the image's `/.kapsule/init/` as root, in name order, one at a time.
 /// A failing script is a warning with its exit code and error output; only a cancel stops them.
-async fn run_init_scripts(state: &State, reporter: &Reporter, name: &str) -> Result<(), Failure> {
-    let mut scripts = match state.incus.list_directory(name, INIT_DIR).await {
-        Ok(scripts) => scripts,
-        Err(e) if e.is_not_found() => {
+async fn run_init_scripts(state: &State, files: &ContainerFiles, reporter: &Reporter) -> Result<(), Failure> {
+    let name = files.name();
+    let mut scripts = match files.run(|root| root.list(INIT_DIR)).await {
+        Ok(Some(scripts)) => scripts,
+        Ok(None) => {
             log::debug!("{name}: the image has no {INIT_DIR}");
             return Ok(());
         }
         Err(e) => {
-            reporter.warn(&format!("Cannot list {INIT_DIR}: {e}")).await;
+            reporter.warn(&format!("Cannot list {INIT_DIR}: {}", e.reason())).await;
             return Ok(());
         }
     };
@@ -212,12 +208,6 @@ async fn set_id_map_capabilities(state: &State, name: &str) -> Result<(), String
     .map_err(|e| e.to_string())?
 }
 
-fn exited(pidfd: &OwnedFd) -> bool {
-    let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
-    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
-    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
-}
-
 /// Gives the regular file at `path` (below `root`) the capability `cap`, effective and
 /// permitted. A missing file, or one that is setuid-root, is nothing to do.
 fn set_file_capability(root: &OwnedFd, path: &str, cap: u32) -> std::io::Result<()> {
@@ -280,17 +270,15 @@ pub(crate) fn file_capability(cap: u32) -> [u8; 20] {
 
 /// `cgroup_manager = "cgroupfs"` for podman, in a drop-in of its own so the image's
 /// containers.conf stays the image's.
-async fn write_podman_drop_in(state: &State, name: &str) -> Result<(), kapsule_incus::Error> {
-    let dir = FileMeta::new(0, 0, 0o755);
-    state.incus.ensure_directory(name, "/etc/containers", dir).await?;
-    state
-        .incus
-        .ensure_directory(name, "/etc/containers/containers.conf.d", dir)
-        .await?;
-    let (path, text) = PODMAN_DROP_IN;
-    state
-        .incus
-        .push_file(name, path, text.as_bytes().to_vec(), FileMeta::new(0, 0, 0o644))
+async fn write_podman_drop_in(files: &ContainerFiles) -> kapsule_rootfs::Result<()> {
+    files
+        .run(|root| {
+            let dir = Meta::new(0, 0, 0o755);
+            root.ensure_dir("/etc/containers", dir)?;
+            root.ensure_dir("/etc/containers/containers.conf.d", dir)?;
+            let (path, text) = PODMAN_DROP_IN;
+            root.write(path, text.as_bytes(), Meta::new(0, 0, 0o644))
+        })
         .await
 }
 

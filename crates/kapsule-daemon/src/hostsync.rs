@@ -18,11 +18,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kapsule_incus::ExecRequest;
 use kapsule_incus::models::{ConfigMap, Instance};
-use kapsule_incus::{ExecRequest, FileMeta};
+use kapsule_rootfs::Meta;
 
 use crate::State;
 use crate::containers;
+use crate::files::ContainerFiles;
 
 /// How long a sync script may run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -62,8 +64,6 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Timezone, Kind::Locale, Kind::Dns];
-
     fn name(self) -> &'static str {
         match self {
             Kind::Timezone => "timezone",
@@ -170,17 +170,23 @@ pub(crate) type Synced = Result<String, String>;
 /// it. Returns a line per kind pushed or failed, for the log or a client.
 pub(crate) async fn sync_container(state: &State, instance: &Instance, config: &HostConfig) -> Vec<Synced> {
     let name = instance.name.as_str();
+    let pending: Vec<(Kind, &String, String)> = config
+        .0
+        .iter()
+        .map(|(&kind, value)| (kind, value, digest(value)))
+        .filter(|(kind, _, digest)| instance.config.get(&kind.config_key()) != Some(digest))
+        .collect();
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    let files = match ContainerFiles::open(state, name).await {
+        Ok(files) => files,
+        Err(e) => return vec![Err(format!("not synced: {e}"))],
+    };
     let mut done = ConfigMap::new();
     let mut lines = Vec::new();
-    for kind in Kind::ALL {
-        let Some(value) = config.0.get(&kind) else {
-            continue;
-        };
-        let digest = digest(value);
-        if instance.config.get(&kind.config_key()) == Some(&digest) {
-            continue;
-        }
-        match push(state, name, kind, value).await {
+    for (kind, value, digest) in pending {
+        match push(state, &files, kind, value).await {
             Ok(how) => {
                 lines.push(Ok(format!("{}: {how}", kind.name())));
                 done.insert(kind.config_key(), digest);
@@ -198,20 +204,22 @@ pub(crate) async fn sync_container(state: &State, instance: &Instance, config: &
 
 /// Pushes one value into container `name`: through the image's script if it has one, else the
 /// built-in way. Says which.
-async fn push(state: &State, name: &str, kind: Kind, value: &str) -> Result<&'static str, String> {
+async fn push(state: &State, files: &ContainerFiles, kind: Kind, value: &str) -> Result<&'static str, String> {
+    let name = files.name();
     let script = format!("/.kapsule/sync/{}", kind.name());
-    let has_script = match state.incus.read_file(name, &script).await {
-        Ok(file) => file.meta.mode & 0o111 != 0,
-        Err(e) if e.is_not_found() => false,
+    let path = script.clone();
+    let has_script = match files.run(move |root| root.metadata(&path)).await {
+        Ok(Some(stat)) => stat.kind == kapsule_rootfs::Kind::File && stat.meta.mode & 0o111 != 0,
+        Ok(None) => false,
         Err(e) => return Err(e.to_string()),
     };
-    let root = |mode| FileMeta::new(0, 0, mode);
+    let root = |mode| Meta::new(0, 0, mode);
     if has_script {
         // Incus's exec gives no stdin: the value waits in a file only root can read.
         let input = format!("/run/kapsule-sync.{}", kind.name());
-        state
-            .incus
-            .push_file(name, &input, value.as_bytes().to_vec(), root(0o600))
+        let (path, data) = (input.clone(), value.as_bytes().to_vec());
+        files
+            .run(move |r| r.write(&path, &data, root(0o600)))
             .await
             .map_err(|e| e.to_string())?;
         let request = ExecRequest::new(["sh", "-c", "exec \"$0\" < \"$1\"", &script, &input]);
@@ -220,7 +228,7 @@ async fn push(state: &State, name: &str, kind: Kind, value: &str) -> Result<&'st
             .exec(name, &request, SCRIPT_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
-        let _ = state.incus.delete_file(name, &input).await;
+        let _ = files.run(move |r| r.remove(&input)).await;
         if out.exit_code != 0 {
             return Err(format!(
                 "{script} exited with code {}: {}",
@@ -230,36 +238,21 @@ async fn push(state: &State, name: &str, kind: Kind, value: &str) -> Result<&'st
         }
         return Ok("by the image's script");
     }
-    let incus = &state.incus;
-    let fail = |e: kapsule_incus::Error| e.to_string();
+    let value = value.to_owned();
     match kind {
-        Kind::Timezone => {
-            let _ = incus.delete_file(name, "/etc/localtime").await;
-            incus
-                .create_symlink(
-                    name,
-                    "/etc/localtime",
-                    &format!("/usr/share/zoneinfo/{value}"),
-                    root(0o777),
-                )
-                .await
-                .map_err(fail)?;
-            incus
-                .push_file(name, "/etc/timezone", format!("{value}\n"), root(0o644))
-                .await
-                .map_err(fail)?;
-        }
-        Kind::Dns => {
-            // A symlink (to the container's own resolver's file) is replaced, not written
-            // through: with the host's network, the host's resolver is the one to ask.
-            if incus.is_symlink(name, "/etc/resolv.conf").await.map_err(fail)? {
-                incus.delete_file(name, "/etc/resolv.conf").await.map_err(fail)?;
-            }
-            incus
-                .push_file(name, "/etc/resolv.conf", value.to_owned(), root(0o644))
-                .await
-                .map_err(fail)?;
-        }
+        Kind::Timezone => files
+            .run(move |r| {
+                r.symlink("/etc/localtime", &format!("/usr/share/zoneinfo/{value}"))?;
+                r.write("/etc/timezone", format!("{value}\n").as_bytes(), root(0o644))
+            })
+            .await
+            .map_err(|e| e.to_string())?,
+        // A symlink (to the container's own resolver's file) is replaced, not written through:
+        // with the host's network, the host's resolver is the one to ask.
+        Kind::Dns => files
+            .run(move |r| r.write("/etc/resolv.conf", value.as_bytes(), root(0o644)))
+            .await
+            .map_err(|e| e.to_string())?,
         // Recorded as done: the image chose not to take it. A new value is offered again.
         Kind::Locale => return Ok("left to the image (it has no /.kapsule/sync/locale)"),
     }

@@ -12,6 +12,7 @@ mod config;
 mod containers;
 mod create;
 mod enter;
+mod files;
 mod fixups;
 mod hostsync;
 mod images;

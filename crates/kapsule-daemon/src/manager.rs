@@ -202,15 +202,7 @@ impl Manager {
             Err(e) => return Err(e),
         }
         let mut argv = vec!["kapsule".to_owned(), "enter".to_owned()];
-        if !working_directory.is_empty()
-            && self
-                .state
-                .incus
-                .read_file(&name, &working_directory)
-                .await
-                .is_err_and(|e| !e.is_not_found())
-        {
-            // The files API answers "is a directory" for one that exists.
+        if !working_directory.is_empty() && self.is_directory_in(&name, &working_directory).await {
             argv.extend(["--cwd".to_owned(), working_directory]);
         }
         argv.push(name);
@@ -398,6 +390,19 @@ async fn managing(link: &Link, connection: &Connection, header: &Header<'_>, nam
 }
 
 impl Manager {
+    /// Whether `path` is a directory in running container `name` (symlinks followed inside
+    /// it); anything that keeps it from being known is a no.
+    async fn is_directory_in(&self, name: &str, path: &str) -> bool {
+        let Ok(files) = crate::files::ContainerFiles::open(&self.state, name).await else {
+            return false;
+        };
+        let path = path.to_owned();
+        matches!(
+            files.run(move |root| root.metadata(&path)).await,
+            Ok(Some(stat)) if stat.kind == kapsule_rootfs::Kind::Directory
+        )
+    }
+
     /// Starts `work` as an operation of `kind` and returns its path; the work gets the shared
     /// state and its reporter.
     async fn operation<W, F>(

@@ -15,12 +15,13 @@
 use std::path::{Path, PathBuf};
 
 use kapsule_dbus::Error;
-use kapsule_incus::FileMeta;
 use kapsule_incus::models::{ConfigMap, Devices, Instance};
+use kapsule_rootfs::Meta;
 
 use crate::State;
 use crate::caller::{Caller, FsIdentity, Missing};
 use crate::create::device;
+use crate::files::{ContainerFiles, MAX_READ};
 use crate::operation::{Failure, Reporter};
 
 /// The host account being set up in a container.
@@ -146,6 +147,7 @@ pub(crate) async fn ensure(
         mark_mapped(state, name, 0).await?;
         return Ok(true);
     }
+    let files = ContainerFiles::open(state, name).await.map_err(Failure::Failed)?;
     // What does not touch the user database (the devices, the sudo rule) is done while the boot
     // wait runs: only the account has to come after it.
     let (_, prepared) = tokio::join!(
@@ -157,13 +159,13 @@ pub(crate) async fn ensure(
             mount_home(state, notes, name, account, &wants).await?;
             mount_custom_dirs(state, notes, name, account, &wants).await?;
             mount_minimal_host_dirs(state, name, account, &wants).await?;
-            configure_sudo(state, name, account).await?;
+            configure_sudo(&files, account).await?;
             step("mounts and sudo");
             Ok::<(), Failure>(())
         }
     );
     prepared?;
-    create_account(state, notes, name, account, &wants).await?;
+    create_account(state, &files, notes, account, &wants).await?;
     step("account");
     enable_linger(state, notes, name, account, &wants).await;
     mark_mapped(state, name, account.uid).await?;
@@ -243,45 +245,45 @@ pub(crate) fn home_devices(account: &Account) -> Devices {
 /// database; with `mount_home` off, a home of its own made from `/etc/skel`.
 async fn create_account(
     state: &State,
+    files: &ContainerFiles,
     notes: Notes<'_>,
-    name: &str,
     account: &Account,
     wants: &Wants,
 ) -> Result<(), Failure> {
     let home = account.container_home();
-    let shells = match state.incus.read_file(name, "/etc/shells").await {
-        Ok(f) => String::from_utf8_lossy(&f.data).into_owned(),
-        Err(_) => String::new(),
+    let shells = match files.run(|root| root.read("/etc/shells", MAX_READ)).await {
+        Ok(Some(f)) => String::from_utf8_lossy(&f.data).into_owned(),
+        Ok(None) | Err(_) => String::new(),
     };
     let shell = choose_shell(&account.shell, &shells);
     let user = &account.name;
     let (uid, gid) = (account.uid, account.gid);
     let days = days_since_epoch();
     use IfMissing::{Create, Fail, Skip};
-    edit_file(state, name, "/etc/group", Fail, |t| add_group_line(t, user, gid)).await?;
-    edit_file(state, name, "/etc/gshadow", Skip, |t| {
+    edit_file(files, "/etc/group", Fail, |t| add_group_line(t, user, gid)).await?;
+    edit_file(files, "/etc/gshadow", Skip, |t| {
         add_line_if_absent(t, user, &format!("{user}:!::"))
     })
     .await?;
-    edit_file(state, name, "/etc/passwd", Fail, |t| {
+    edit_file(files, "/etc/passwd", Fail, |t| {
         add_line_if_absent(t, user, &format!("{user}:x:{uid}:{gid}:{user}:{home}:{shell}"))
     })
     .await?;
     // No password: the user never logs in with one; enter and sudo need none.
-    edit_file(state, name, "/etc/shadow", Skip, |t| {
+    edit_file(files, "/etc/shadow", Skip, |t| {
         add_line_if_absent(t, user, &format!("{user}:*:{days}:0:99999:7:::"))
     })
     .await?;
     // Subordinate ids, as useradd gives them: rootless podman and buildah map their user
     // namespaces with these. Made when the image has no such file yet: a useradd there would too.
     for path in ["/etc/subuid", "/etc/subgid"] {
-        edit_file(state, name, path, Create(FileMeta::new(0, 0, 0o644)), |t| {
+        edit_file(files, path, Create(Meta::new(0, 0, 0o644)), |t| {
             add_subordinate_range(t, user, uid)
         })
         .await?;
     }
     if !wants.mount_home {
-        make_own_home(state, notes, name, account, &home).await;
+        make_own_home(state, files, notes, account, &home).await;
     }
     Ok(())
 }
@@ -292,48 +294,77 @@ pub(crate) enum IfMissing {
     Fail,
     Skip,
     /// Start from an empty file with this owner and mode.
-    Create(FileMeta),
+    Create(Meta),
 }
 
 /// Rewrites a text file of the container with `edit` (`None`: leave it), keeping its owner and
-/// mode. Used for the user database, and for `/etc/hosts` at creation.
+/// mode; the new file replaces the old one whole. Used for the user database, and for
+/// `/etc/hosts` at creation.
 pub(crate) async fn edit_file(
-    state: &State,
-    name: &str,
+    files: &ContainerFiles,
     path: &str,
     if_missing: IfMissing,
     edit: impl Fn(&str) -> Option<String>,
 ) -> Result<(), Failure> {
-    let (text, meta) = match state.incus.read_file(name, path).await {
-        Ok(file) => (String::from_utf8_lossy(&file.data).into_owned(), file.meta),
-        Err(e) if e.is_not_found() => match if_missing {
+    let name = files.name();
+    let owned = path.to_owned();
+    let (text, meta) = match files.run(move |root| root.read(&owned, MAX_READ)).await {
+        Ok(Some(file)) => (String::from_utf8_lossy(&file.data).into_owned(), file.meta),
+        Ok(None) => match if_missing {
             IfMissing::Skip => return Ok(()),
             IfMissing::Create(meta) => (String::new(), meta),
-            IfMissing::Fail => return Err(Failure::Failed(format!("Cannot read {path} in {name}: {e}"))),
+            IfMissing::Fail => {
+                return Err(Failure::Failed(format!(
+                    "Cannot read {path} in {name}: it does not exist"
+                )));
+            }
         },
-        Err(e) => return Err(Failure::Failed(format!("Cannot read {path} in {name}: {e}"))),
+        Err(e) => return Err(Failure::Failed(format!("Cannot read {path} in {name}: {}", e.reason()))),
     };
     if let Some(new) = edit(&text) {
-        state
-            .incus
-            .push_file(name, path, new.into_bytes(), meta)
+        let owned = path.to_owned();
+        files
+            .run(move |root| root.write(&owned, new.as_bytes(), meta))
             .await
-            .map_err(|e| Failure::Failed(format!("Cannot write {path} in {name}: {e}")))?;
+            .map_err(|e| Failure::Failed(format!("Cannot write {path} in {name}: {}", e.reason())))?;
     }
     Ok(())
 }
 
-/// A home inside the container, owned by the user, with the image's `/etc/skel` in it.
-async fn make_own_home(state: &State, notes: Notes<'_>, name: &str, account: &Account, home: &str) {
-    let owner = FileMeta::new(account.uid, account.gid, 0o755);
-    if let Err(e) = state.incus.create_directory(name, home, owner).await {
-        notes.warn(&format!("Cannot create {home}: {e}")).await;
+/// A home inside the container, owned by the user, with what the image's `/etc/skel` has that
+/// it has not. A home that exists owned by root is what Incus made to mount a custom directory
+/// below it: it is given to the user. Nothing already in a home is overwritten.
+async fn make_own_home(state: &State, files: &ContainerFiles, notes: Notes<'_>, account: &Account, home: &str) {
+    let name = files.name();
+    let owner = Meta::new(account.uid, account.gid, 0o755);
+    let path = home.to_owned();
+    let made = files
+        .run(move |root| {
+            if root.ensure_dir(&path, owner)? {
+                return Ok(());
+            }
+            match root.symlink_metadata(&path)? {
+                Some(stat) if stat.kind == kapsule_rootfs::Kind::Directory && stat.meta.uid == 0 => {
+                    root.set_meta(&path, owner)
+                }
+                _ => Ok(()),
+            }
+        })
+        .await;
+    if let Err(e) = made {
+        notes.warn(&format!("Cannot create {home}: {}", e.reason())).await;
         return;
     }
+    const COPY_SKEL: &str = r#"[ -d /etc/skel ] || exit 0
+for f in /etc/skel/.[!.]* /etc/skel/..?* /etc/skel/*; do
+    [ -e "$f" ] || [ -L "$f" ] || continue
+    t="$1/${f##*/}"
+    [ -e "$t" ] || [ -L "$t" ] || { cp -a "$f" "$t" && chown -R -h "$2" "$t"; } || exit
+done"#;
     let request = kapsule_incus::ExecRequest::new([
         "sh",
         "-c",
-        "[ -d /etc/skel ] || exit 0; cp -a /etc/skel/. \"$1\" && chown -R \"$2\" \"$1\"",
+        COPY_SKEL,
         "sh",
         home,
         &format!("{}:{}", account.uid, account.gid),
@@ -550,19 +581,15 @@ pub(crate) fn minimal_host_devices(uid: u32) -> Devices {
 
 /// Step 4 (beside the boot wait): passwordless sudo, in a sudoers.d file sudo will read (it skips
 /// names with a `.`).
-async fn configure_sudo(state: &State, name: &str, account: &Account) -> Result<(), Failure> {
-    let root = |mode| FileMeta::new(0, 0, mode);
-    state
-        .incus
-        .ensure_directory(name, "/etc/sudoers.d", root(0o750))
-        .await
-        .map_err(|e| Failure::Failed(format!("Cannot create /etc/sudoers.d in {name}: {e}")))?;
+async fn configure_sudo(files: &ContainerFiles, account: &Account) -> Result<(), Failure> {
     let (path, rule) = sudoers_entry(&account.name);
-    state
-        .incus
-        .push_file(name, &path, rule.into_bytes(), root(0o440))
+    files
+        .run(move |root| {
+            root.ensure_dir("/etc/sudoers.d", Meta::new(0, 0, 0o750))?;
+            root.write(&path, rule.as_bytes(), Meta::new(0, 0, 0o440))
+        })
         .await
-        .map_err(|e| Failure::Failed(format!("Cannot write {path} in {name}: {e}")))?;
+        .map_err(|e| Failure::Failed(format!("In {}: {e}", files.name())))?;
     Ok(())
 }
 
