@@ -1,4 +1,4 @@
-//! `cargo run --release -p kapsule-bench -- [--trials N] [--json FILE]`: measures, in one run on
+//! `cargo run --release -p kapsule-bench -- [--trials N] [--lifecycle-trials N] [--json FILE] [--daemon-log FILE]`: measures, in one run on
 //! the real test environment (tests/env/up.sh), each Kapsule figure next to its floor, and prints
 //! a table (min / median / max over the trials) and writes it as JSON.
 //!
@@ -52,19 +52,26 @@ struct Options {
     trials: usize,
     lifecycle_trials: usize,
     json: PathBuf,
+    /// Where the serving daemon's log goes (with `RUST_LOG` from the environment), to see where
+    /// the time of a step goes; by default it is discarded.
+    daemon_log: Option<PathBuf>,
 }
 
 fn options() -> Result<Options> {
     let mut trials = 30;
     let mut lifecycle_trials = 3;
     let mut json = workspace().join("target/bench/bench.json");
+    let mut daemon_log = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--trials" => trials = args.next().context("--trials N")?.parse()?,
             "--lifecycle-trials" => lifecycle_trials = args.next().context("--lifecycle-trials N")?.parse()?,
             "--json" => json = args.next().context("--json FILE")?.into(),
-            other => bail!("unknown argument {other} (known: --trials N, --lifecycle-trials N, --json FILE)"),
+            "--daemon-log" => daemon_log = Some(args.next().context("--daemon-log FILE")?.into()),
+            other => bail!(
+                "unknown argument {other} (known: --trials N, --lifecycle-trials N, --json FILE, --daemon-log FILE)"
+            ),
         }
     }
     ensure!(
@@ -75,6 +82,7 @@ fn options() -> Result<Options> {
         trials,
         lifecycle_trials,
         json,
+        daemon_log,
     })
 }
 
@@ -134,7 +142,7 @@ fn run() -> Result<()> {
 
     // The tests' own private bus (a dbus-daemon any user may reach, with its own polkitd).
     let bus = kapsule_integration_tests::PrivateBus::start();
-    let main_daemon = Daemon::start(&bin, &bus.address)?;
+    let main_daemon = Daemon::start(&bin, &bus.address, options.daemon_log.as_deref())?;
     let as_user = |args: &[&str]| -> Command {
         let mut c = user.command(bin.join("kapsule"));
         c.args(args)
@@ -516,14 +524,20 @@ fn machine() -> serde_json::Value {
 struct Daemon(std::process::Child);
 
 impl Daemon {
-    fn start(bin: &Path, address: &str) -> Result<Daemon> {
+    fn start(bin: &Path, address: &str, log: Option<&Path>) -> Result<Daemon> {
+        let stderr = match log {
+            Some(path) => {
+                Stdio::from(std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?)
+            }
+            None => Stdio::null(),
+        };
         // The test containers' own network namespace: the image's dockerd must not touch the
         // machine's network.
         let child = Command::new(bin.join("kapsule-daemon"))
             .args(["--address", address])
             .arg("--network-namespace")
             .arg(kapsule_integration_tests::test_network_namespace())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()?;
         let daemon = Daemon(child);
         for _ in 0..200 {

@@ -17,6 +17,8 @@ pub(crate) const MAX_READ: u64 = 4 << 20;
 #[derive(Clone, Debug)]
 pub(crate) struct ContainerFiles {
     name: String,
+    /// The container's init, as it was when the root was opened.
+    pid: u32,
     root: Arc<Root>,
 }
 
@@ -40,6 +42,7 @@ impl ContainerFiles {
         .map_err(|e| format!("Cannot reach the files of '{name}': {e}"))?;
         Ok(ContainerFiles {
             name: name.to_owned(),
+            pid,
             root: Arc::new(root),
         })
     }
@@ -47,6 +50,11 @@ impl ContainerFiles {
     /// The container's name.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The host's pid of the container's init.
+    pub(crate) fn init_pid(&self) -> u32 {
+        self.pid
     }
 
     /// Runs `work` on the root, off the async threads (file system calls block).

@@ -7,6 +7,7 @@
 
 mod activity;
 mod authority;
+mod boot;
 mod caller;
 mod config;
 mod containers;

@@ -141,18 +141,18 @@ pub(crate) async fn ensure(
         .await;
     let started = std::time::Instant::now();
     let step = |what: &str| log::debug!("{name}: user setup: {what} after {:?}", started.elapsed());
+    let files = ContainerFiles::open(state, name).await.map_err(Failure::Failed)?;
     if account.uid == 0 {
         // Root is in every image already, with its own /root; only the marker is needed.
-        wait_for_boot(state, name).await;
+        crate::boot::wait_for_sysusers(state, &files).await;
         mark_mapped(state, name, 0).await?;
         return Ok(true);
     }
-    let files = ContainerFiles::open(state, name).await.map_err(Failure::Failed)?;
     // What does not touch the user database (the devices, the sudo rule) is done while the boot
     // wait runs: only the account has to come after it.
     let (_, prepared) = tokio::join!(
         async {
-            wait_for_boot(state, name).await;
+            crate::boot::wait_for_sysusers(state, &files).await;
             step("boot wait");
         },
         async {
@@ -171,41 +171,6 @@ pub(crate) async fn ensure(
     mark_mapped(state, name, account.uid).await?;
     log::info!("{name}: user '{}' set up in {:?}", account.name, started.elapsed());
     Ok(true)
-}
-
-/// Waits (at most 90 s) until the container's systemd-sysusers has run. Until then it may
-/// rewrite /etc/passwd and /etc/group whole: an account written meanwhile can be lost (seen in
-/// CI: "sudo: you do not exist in the passwd database" on the second enter of a just-created
-/// container). A start job on its unit waits for exactly that, and is a no-op once it ran; the
-/// rest of the boot is not waited for (sysinit.target, which was waited for before, came 100 ms
-/// to a second later, measured).
-///
-/// Right after a start, systemd may not accept connections yet ("Failed to connect to bus"):
-/// the script first waits for its socket, else it would not wait at all. Images whose init is
-/// not systemd have nothing to wait for.
-async fn wait_for_boot(state: &State, name: &str) {
-    const SCRIPT: &str = r#"[ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] || exit 0
-i=0
-while [ ! -S /run/systemd/private ]; do
-    i=$((i + 1))
-    [ "$i" -le 1200 ] || exit 3
-    sleep 0.05 2>/dev/null || sleep 1
-done
-systemctl start systemd-sysusers.service"#;
-    let request = kapsule_incus::ExecRequest::new(["sh", "-c", SCRIPT]);
-    match state
-        .incus
-        .exec(name, &request, std::time::Duration::from_secs(90))
-        .await
-    {
-        // Done, or nothing to wait for (an error from systemctl: no such unit): go on either way.
-        Ok(out) => log::debug!(
-            "{name}: boot wait: exit {} {}",
-            out.exit_code,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => log::info!("{name}: not waiting for boot: {e}"),
-    }
 }
 
 /// Step 1 (beside the boot wait): the host home at the container home, as a disk device.

@@ -13,9 +13,13 @@
 //! a symlink there is replaced (writing `/etc/resolv.conf` where it links to
 //! `../run/systemd/resolve/stub-resolv.conf` replaces the link; the resolver's file is left).
 //!
-//! Files are written whole: into a new file beside the target, owned, moded and synced, then
-//! renamed over it, so a reader (or a crash) finds the old file or the new one, never a part of
-//! one. Owners are the container's ids, translated through the process's user-namespace maps.
+//! Files are written whole: into a new file beside the target, owned and moded, then renamed over
+//! it, so a reader finds the old file or the new one, never a part of one. The new file is not
+//! synced before the rename: ext4 (`auto_da_alloc`, its default) and btrfs flush a file renamed
+//! over an existing one together with the rename, so a crash leaves one or the other there too,
+//! and an `fsync` per file cost up to 40 ms each while a container boots (measured: a user setup,
+//! seven files, took 130 to 340 ms with them and 80 to 115 ms without). Owners are the container's ids, translated through the
+//! process's user-namespace maps.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -233,14 +237,21 @@ impl Root {
 
     /// What is at `path`, symlinks followed (inside the root); `None` when there is nothing.
     pub fn metadata(&self, path: &str) -> Result<Option<Stat>> {
-        let fail = |e: io::Error| Error::new("inspect", path, e);
+        let Some(fd) = self.open_path(path)? else {
+            return Ok(None);
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(|e| Error::new("inspect", path, e))?;
+        Ok(Some(self.stat_of(&stat)))
+    }
+
+    /// An `O_PATH` descriptor for what is at `path`, symlinks followed (inside the root); `None`
+    /// when there is nothing. For what takes a path rather than a descriptor, through
+    /// `/proc/self/fd/<fd>`: connecting to a socket in the container, for one.
+    pub fn open_path(&self, path: &str) -> Result<Option<OwnedFd>> {
+        let fail = |e: io::Error| Error::new("open", path, e);
         check(path).map_err(fail)?;
-        let flags = OFlags::PATH | OFlags::CLOEXEC;
-        match rustix::fs::openat2(&self.dir, path, flags, Mode::empty(), RESOLVE) {
-            Ok(fd) => {
-                let stat = rustix::fs::fstat(&fd).map_err(|e| fail(e.into()))?;
-                Ok(Some(self.stat_of(&stat)))
-            }
+        match rustix::fs::openat2(&self.dir, path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), RESOLVE) {
+            Ok(fd) => Ok(Some(fd)),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(fail(e.into())),
         }
@@ -260,8 +271,8 @@ impl Root {
     }
 
     /// Replaces whatever file or symlink is at `path` with a file holding `data`, owned and
-    /// moded as `meta` says, in one step (see the crate's documentation). The directory it is
-    /// in must exist.
+    /// moded as `meta` says, in one step (see the crate's documentation for what a crash
+    /// leaves). The directory it is in must exist.
     pub fn write(&self, path: &str, data: &[u8], meta: Meta) -> Result<()> {
         let fail = |e: io::Error| Error::new("write", path, e);
         let (dir, name) = self.parent(path).map_err(fail)?.ok_or_else(|| fail(missing_parent()))?;
@@ -276,8 +287,7 @@ impl Root {
             file.write_all(data)?;
             // Owner first: a change of owner clears the setuid and setgid bits.
             rustix::fs::fchown(&file, Some(uid), Some(gid))?;
-            rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode & 0o7777))?;
-            file.sync_all()
+            Ok(rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode & 0o7777))?)
         })();
         let renamed = filled.and_then(|()| Ok(rustix::fs::renameat(&dir, &temporary, &dir, name)?));
         match renamed {
@@ -493,9 +503,7 @@ fn write_in_place(dir: &impl AsFd, name: &str, data: &[u8]) -> io::Result<()> {
     if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
     }
-    let mut file = File::from(fd);
-    file.write_all(data)?;
-    file.sync_all()
+    File::from(fd).write_all(data)
 }
 
 #[cfg(test)]

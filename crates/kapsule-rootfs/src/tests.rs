@@ -81,6 +81,20 @@ fn symlinks_resolve_inside_the_root_never_on_the_host() {
 }
 
 #[test]
+fn a_socket_in_the_root_is_reached_through_its_descriptor() {
+    let tree = Tree::new();
+    let listener = std::os::unix::net::UnixListener::bind(tree.at("/run/private")).unwrap();
+    symlink("/run/private", tree.at("/etc/linked")).unwrap();
+    let root = tree.open();
+    let fd = root.open_path("/etc/linked").unwrap().unwrap();
+    let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    std::os::unix::net::UnixStream::connect(via).unwrap();
+    listener.accept().unwrap();
+    assert_eq!(root.metadata("/run/private").unwrap().unwrap().kind, Kind::Other);
+    assert!(root.open_path("/run/none").unwrap().is_none());
+}
+
+#[test]
 fn magic_links_are_refused() {
     let root = Root::at(Path::new("/")).unwrap();
     assert!(root.read("/proc/self/root/etc/hostname", 4096).is_err());

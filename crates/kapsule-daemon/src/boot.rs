@@ -1,0 +1,73 @@
+//! Waiting for a container's systemd-sysusers before an account is written.
+//!
+//! Until systemd-sysusers has run, it may rewrite `/etc/passwd` and `/etc/group` whole: an
+//! account written meanwhile can be lost (seen in CI: "sudo: you do not exist in the passwd
+//! database" on the second enter of a just-created container). A start job on its unit waits for
+//! exactly that and is a no-op once it ran; the rest of the boot is not waited for
+//! (sysinit.target came 100 ms to a second later, measured).
+//!
+//! What can be seen from the host is looked at from the host: whether the init is systemd, and
+//! whether it listens on its socket yet (right after a start `systemctl` cannot connect: "Failed
+//! to connect to bus"). Then `systemctl start` runs through the session helper, not `incus exec`
+//! (which took about 60 ms even when sysusers was long done). Talking to systemd's private
+//! socket from the host does not work: the daemon's pid means nothing in the container's pid
+//! namespace, and systemd refuses such a peer ("Incoming private connection from unprivileged
+//! client, refusing").
+
+use std::time::{Duration, Instant};
+
+use kapsule_dbus::session::Status;
+
+use crate::State;
+use crate::files::ContainerFiles;
+
+/// The unit whose start job is waited for.
+const SYSUSERS: &str = "systemd-sysusers.service";
+/// The longest the whole wait may take.
+const LIMIT: Duration = Duration::from_secs(90);
+/// How often systemd's socket is looked for right after a start.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Waits (at most [`LIMIT`]) until the container's systemd-sysusers has run. Images whose init
+/// is not systemd have nothing to wait for; anything that keeps the wait from working is logged
+/// and the setup goes on, as it would have without it.
+pub(crate) async fn wait_for_sysusers(state: &State, files: &ContainerFiles) {
+    let name = files.name();
+    match wait(state, files).await {
+        Ok(result) => log::debug!("{name}: boot wait: {result}"),
+        Err(e) => log::info!("{name}: not waiting for boot: {e}"),
+    }
+}
+
+/// The wait itself; says how it ended.
+async fn wait(state: &State, files: &ContainerFiles) -> Result<String, String> {
+    let started = Instant::now();
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", files.init_pid()))
+        .map_err(|e| format!("cannot read the init's name: {e}"))?;
+    if comm.trim() != "systemd" {
+        return Ok(format!("nothing to wait for (the init is {})", comm.trim()));
+    }
+    loop {
+        let socket = files
+            .run(|root| root.metadata("/run/systemd/private"))
+            .await
+            .map_err(|e| e.to_string())?;
+        if socket.is_some() {
+            break;
+        }
+        if started.elapsed() > LIMIT {
+            return Err(format!("systemd did not listen on its socket within {LIMIT:?}"));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let left = LIMIT.saturating_sub(started.elapsed());
+    let status = crate::enter::run_as_root(state, files.name(), &["systemctl", "start", SYSUSERS], left)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(match status {
+        Status::Exited(0) => format!("{SYSUSERS} has run"),
+        // No such unit (5: an image without sysusers) or a failed one: going on either way.
+        Status::Exited(code) => format!("systemctl start {SYSUSERS} exited with {code}"),
+        Status::Killed(signal) => format!("systemctl start {SYSUSERS} was killed by signal {signal}"),
+    })
+}
