@@ -1,7 +1,7 @@
 //! The files of a running container, for the daemon's setup steps: through its init's root with
 //! `kapsule-rootfs` (every path resolved inside the container, files replaced whole), not
-//! through the Incus files API, whose helper process outlives each use and slows the
-//! container's delete (docs/PERFORMANCE.md).
+//! through the Incus files API (a round trip through incusd per file, and a helper process left
+//! in the container).
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;

@@ -7,10 +7,11 @@
 //! `user.kapsule.host-users.<uid>.mapped` marker, so a setup that fails is retried next time.
 //!
 //! Accounts are written into the container's `/etc/passwd`, `/etc/group` (and `shadow`/`gshadow`
-//! where the image has them) through the Incus files API, not with `useradd` inside: this works
-//! on every image (BusyBox and Alpine-like ones have no `useradd`), costs no process, and the
-//! files keep their owner and mode. Setups of one container run one at a time, so two users set
-//! up at once cannot lose each other's line.
+//! where the image has them) from the host through the container's root (`files.rs`), not with
+//! `useradd` inside: this works on every image (BusyBox and Alpine-like ones have no `useradd`),
+//! costs no process, each file is replaced whole and keeps its owner and mode. Setups of one
+//! container run one at a time, so two users set up at once cannot lose each other's line, and
+//! the account waits for systemd-sysusers (`boot.rs`).
 
 use std::path::{Path, PathBuf};
 

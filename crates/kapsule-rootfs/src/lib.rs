@@ -1,10 +1,11 @@
 //! A running container's files, as its init sees them, reached from the host through
 //! `/proc/<pid>/root` rather than the Incus files API.
 //!
-//! Why not the files API: each use starts an `incusd forkfile` helper (an SFTP server inside the
-//! container) that outlives the request, and a container that had one is deleted about 0.6 s
-//! slower (docs/PERFORMANCE.md); each file is also a round trip through incusd. Here a file is a
-//! few system calls.
+//! Why not the files API: each file is a round trip through incusd, and a first use starts an
+//! `incusd forkfile` helper (an SFTP server inside the container) that stays after the request.
+//! Here a file is a few system calls: a user's account (seven files read and rewritten) took
+//! about 35 ms through the files API and takes a few milliseconds (docs/PERFORMANCE.md). And
+//! what is done to a path is this crate's to say, not Incus's (see below).
 //!
 //! Paths are the container's: absolute, resolved below its root with `RESOLVE_IN_ROOT`, so a
 //! symlink in the container (absolute, or climbing with `..`) resolves inside it as the
