@@ -1,15 +1,20 @@
-//! Waiting for a container's systemd-sysusers before an account is written.
+//! Waiting for the two steps of a container's boot that change files under a user's feet, before
+//! the user is set up and their first command runs:
 //!
-//! Until systemd-sysusers has run, it may rewrite `/etc/passwd` and `/etc/group` whole: an
-//! account written meanwhile can be lost (seen in CI: "sudo: you do not exist in the passwd
-//! database" on the second enter of a just-created container). A start job on its unit waits for
-//! exactly that and is a no-op once it ran; the rest of the boot is not waited for
-//! (sysinit.target came 100 ms to a second later, measured).
+//! * systemd-sysusers may rewrite `/etc/passwd` and `/etc/group` whole: an account written
+//!   meanwhile can be lost (seen in CI: "sudo: you do not exist in the passwd database" on the
+//!   second enter of a just-created container);
+//! * systemd-tmpfiles-setup empties `/tmp` (`D /tmp` in tmpfiles.d's `tmp.conf`, applied with
+//!   `--remove` at boot): a first command's temporary directory vanished under it (seen in the
+//!   nested test once the rest of the setup had become fast enough to land before it).
+//!
+//! A start job on each unit waits for exactly that and is a no-op once it ran; the rest of the
+//! boot is not waited for (sysinit.target came 100 ms to a second after sysusers, measured).
 //!
 //! What can be seen from the host is looked at from the host: whether the init is systemd, and
 //! whether it listens on its socket yet (right after a start `systemctl` cannot connect: "Failed
-//! to connect to bus"). Then `systemctl start` runs through the session helper, not `incus exec`
-//! (which took about 60 ms even when sysusers was long done). Talking to systemd's private
+//! to connect to bus"). Then `systemctl start` runs through the session helper (`run.rs`), not
+//! `incus exec` (which took about 60 ms even when sysusers was long done). Talking to systemd's private
 //! socket from the host does not work: the daemon's pid means nothing in the container's pid
 //! namespace, and systemd refuses such a peer ("Incoming private connection from unprivileged
 //! client, refusing").
@@ -21,17 +26,18 @@ use kapsule_dbus::session::Status;
 use crate::State;
 use crate::files::ContainerFiles;
 
-/// The unit whose start job is waited for.
-const SYSUSERS: &str = "systemd-sysusers.service";
+/// The units whose start jobs are waited for.
+const UNITS: [&str; 2] = ["systemd-sysusers.service", "systemd-tmpfiles-setup.service"];
 /// The longest the whole wait may take.
 const LIMIT: Duration = Duration::from_secs(90);
 /// How often systemd's socket is looked for right after a start.
 const POLL: Duration = Duration::from_millis(10);
 
-/// Waits (at most [`LIMIT`]) until the container's systemd-sysusers has run. Images whose init
-/// is not systemd have nothing to wait for; anything that keeps the wait from working is logged
-/// and the setup goes on, as it would have without it.
-pub(crate) async fn wait_for_sysusers(state: &State, files: &ContainerFiles) {
+/// Waits (at most [`LIMIT`]) until the container's systemd-sysusers and
+/// systemd-tmpfiles-setup have run. Images whose init is not systemd have nothing to wait for;
+/// anything that keeps the wait from working is logged and the setup goes on, as it would have
+/// without it.
+pub(crate) async fn wait_for_early_boot(state: &State, files: &ContainerFiles) {
     let name = files.name();
     match wait(state, files).await {
         Ok(result) => log::debug!("{name}: boot wait: {result}"),
@@ -61,13 +67,19 @@ async fn wait(state: &State, files: &ContainerFiles) -> Result<String, String> {
         tokio::time::sleep(POLL).await;
     }
     let left = LIMIT.saturating_sub(started.elapsed());
-    let status = crate::enter::run_as_root(state, files.name(), &["systemctl", "start", SYSUSERS], left)
+    let command = ["systemctl", "start", UNITS[0], UNITS[1]];
+    let ran = crate::run::run_as_root(state, files.name(), &command, b"", left)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(match status {
-        Status::Exited(0) => format!("{SYSUSERS} has run"),
-        // No such unit (5: an image without sysusers) or a failed one: going on either way.
-        Status::Exited(code) => format!("systemctl start {SYSUSERS} exited with {code}"),
-        Status::Killed(signal) => format!("systemctl start {SYSUSERS} was killed by signal {signal}"),
+    let units = UNITS.join(" and ");
+    Ok(match ran.status {
+        Status::Exited(0) => format!("{units} have run"),
+        // No such unit (5: an image without one; the other is still waited for) or a failed
+        // one: going on either way.
+        Status::Exited(code) => format!(
+            "starting {units} exited with {code}: {}",
+            String::from_utf8_lossy(&ran.stderr).trim()
+        ),
+        Status::Killed(signal) => format!("starting {units} was killed by signal {signal}"),
     })
 }

@@ -166,7 +166,7 @@ pub(crate) async fn start(state: &State, who: &Requester, session: Session) -> R
 /// in the container's cgroup, with `stdio` as the command's descriptors when it has no
 /// terminal. Returns the session channel (how it ends comes there) and the descriptors of the
 /// helper's reply (a terminal's master).
-async fn run_helper(
+pub(crate) async fn run_helper(
     state: &State,
     name: &str,
     (pid, pidfd): (u32, OwnedFd),
@@ -214,49 +214,6 @@ async fn run_helper(
         (Reply::Started { .. }, fds) => Ok((client_channel, fds)),
         (Reply::Failed { error }, _) => Err(Error::Failed(error)),
     }
-}
-
-/// Runs `command` as root in running container `name`, with no input and its output discarded,
-/// and says how it ended; waits at most `limit` for that. What `incus exec` does, through the
-/// session helper: a few milliseconds against about 60.
-pub(crate) async fn run_as_root(
-    state: &State,
-    name: &str,
-    command: &[&str],
-    limit: Duration,
-) -> Result<kapsule_dbus::session::Status, Error> {
-    let init = container_init(state, name).await?;
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(failed)?;
-    let stdio = (0..3)
-        .map(|_| null.try_clone().map(OwnedFd::from))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(failed)?;
-    let request = EnterRequest {
-        user: "root".into(),
-        uid: 0,
-        gid: 0,
-        command: command.iter().map(|&a| a.to_owned()).collect(),
-        environment: Vec::new(),
-        working_directory: "/".into(),
-        working_directory_required: false,
-        terminal: None,
-    };
-    let (channel, _) = run_helper(state, name, init, request, stdio).await?;
-    tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        channel.set_read_timeout(Some(limit))?;
-        let mut line = String::new();
-        std::io::BufReader::new(&channel).read_line(&mut line)?;
-        kapsule_dbus::session::Status::parse(&line)
-            .ok_or_else(|| std::io::Error::other("it ended without a status (its helper died)"))
-    })
-    .await
-    .map_err(failed)?
-    .map_err(|e| Error::Failed(format!("{} in '{name}': {e}", command.join(" "))))
 }
 
 fn failed(e: impl std::fmt::Display) -> Error {

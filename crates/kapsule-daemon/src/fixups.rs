@@ -9,7 +9,6 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use kapsule_incus::ExecRequest;
 use kapsule_rootfs::Meta;
 
 use crate::State;
@@ -132,16 +131,16 @@ async fn run_init_scripts(state: &State, files: &ContainerFiles, reporter: &Repo
     for script in scripts {
         let path = format!("{INIT_DIR}/{script}");
         reporter.say(MessageKind::Dim, &format!("Running {path}")).await;
-        let request = ExecRequest::new([path.as_str()]);
-        let out = tokio::select! {
-            out = state.incus.exec(name, &request, INIT_SCRIPT_TIMEOUT) => out,
+        let command = [path.as_str()];
+        let ran = tokio::select! {
+            ran = crate::run::run_as_root(state, name, &command, b"", INIT_SCRIPT_TIMEOUT) => ran,
             () = reporter.cancelled() => return Err(Failure::Cancelled),
         };
-        match out {
-            Ok(out) if out.exit_code == 0 => {}
-            Ok(out) => {
+        match ran {
+            Ok(ran) if ran.success() => {}
+            Ok(ran) => {
                 reporter
-                    .warn(&init_script_failure(&path, out.exit_code, &out.stderr))
+                    .warn(&init_script_failure(&path, ran.code(), &ran.stderr))
                     .await
             }
             Err(e) => reporter.warn(&format!("{path} failed: {e}")).await,

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kapsule_incus::ExecRequest;
 use kapsule_incus::models::{ConfigMap, Instance};
 use kapsule_rootfs::Meta;
 
@@ -215,25 +214,14 @@ async fn push(state: &State, files: &ContainerFiles, kind: Kind, value: &str) ->
     };
     let root = |mode| Meta::new(0, 0, mode);
     if has_script {
-        // Incus's exec gives no stdin: the value waits in a file only root can read.
-        let input = format!("/run/kapsule-sync.{}", kind.name());
-        let (path, data) = (input.clone(), value.as_bytes().to_vec());
-        files
-            .run(move |r| r.write(&path, &data, root(0o600)))
+        let ran = crate::run::run_as_root(state, name, &[script.as_str()], value.as_bytes(), SCRIPT_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
-        let request = ExecRequest::new(["sh", "-c", "exec \"$0\" < \"$1\"", &script, &input]);
-        let out = state
-            .incus
-            .exec(name, &request, SCRIPT_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = files.run(move |r| r.remove(&input)).await;
-        if out.exit_code != 0 {
+        if !ran.success() {
             return Err(format!(
                 "{script} exited with code {}: {}",
-                out.exit_code,
-                String::from_utf8_lossy(&out.stderr).trim()
+                ran.code(),
+                String::from_utf8_lossy(&ran.stderr).trim()
             ));
         }
         return Ok("by the image's script");

@@ -22,6 +22,7 @@ mod manager;
 mod operation;
 mod peer;
 mod remotes;
+mod run;
 mod sockets;
 mod users;
 

@@ -11,7 +11,8 @@
 //! `useradd` inside: this works on every image (BusyBox and Alpine-like ones have no `useradd`),
 //! costs no process, each file is replaced whole and keeps its owner and mode. Setups of one
 //! container run one at a time, so two users set up at once cannot lose each other's line, and
-//! the account waits for systemd-sysusers (`boot.rs`).
+//! the account waits for systemd-sysusers and the first command for systemd-tmpfiles-setup
+//! (`boot.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -145,7 +146,7 @@ pub(crate) async fn ensure(
     let files = ContainerFiles::open(state, name).await.map_err(Failure::Failed)?;
     if account.uid == 0 {
         // Root is in every image already, with its own /root; only the marker is needed.
-        crate::boot::wait_for_sysusers(state, &files).await;
+        crate::boot::wait_for_early_boot(state, &files).await;
         mark_mapped(state, name, 0).await?;
         return Ok(true);
     }
@@ -153,7 +154,7 @@ pub(crate) async fn ensure(
     // wait runs: only the account has to come after it.
     let (_, prepared) = tokio::join!(
         async {
-            crate::boot::wait_for_sysusers(state, &files).await;
+            crate::boot::wait_for_early_boot(state, &files).await;
             step("boot wait");
         },
         async {
@@ -327,35 +328,21 @@ for f in /etc/skel/.[!.]* /etc/skel/..?* /etc/skel/*; do
     t="$1/${f##*/}"
     [ -e "$t" ] || [ -L "$t" ] || { cp -a "$f" "$t" && chown -R -h "$2" "$t"; } || exit
 done"#;
-    let request = kapsule_incus::ExecRequest::new([
-        "sh",
-        "-c",
-        COPY_SKEL,
-        "sh",
-        home,
-        &format!("{}:{}", account.uid, account.gid),
-    ]);
+    let owner = format!("{}:{}", account.uid, account.gid);
+    let command = ["sh", "-c", COPY_SKEL, "sh", home, &owner];
     let what = format!("Copying /etc/skel into {home}");
-    run_best_effort(state, notes, name, &request, &what).await;
+    run_best_effort(state, notes, name, &command, &what).await;
 }
 
 /// Runs a step that is not worth failing the setup for; a failure becomes a warning.
-async fn run_best_effort(
-    state: &State,
-    notes: Notes<'_>,
-    name: &str,
-    request: &kapsule_incus::ExecRequest,
-    what: &str,
-) {
-    match state
-        .incus
-        .exec(name, request, std::time::Duration::from_secs(60))
-        .await
-    {
-        Ok(out) if out.exit_code == 0 => {}
-        Ok(out) => {
-            let why = String::from_utf8_lossy(&out.stderr);
-            notes.warn(&format!("{what} failed: {}", why.trim())).await
+async fn run_best_effort(state: &State, notes: Notes<'_>, name: &str, command: &[&str], what: &str) {
+    match crate::run::run_as_root(state, name, command, b"", std::time::Duration::from_secs(60)).await {
+        Ok(ran) if ran.success() => {}
+        Ok(ran) => {
+            let why = String::from_utf8_lossy(&ran.stderr);
+            notes
+                .warn(&format!("{what} failed (exit code {}): {}", ran.code(), why.trim()))
+                .await
         }
         Err(e) => notes.warn(&format!("{what} failed: {e}")).await,
     }
@@ -577,20 +564,26 @@ async fn enable_linger(state: &State, notes: Notes<'_>, name: &str, account: &Ac
         return;
     }
     // logind first (a start job waits for it and the bus it needs): the boot wait above stops
-    // at systemd-sysusers, which may be before either is up.
-    let request = kapsule_incus::ExecRequest::new([
+    // at systemd-tmpfiles-setup, which may be before either is up.
+    let command = [
         "sh",
         "-c",
         "systemctl start systemd-logind.service; exec loginctl enable-linger \"$0\"",
         &account.name,
-    ]);
-    run_best_effort(state, notes, name, &request, "Enabling linger").await;
+    ];
+    run_best_effort(state, notes, name, &command, "Enabling linger").await;
     // logind starts the user's manager now, in the background, and with it mounts a fresh
     // /run/user/<uid>: waited for, so the first session finds the runtime directory (and the
     // desktop's sockets mounted in it) in place, and its own session bus.
-    let uid = account.uid.to_string();
-    let request = kapsule_incus::ExecRequest::new(["systemctl", "start", &format!("user@{uid}.service")]);
-    run_best_effort(state, notes, name, &request, "Starting the user's systemd").await;
+    let unit = format!("user@{}.service", account.uid);
+    run_best_effort(
+        state,
+        notes,
+        name,
+        &["systemctl", "start", &unit],
+        "Starting the user's systemd",
+    )
+    .await;
 }
 
 /// Step 7: the marker, last, so an interrupted setup runs again.

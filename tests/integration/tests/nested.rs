@@ -70,6 +70,22 @@ async fn docker_and_podman_run_offline_in_a_container_made_by_kapsule_create() {
         .unwrap();
     succeeded("kapsule create", &out);
 
+    // The first command runs once the boot's steps that change files under it are done: the
+    // user database (systemd-sysusers) and /tmp, which systemd-tmpfiles-setup empties at boot
+    // (it took the tarball's temporary directory away once, when the first enter was fast
+    // enough to land before it). No start job is left for either, and /tmp is set up.
+    let out = enter_sh(
+        &test,
+        &name,
+        "systemctl show -p ActiveState --value systemd-tmpfiles-setup.service && \
+         systemctl show -p Job --value systemd-sysusers.service systemd-tmpfiles-setup.service",
+    )
+    .await;
+    let shown = succeeded("the first enter", &out);
+    let mut lines = shown.lines();
+    assert_eq!(lines.next(), Some("active"), "{shown}");
+    assert!(lines.all(str::is_empty), "a start job is pending: {shown}");
+
     succeeded("making the tarball", &enter_sh(&test, &name, MAKE_TARBALL).await);
 
     // Podman, as root through sudo: import the tarball, run it.
