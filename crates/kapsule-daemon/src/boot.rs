@@ -14,10 +14,10 @@
 //! What can be seen from the host is looked at from the host: whether the init is systemd, and
 //! whether it listens on its socket yet (right after a start `systemctl` cannot connect: "Failed
 //! to connect to bus"). Then `systemctl start` runs through the session helper (`run.rs`), not
-//! `incus exec` (which took about 60 ms even when sysusers was long done). Talking to systemd's private
-//! socket from the host does not work: the daemon's pid means nothing in the container's pid
-//! namespace, and systemd refuses such a peer ("Incoming private connection from unprivileged
-//! client, refusing").
+//! `incus exec` (which took about 60 ms even when both units were long done). Talking to
+//! systemd's private socket from the host does not work: the daemon's pid means nothing in the
+//! container's pid namespace, and systemd refuses such a peer ("Incoming private connection
+//! from unprivileged client, refusing").
 
 use std::time::{Duration, Instant};
 

@@ -89,7 +89,9 @@ pub(crate) async fn run_as_root(
     // The helper gets its own copies; ours are closed once it has them, so the pipes end when
     // the command (and what it left behind) closes them.
     let (channel, _) = crate::enter::run_helper(state, name, init, request, vec![stdin, null()?, stderr_write]).await?;
-    let collect = tokio::spawn(read_keeping(stderr, KEEP_STDERR));
+    // Aborted when dropped: a command that outlives the wait (or whose caller gave up) does not
+    // leave the reader behind.
+    let mut collect = AbortOnDrop(tokio::spawn(read_keeping(stderr, KEEP_STDERR)));
     let input = input.to_vec();
     let feed = async move {
         if let Some(mut sender) = feeder {
@@ -107,16 +109,22 @@ pub(crate) async fn run_as_root(
     };
     let status = match tokio::time::timeout(limit, async { tokio::join!(feed, status).1 }).await {
         Ok(status) => status.map_err(|e| what(&e))?,
-        Err(_) => {
-            collect.abort();
-            return Err(what(&format!("still running after {limit:?}; hung up")));
-        }
+        Err(_) => return Err(what(&format!("still running after {limit:?}; hung up"))),
     };
-    let stderr = match tokio::time::timeout(STDERR_GRACE, collect).await {
+    let stderr = match tokio::time::timeout(STDERR_GRACE, &mut collect.0).await {
         Ok(Ok(stderr)) => stderr,
         _ => Vec::new(),
     };
     Ok(Ran { status, stderr })
+}
+
+/// A task aborted when its handle goes.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Reads `from` to its end, keeping the first `keep` bytes (the rest is read and dropped, so

@@ -204,21 +204,14 @@ impl Root {
     }
 
     /// The file at `path`, symlinks followed (inside the root); `None` when there is none.
-    /// Only a regular file of at most `limit` bytes is read; opening never blocks (a FIFO
-    /// planted at the path is an error, not a hang).
+    /// Only a regular file of at most `limit` bytes is read; anything else is never opened for
+    /// reading (a FIFO planted at the path is an error, not a hang; a device is not touched).
     pub fn read(&self, path: &str, limit: u64) -> Result<Option<Contents>> {
         let fail = |e: io::Error| Error::new("read", path, e);
-        check(path).map_err(fail)?;
-        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-        let fd = match rustix::fs::openat2(&self.dir, path, flags, Mode::empty(), RESOLVE) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(fail(e.into())),
+        let Some(found) = self.open_path(path)? else {
+            return Ok(None);
         };
-        let stat = rustix::fs::fstat(&fd).map_err(|e| fail(e.into()))?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(fail(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
-        }
+        let (fd, stat) = reopen(&found, OFlags::RDONLY, &[FileType::RegularFile]).map_err(fail)?;
         let mut data = Vec::new();
         File::from(fd)
             .take(limit.saturating_add(1))
@@ -336,15 +329,10 @@ impl Root {
         let fail = |e: io::Error| Error::new("change the owner of", path, e);
         let (dir, name) = self.parent(path).map_err(fail)?.ok_or_else(|| fail(missing_parent()))?;
         let (uid, gid) = self.host_ids(meta).map_err(fail)?;
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&dir, name, flags, Mode::empty()).map_err(|e| fail(e.into()))?;
-        let kind = FileType::from_raw_mode(rustix::fs::fstat(&fd).map_err(|e| fail(e.into()))?.st_mode);
-        if kind != FileType::Directory && kind != FileType::RegularFile {
-            return Err(fail(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "neither a directory nor a regular file",
-            )));
-        }
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let found = rustix::fs::openat(&dir, name, flags, Mode::empty()).map_err(|e| fail(e.into()))?;
+        let kinds = [FileType::Directory, FileType::RegularFile];
+        let (fd, _) = reopen(&found, OFlags::RDONLY, &kinds).map_err(fail)?;
         rustix::fs::fchown(&fd, Some(uid), Some(gid)).map_err(|e| fail(e.into()))?;
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode & 0o7777)).map_err(|e| fail(e.into()))
     }
@@ -497,14 +485,34 @@ fn beside<T>(name: &str, make: impl Fn(&str) -> rustix::io::Result<T>) -> io::Re
     ))
 }
 
-/// Writes `data` over the file `name` in `dir` in place (not following a symlink there).
+/// Writes `data` over the regular file `name` in `dir` in place (not following a symlink there).
 fn write_in_place(dir: &impl AsFd, name: &str, data: &[u8]) -> io::Result<()> {
-    let flags = OFlags::WRONLY | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
-    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
-    }
+    let found = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let (fd, _) = reopen(&found, OFlags::WRONLY | OFlags::TRUNC, &[FileType::RegularFile])?;
     File::from(fd).write_all(data)
+}
+
+/// Opens what the `O_PATH` descriptor `found` stands for with `flags`, if it is one of `kinds`
+/// (checked first, so a device or FIFO is never opened), through `/proc/self/fd`: the same
+/// file, not the path again. Returns the descriptor and what `fstat` said.
+fn reopen(found: &OwnedFd, flags: OFlags, kinds: &[FileType]) -> io::Result<(OwnedFd, rustix::fs::Stat)> {
+    let stat = rustix::fs::fstat(found)?;
+    if !kinds.contains(&FileType::from_raw_mode(stat.st_mode)) {
+        let what = if kinds.contains(&FileType::Directory) {
+            "neither a directory nor a regular file"
+        } else {
+            "not a regular file"
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
+    }
+    let again = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(found));
+    let fd = rustix::fs::open(again, flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty())?;
+    Ok((fd, stat))
 }
 
 #[cfg(test)]
