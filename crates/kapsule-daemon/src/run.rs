@@ -5,7 +5,8 @@
 //!
 //! The command gets `input` on its stdin (or nothing), its output is discarded and the start of
 //! its error output kept for messages. It runs through root's login shell with the helper's
-//! PATH, as a session does. If it outlives its time limit, or the caller gives up on it (a
+//! PATH, as a session does, and `LANG=C.UTF-8`, as `incus exec` gave the original daemon's
+//! scripts. If it outlives its time limit, or the caller gives up on it (a
 //! cancelled create), the session channel closes and the helper hangs it up (SIGHUP), as a
 //! terminal would.
 
@@ -81,7 +82,7 @@ pub(crate) async fn run_as_root(
         uid: 0,
         gid: 0,
         command: command.iter().map(|&a| a.to_owned()).collect(),
-        environment: Vec::new(),
+        environment: vec![("LANG".into(), "C.UTF-8".into())],
         working_directory: "/".into(),
         working_directory_required: false,
         terminal: None,

@@ -176,7 +176,7 @@ async fn creation_runs_the_images_init_scripts_once_and_prepares_podman() {
     let init = root.join(".kapsule/init");
     write_executable(
         &init.join("10-first"),
-        "#!/bin/sh\necho \"first as $(id -u)\" >> /var/log/kt-init\n",
+        "#!/bin/sh\necho \"first as $(id -u) in $PWD with LANG=$LANG\" >> /var/log/kt-init\n",
     );
     write_executable(
         &init.join("20-fails"),
@@ -220,8 +220,8 @@ async fn creation_runs_the_images_init_scripts_once_and_prepares_podman() {
     let (code, log) = sh(incus, &name, "cat /var/log/kt-init").await;
     assert_eq!(
         (code, log.as_str()),
-        (0, "first as 0\nsecond\nthird\n"),
-        "in name order, as root"
+        (0, "first as 0 in / with LANG=C.UTF-8\nsecond\nthird\n"),
+        "in name order, as root, in /, with the locale incus exec gave the original's scripts"
     );
 
     // Once: a restart does not run them again.
@@ -230,7 +230,7 @@ async fn creation_runs_the_images_init_scripts_once_and_prepares_podman() {
     let seen = test.follow(test.manager.start_container(&name)).await;
     assert_eq!(seen.last().unwrap(), "Completed(true, \"\")", "{seen:?}");
     let (_, log) = sh(incus, &name, "cat /var/log/kt-init").await;
-    assert_eq!(log, "first as 0\nsecond\nthird\n");
+    assert_eq!(log, "first as 0 in / with LANG=C.UTF-8\nsecond\nthird\n");
 
     // newgidmap has cap_setgid+ep, exactly as `setcap` writes it; the host's file has nothing.
     let pid = incus.instance_state(&name).await.unwrap().init_pid().unwrap();
