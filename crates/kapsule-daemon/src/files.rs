@@ -70,7 +70,7 @@ impl ContainerFiles {
 }
 
 /// True when the process `pidfd` refers to has exited (a pidfd becomes readable then).
-pub(crate) fn exited(pidfd: &OwnedFd) -> bool {
+fn exited(pidfd: &OwnedFd) -> bool {
     let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
     let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
     matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)

@@ -6,13 +6,13 @@
 //! Only the marker is required; every other step that fails is a warning and creation goes on,
 //! as a container without it still works for most of what users do.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use kapsule_rootfs::Meta;
 
 use crate::State;
-use crate::files::{ContainerFiles, exited};
+use crate::files::ContainerFiles;
 use crate::operation::{Failure, MessageKind, Reporter};
 use crate::users::{IfMissing, edit_file};
 
@@ -39,7 +39,7 @@ pub(crate) const PODMAN_DROP_IN: (&str, &str) = (
 /// are set again. Helpers an image makes setuid-root instead (Debian) are left alone: on a
 /// setuid-root file, capabilities take the place of root's (capabilities(7)), and newuidmap
 /// then fails to open the map files.
-const ID_MAP_HELPERS: [(&str, u32); 2] = [("usr/bin/newuidmap", CAP_SETUID), ("usr/bin/newgidmap", CAP_SETGID)];
+const ID_MAP_HELPERS: [(&str, u32); 2] = [("/usr/bin/newuidmap", CAP_SETUID), ("/usr/bin/newgidmap", CAP_SETGID)];
 const CAP_SETGID: u32 = 6;
 const CAP_SETUID: u32 = 7;
 
@@ -75,7 +75,7 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, name: &str, session_
             .await;
     }
     run_init_scripts(state, &files, reporter).await?;
-    if let Err(e) = set_id_map_capabilities(state, name).await {
+    if let Err(e) = set_id_map_capabilities(&files).await {
         reporter
             .warn(&format!(
                 "Could not set file capabilities on newuidmap/newgidmap (rootless podman may fail): {e}"
@@ -172,60 +172,41 @@ pub(crate) fn init_script_failure(path: &str, code: i32, stderr: &[u8]) -> Strin
 /// symlink in the image resolves inside the container) and `RESOLVE_NO_XDEV`: the walk stays on
 /// the container's own root file system, so a symlink into a mount (`/.kapsule/host` is the
 /// host's `/`) cannot lead to a host file.
-async fn set_id_map_capabilities(state: &State, name: &str) -> Result<(), String> {
-    let (pid, pidfd) = crate::enter::container_init(state, name)
+async fn set_id_map_capabilities(files: &ContainerFiles) -> Result<(), String> {
+    // Each helper on its own: one that cannot be done does not keep the other from it.
+    let failed = files
+        .run(|root| {
+            Ok(ID_MAP_HELPERS
+                .iter()
+                .filter_map(|(path, cap)| {
+                    set_file_capability(root, path, *cap)
+                        .err()
+                        .map(|e| format!("{path}: {e}"))
+                })
+                .collect::<Vec<String>>())
+        })
         .await
         .map_err(|e| e.to_string())?;
-    tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let root = rustix::fs::open(
-            format!("/proc/{pid}/root"),
-            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| format!("cannot open the container's root: {e}"))?;
-        // The pid was the container's init when its pidfd was opened; a pidfd that is not
-        // readable now says the same process is still running, so `root` is the container's.
-        if exited(&pidfd) {
-            return Err("the container stopped".into());
-        }
-        // Each helper on its own: one that cannot be done does not keep the other from it.
-        let failed: Vec<String> = ID_MAP_HELPERS
-            .iter()
-            .filter_map(|(path, cap)| {
-                set_file_capability(&root, path, *cap)
-                    .err()
-                    .map(|e| format!("/{path}: {e}"))
-            })
-            .collect();
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(failed.join("; "))
-        }
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
 }
 
-/// Gives the regular file at `path` (below `root`) the capability `cap`, effective and
+/// Gives the regular file at `path` (in the container) the capability `cap`, effective and
 /// permitted. A missing file, or one that is setuid-root, is nothing to do.
-fn set_file_capability(root: &OwnedFd, path: &str, cap: u32) -> std::io::Result<()> {
-    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, XattrFlags};
-    let file = match rustix::fs::openat2(
-        root,
-        path,
-        OFlags::PATH | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
-    ) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => return Ok(()),
-        Err(rustix::io::Errno::XDEV) => {
+fn set_file_capability(root: &kapsule_rootfs::Root, path: &str, cap: u32) -> std::io::Result<()> {
+    use rustix::fs::{FileType, Mode, XattrFlags};
+    let file = match root.open_path_on_root_fs(path) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
             return Err(std::io::Error::other(
                 "it leads off the container's own file system (into a mount); left alone",
             ));
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(std::io::Error::new(e.kind(), e.reason().to_string())),
     };
     let stat = rustix::fs::fstat(&file)?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {

@@ -251,6 +251,21 @@ impl Root {
         }
     }
 
+    /// [`Root::open_path`] with the walk kept on the root's own file system
+    /// (`RESOLVE_NO_XDEV`): a path that crosses into a mount, by a symlink or otherwise, fails
+    /// with `ErrorKind::CrossesDevices`. For what must never reach a file of a mount (the host's
+    /// `/` is mounted in Kapsule's containers).
+    pub fn open_path_on_root_fs(&self, path: &str) -> Result<Option<OwnedFd>> {
+        let fail = |e: io::Error| Error::new("open", path, e);
+        check(path).map_err(fail)?;
+        let resolve = RESOLVE.union(ResolveFlags::NO_XDEV);
+        match rustix::fs::openat2(&self.dir, path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), resolve) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(fail(e.into())),
+        }
+    }
+
     /// What is at `path` itself (a symlink is not followed); `None` when there is nothing.
     pub fn symlink_metadata(&self, path: &str) -> Result<Option<Stat>> {
         let fail = |e: io::Error| Error::new("inspect", path, e);

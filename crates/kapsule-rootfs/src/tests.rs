@@ -95,6 +95,27 @@ fn a_socket_in_the_root_is_reached_through_its_descriptor() {
 }
 
 #[test]
+fn the_walk_can_be_kept_on_the_roots_own_file_system() {
+    // /proc is a mount of its own below "/": reached directly or through a symlink (/etc/mtab,
+    // a link into /proc on Debian), it is refused on the root's file system, and found without
+    // that restriction.
+    let root = Root::at(Path::new("/")).unwrap();
+    let mtab = fs::read_link("/etc/mtab").expect("/etc/mtab is a symlink on this system");
+    assert!(
+        mtab.to_string_lossy().contains("proc/"),
+        "/etc/mtab -> {}",
+        mtab.display()
+    );
+    for path in ["/proc/self/status", "/etc/mtab"] {
+        let refused = root.open_path_on_root_fs(path).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::CrossesDevices, "{path}: {refused}");
+        assert!(root.open_path(path).unwrap().is_some(), "{path}");
+    }
+    assert!(root.open_path_on_root_fs("/etc").unwrap().is_some());
+    assert!(root.open_path_on_root_fs("/etc/no-such-file").unwrap().is_none());
+}
+
+#[test]
 fn magic_links_are_refused() {
     let root = Root::at(Path::new("/")).unwrap();
     assert!(root.read("/proc/self/root/etc/hostname", 4096).is_err());
