@@ -40,6 +40,13 @@ fn me(mode: u32) -> Meta {
     )
 }
 
+/// The names in directory `path`, sorted.
+fn names(root: &Root, path: &str) -> Vec<String> {
+    let mut names = root.list(path).unwrap().unwrap();
+    names.sort();
+    names
+}
+
 fn text(root: &Root, path: &str) -> Option<String> {
     root.read(path, 1 << 20)
         .unwrap()
@@ -163,9 +170,7 @@ fn a_write_is_whole_owned_and_moded_and_leaves_nothing_beside() {
     let read = root.read("/etc/shadow", 100).unwrap().unwrap();
     assert_eq!(read.data, b"new\n");
     assert_eq!(read.meta, me(0o640));
-    let mut names = root.list("/etc").unwrap().unwrap();
-    names.sort();
-    assert_eq!(names, ["shadow"], "no temporary file is left");
+    assert_eq!(names(&root, "/etc"), ["shadow"], "no temporary file is left");
 
     // A directory's absence is an error that makes nothing.
     let missing = root.write("/nowhere/file", b"x", me(0o644)).unwrap_err();
@@ -179,9 +184,7 @@ fn a_write_is_whole_owned_and_moded_and_leaves_nothing_beside() {
     fs::create_dir(tree.at("/etc/sudoers.d")).unwrap();
     assert!(root.write("/etc/sudoers.d", b"x", me(0o440)).is_err());
     assert!(tree.at("/etc/sudoers.d").is_dir());
-    let mut names = root.list("/etc").unwrap().unwrap();
-    names.sort();
-    assert_eq!(names, ["shadow", "sudoers.d"]);
+    assert_eq!(names(&root, "/etc"), ["shadow", "sudoers.d"]);
 }
 
 #[test]
@@ -276,9 +279,7 @@ fn listing_a_missing_directory_is_none() {
     fs::create_dir_all(tree.at("/.kapsule/init")).unwrap();
     fs::write(tree.at("/.kapsule/init/10-machine-id"), "#!/bin/sh\n").unwrap();
     fs::write(tree.at("/.kapsule/init/20-other"), "#!/bin/sh\n").unwrap();
-    let mut names = root.list("/.kapsule/init").unwrap().unwrap();
-    names.sort();
-    assert_eq!(names, ["10-machine-id", "20-other"]);
+    assert_eq!(names(&root, "/.kapsule/init"), ["10-machine-id", "20-other"]);
 }
 
 #[test]
@@ -294,9 +295,7 @@ fn bad_paths_are_refused_and_change_nothing() {
     assert!(root.read("relative", 10).is_err());
     let long = format!("/{}", "a/".repeat(3000));
     assert!(root.metadata(&long).is_err());
-    let mut names = root.list("/").unwrap().unwrap();
-    names.sort();
-    assert_eq!(names, ["etc", "run"]);
+    assert_eq!(names(&root, "/"), ["etc", "run"]);
     assert_eq!(root.list("/etc").unwrap().unwrap(), Vec::<String>::new());
 }
 
