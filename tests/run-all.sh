@@ -3,8 +3,9 @@
 #   1. brings up the test environment (tests/env/up.sh: Incus, the test image, a private bus);
 #   2. validates the tree (cargo xtask validate: rustfmt, clippy -D warnings, scripts, data files);
 #   3. runs each fuzz target for a bounded time (fuzz/run.sh; KAPSULE_FUZZ_SECONDS, default 30);
-#   4. builds every test target and the release binaries the sysext tests pack (so no test spends
-#      its time limit compiling, nor starves the others of the two cores while it does);
+#   4. builds every test target, the release binaries the sysext tests pack and the Qt client of
+#      tests/qt-client (so no test spends its time limit compiling, nor starves the others of the
+#      two cores while it does);
 #   5. runs every test tier with cargo-nextest and prints its summary;
 #   6. tears the environment down again (unless KAPSULE_KEEP_ENV=1), leaving no process behind.
 # Tiers and what each needs: docs/TESTING.md.
@@ -31,6 +32,7 @@ cargo xtask validate
 bash fuzz/run.sh "${KAPSULE_FUZZ_SECONDS:-30}"
 cargo nextest run --workspace --all-targets --profile ci --no-run
 cargo xtask sysext target/sysext
+bash tests/qt-client/build.sh >/dev/null
 # Every tier at once: tier 0 (pure logic, fixtures) and tier 2 (real incusd) share the run, so the
 # summary line counts them all.
 cargo nextest run --workspace --all-targets --profile ci

@@ -16,7 +16,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
 
 # openssl and xz-utils: the loopback image server of tests/integration/src/simplestreams.rs.
-HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux iproute2 kmod busybox-static systemd squashfs-tools openssl xz-utils)
+# qt6-base-dev, cmake and g++: tests/qt-client, a client generated from the original daemon's XML by
+# Qt's qdbusxml2cpp, as Konsole's libkapsule-qt is.
+HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux iproute2 kmod busybox-static systemd squashfs-tools openssl xz-utils qt6-base-dev cmake g++)
 
 install_packages() {
     local suite missing=() p

@@ -1,9 +1,9 @@
-//! What the daemon knows about containers: which instances are Kapsule's, the `(sssss)` tuple
+//! What the daemon knows about containers: which instances are Kapsule's, the `(sssss)` struct
 //! clients list, names Incus accepts, and the start/stop/delete work.
 
 use std::time::Duration;
 
-use kapsule_dbus::Error;
+use kapsule_dbus::{ContainerInfo, Error};
 use kapsule_incus::models::Instance;
 
 use crate::State;
@@ -44,7 +44,7 @@ pub(crate) fn is_kapsule(instance: &Instance) -> bool {
 }
 
 /// `(name, status, image, created, mode)` as the original daemon returned it.
-pub(crate) fn container_tuple(instance: &Instance) -> (String, String, String, String, String) {
+pub(crate) fn container_info(instance: &Instance) -> ContainerInfo {
     let config = &instance.config;
     let image = config
         .get("image.description")
@@ -65,13 +65,13 @@ pub(crate) fn container_tuple(instance: &Instance) -> (String, String, String, S
     } else {
         instance.status.clone()
     };
-    (
-        instance.name.clone(),
+    ContainerInfo {
+        name: instance.name.clone(),
         status,
         image,
-        iso8601_with_offset(&instance.created_at),
-        mode.to_owned(),
-    )
+        created: iso8601_with_offset(&instance.created_at),
+        mode: mode.to_owned(),
+    }
 }
 
 /// Incus says `2026-11-22T00:22:55.197237729Z`; clients were given Python's
@@ -258,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn tuple_matches_the_original_shape() {
+    fn info_matches_the_original_shape() {
         let mut i = Instance {
             name: "dev".into(),
             status: "Running".into(),
@@ -268,22 +268,22 @@ mod tests {
         i.config.insert("image.os".into(), "debian".into());
         i.config.insert("user.kapsule.session-mode".into(), "true".into());
         assert_eq!(
-            container_tuple(&i),
-            (
-                "dev".into(),
-                "Running".into(),
-                "debian".into(),
-                "2026-11-22T00:22:55.197237+00:00".into(),
-                "Session".into()
-            )
+            container_info(&i),
+            ContainerInfo {
+                name: "dev".into(),
+                status: "Running".into(),
+                image: "debian".into(),
+                created: "2026-11-22T00:22:55.197237+00:00".into(),
+                mode: "Session".into()
+            }
         );
         i.config.insert("image.description".into(), "Debian 12".into());
         i.config.insert("user.kapsule.dbus-mux".into(), "true".into());
         i.created_at = "2026-11-22T00:22:55Z".into();
         i.status.clear();
-        let t = container_tuple(&i);
+        let t = container_info(&i);
         assert_eq!(
-            (t.1.as_str(), t.2.as_str(), t.3.as_str(), t.4.as_str()),
+            (t.status.as_str(), t.image.as_str(), t.created.as_str(), t.mode.as_str()),
             ("Unknown", "Debian 12", "2026-11-22T00:22:55+00:00", "DbusMux")
         );
         assert!(is_kapsule(&i));

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use kapsule_dbus::Error;
+use kapsule_dbus::{ContainerInfo, EnterCommand, Error};
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, interface};
@@ -16,8 +16,6 @@ use crate::authority::{Action, Requester};
 use crate::link::Link;
 use crate::operation::{Failure, OperationInfo, Reporter};
 use crate::{State, config, containers, create, enter, images, users};
-
-type ContainerTuple = (String, String, String, String, String);
 
 /// The manager object.
 #[derive(Debug)]
@@ -66,19 +64,20 @@ impl Manager {
     }
 
     /// Every Kapsule container as `(name, status, image, created, mode)`, in one Incus request.
-    async fn list_containers(&self) -> Result<Vec<ContainerTuple>, Error> {
+    async fn list_containers(&self) -> Result<Vec<ContainerInfo>, Error> {
         let instances = self.state.incus.list_instances().await.map_err(crate::incus_error)?;
         Ok(instances
             .iter()
             .filter(|i| containers::is_kapsule(i))
-            .map(containers::container_tuple)
+            .map(containers::container_info)
             .collect())
     }
 
-    /// One Kapsule container as `(name, status, image, created, mode)`.
-    async fn get_container_info(&self, name: String) -> Result<ContainerTuple, Error> {
+    /// One Kapsule container as one struct `(name, status, image, created, mode)`.
+    // The one-element tuple makes the reply one `(sssss)`, not five strings (see kapsule_dbus::reply).
+    async fn get_container_info(&self, name: String) -> Result<(ContainerInfo,), Error> {
         let instance = containers::get_kapsule_container(&self.state, &name).await?;
-        Ok(containers::container_tuple(&instance))
+        Ok((containers::container_info(&instance),))
     }
 
     /// True when the user `uid` was set up in the container.
@@ -183,7 +182,8 @@ impl Manager {
     /// For clients of the original daemon (libkapsule-qt, Konsole): prepares the container for
     /// the caller (start, user setup) and returns a command that enters it, `kapsule enter`,
     /// which carries the environment in its own call rather than on its command line.
-    /// Expected failures come back in-band as `(false, message, [])`.
+    /// The reply is one struct `(success, message, command)`; expected failures come back in-band
+    /// as `(false, message, [])`.
     async fn prepare_enter(
         &self,
         #[zbus(connection)] connection: &Connection,
@@ -191,13 +191,18 @@ impl Manager {
         container_name: String,
         command: Vec<String>,
         working_directory: String,
-    ) -> Result<(bool, String, Vec<String>), Error> {
+    ) -> Result<(EnterCommand,), Error> {
         let who = Requester::of(&self.link, connection, &header).await?;
         let name = enter::resolve_name(&self.state, &who.caller, &container_name).await?;
         match enter::prepare(&self.state, &who, &name).await {
             Ok(_) => {}
             Err(Error::NotFound(message) | Error::Failed(message) | Error::InvalidArgument(message)) => {
-                return Ok((false, message, Vec::new()));
+                let failed = EnterCommand {
+                    success: false,
+                    message,
+                    command: Vec::new(),
+                };
+                return Ok((failed,));
             }
             Err(e) => return Err(e),
         }
@@ -210,7 +215,12 @@ impl Manager {
             argv.push("--".to_owned());
             argv.extend(command);
         }
-        Ok((true, String::new(), argv))
+        let prepared = EnterCommand {
+            success: true,
+            message: String::new(),
+            command: argv,
+        };
+        Ok((prepared,))
     }
 
     /// The local images, as Incus's own JSON objects.

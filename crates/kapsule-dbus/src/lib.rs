@@ -7,10 +7,12 @@ mod error;
 pub mod image;
 pub mod options;
 mod proxy;
+mod reply;
 pub mod session;
 
 pub use error::{Error, quote};
-pub use proxy::{ContainerTuple, ManagerProxy, OperationProxy};
+pub use proxy::{ManagerProxy, OperationProxy};
+pub use reply::{ContainerInfo, EnterCommand};
 
 /// The well-known name of the daemon on the system bus.
 pub const BUS_NAME: &str = "org.kde.kapsule";

@@ -4,8 +4,7 @@ use std::collections::HashMap;
 
 use zbus::{OwnedObjectPath, OwnedVariant, proxy};
 
-/// `(name, status, image, created, mode)`.
-pub type ContainerTuple = (String, String, String, String, String);
+use crate::{ContainerInfo, EnterCommand};
 
 /// `org.kde.kapsule.Manager`.
 #[proxy(
@@ -23,8 +22,8 @@ pub trait Manager {
     fn list_operations(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
     fn get_create_schema(&self) -> zbus::Result<String>;
     fn get_config(&self) -> zbus::Result<HashMap<String, String>>;
-    fn list_containers(&self) -> zbus::Result<Vec<ContainerTuple>>;
-    fn get_container_info(&self, name: &str) -> zbus::Result<ContainerTuple>;
+    fn list_containers(&self) -> zbus::Result<Vec<ContainerInfo>>;
+    fn get_container_info(&self, name: &str) -> zbus::Result<ContainerInfo>;
     fn is_user_setup(&self, container_name: &str, uid: u32) -> zbus::Result<bool>;
     fn list_images(&self) -> zbus::Result<String>;
     fn delete_image(&self, identifier: &str) -> zbus::Result<OwnedObjectPath>;
@@ -59,7 +58,7 @@ pub trait Manager {
         container_name: &str,
         command: &[String],
         working_directory: &str,
-    ) -> zbus::Result<(bool, String, Vec<String>)>;
+    ) -> zbus::Result<EnterCommand>;
     fn delete_container(&self, name: &str, force: bool) -> zbus::Result<OwnedObjectPath>;
     fn start_container(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn stop_container(&self, name: &str, force: bool) -> zbus::Result<OwnedObjectPath>;

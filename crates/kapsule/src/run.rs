@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use comfy_table::{Table, presets::NOTHING};
 use kapsule_dbus::session::Status;
-use kapsule_dbus::{ContainerTuple, ManagerProxy};
+use kapsule_dbus::{ContainerInfo, ManagerProxy};
 use zbus::Connection;
 
 use crate::cli::{Cli, Command, Format, ImageCommand};
@@ -113,7 +113,7 @@ async fn run_command(connection: &Connection, manager: &ManagerProxy<'_>, comman
         Command::List { running, format } => {
             let mut containers = manager.list_containers().await.map_err(explain)?;
             if running {
-                containers.retain(|c| c.1 == "Running");
+                containers.retain(|c| c.status == "Running");
             }
             containers.sort();
             print_containers(&containers, format);
@@ -174,13 +174,13 @@ async fn run_command(connection: &Connection, manager: &ManagerProxy<'_>, comman
     }
 }
 
-fn print_containers(containers: &[ContainerTuple], format: Format) {
+fn print_containers(containers: &[ContainerInfo], format: Format) {
     match format {
         Format::Json => {
             let rows: Vec<serde_json::Value> = containers
                 .iter()
-                .map(|(name, status, image, created, mode)| {
-                    serde_json::json!({"name": name, "status": status, "image": image, "created": created, "mode": mode})
+                .map(|c| {
+                    serde_json::json!({"name": c.name, "status": c.status, "image": c.image, "created": c.created, "mode": c.mode})
                 })
                 .collect();
             write_out(&serde_json::Value::Array(rows).to_string());
@@ -194,10 +194,10 @@ fn print_containers(containers: &[ContainerTuple], format: Format) {
             table
                 .load_style(NOTHING)
                 .set_header(["NAME", "STATUS", "IMAGE", "CREATED", "MODE"]);
-            for (name, status, image, created, mode) in containers {
+            for c in containers {
                 // Date and time are enough in a table; JSON has the full timestamp.
-                let created = created.get(..16).unwrap_or(created).replace('T', " ");
-                table.add_row([name.as_str(), status, image, &created, mode]);
+                let created = c.created.get(..16).unwrap_or(&c.created).replace('T', " ");
+                table.add_row([c.name.as_str(), &c.status, &c.image, &created, &c.mode]);
             }
             write_out(&table.to_string());
         }

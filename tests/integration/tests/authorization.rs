@@ -148,7 +148,7 @@ async fn every_change_is_authorized_by_polkit_for_the_caller() {
     // Their own container is theirs to enter.
     let out = call(&test, &plain, "PrepareEnter", "sass", &[&theirs, "0", ""]).await;
     let prepared = allowed("PrepareEnter of their own container", &out);
-    assert!(prepared.starts_with("bsas true"), "{prepared}");
+    assert!(prepared.starts_with("(bsas) true"), "{prepared}");
     let out = kapsule(&test, &plain, &["enter", &theirs, "--", "id", "-un"]).await;
     assert_eq!(
         allowed("entering their own container", &out),

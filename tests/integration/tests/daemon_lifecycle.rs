@@ -67,13 +67,17 @@ async fn create_list_stop_start_delete_with_signals_in_order() {
     let listed = manager.list_containers().await.unwrap();
     let row = listed
         .iter()
-        .find(|c| c.0 == name)
+        .find(|c| c.name == name)
         .expect("the new container is listed")
         .clone();
-    assert_eq!(row.1, "Running");
-    assert!(row.2.starts_with("Kapsule Debian image"), "image column: {}", row.2);
-    assert!(row.3.ends_with("+00:00"), "created column: {}", row.3);
-    assert_eq!(row.4, "Default");
+    assert_eq!(row.status, "Running");
+    assert!(
+        row.image.starts_with("Kapsule Debian image"),
+        "image column: {}",
+        row.image
+    );
+    assert!(row.created.ends_with("+00:00"), "created column: {}", row.created);
+    assert_eq!(row.mode, "Default");
     assert_eq!(manager.get_container_info(&name).await.unwrap(), row);
 
     // What Incus got: no profile, the metadata, the host filesystem, /.kapsule.
@@ -131,7 +135,7 @@ async fn create_list_stop_start_delete_with_signals_in_order() {
         env.incus.get_instance(&name).await.unwrap_err().is_not_found(),
         "removed"
     );
-    assert!(!manager.list_containers().await.unwrap().iter().any(|c| c.0 == name));
+    assert!(!manager.list_containers().await.unwrap().iter().any(|c| c.name == name));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +249,14 @@ async fn bad_requests_get_named_errors_and_change_nothing() {
         );
     }
     assert!(manager.get_container_info(&foreign).await.is_err());
-    assert!(!manager.list_containers().await.unwrap().iter().any(|c| c.0 == foreign));
+    assert!(
+        !manager
+            .list_containers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.name == foreign)
+    );
     // Nothing was made, and the foreign instance is untouched (other tests run at the same time,
     // so only the names this test used are compared).
     for tried in [name.as_str(), "1-bad"] {
@@ -342,7 +353,7 @@ async fn containers_made_by_the_original_daemon_are_managed() {
         .unwrap();
 
     let row = manager.get_container_info(&name).await.unwrap();
-    assert_eq!((row.1.as_str(), row.4.as_str()), ("Running", "Session"));
+    assert_eq!((row.status.as_str(), row.mode.as_str()), ("Running", "Session"));
     assert!(manager.list_containers().await.unwrap().contains(&row));
     assert!(manager.is_user_setup(&name, 1000).await.unwrap());
     assert!(!manager.is_user_setup(&name, 1001).await.unwrap());

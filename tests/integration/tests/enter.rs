@@ -286,7 +286,8 @@ async fn prepare_enter_serves_old_clients_without_exposing_the_environment() {
             .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
         let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        reply["data"].clone()
+        assert_eq!(reply["type"], "(bsas)", "one struct, as the original sent it");
+        reply["data"][0].clone()
     };
     let home = user.home.to_str().unwrap();
     let reply = call(&name, home);
