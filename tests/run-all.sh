@@ -33,6 +33,7 @@ bash fuzz/run.sh "${KAPSULE_FUZZ_SECONDS:-30}"
 cargo nextest run --workspace --all-targets --profile ci --no-run
 cargo xtask sysext target/sysext
 bash tests/qt-client/build.sh >/dev/null
-# Every tier at once: tier 0 (pure logic, fixtures) and tier 2 (real incusd) share the run, so the
-# summary line counts them all.
-cargo nextest run --workspace --all-targets --profile ci
+# Every tier at once: tier 0 (pure logic, fixtures), tier 1 (unit tests that need root, ignored by
+# a plain `cargo test`, named tier1_*) and tier 2 (real incusd) share the run, so the summary line
+# counts them all.
+cargo nextest run --workspace --all-targets --profile ci --run-ignored all
