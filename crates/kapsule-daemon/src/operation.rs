@@ -22,17 +22,10 @@ use crate::link::Link;
 /// How long a finished operation stays on the bus for late readers of its status.
 const LINGER: Duration = Duration::from_secs(30);
 
-/// The kinds of message an operation reports (`Message(i type, s text, i indent)`); the wire
-/// also has 5 hint, added here when the daemon first needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum MessageKind {
-    Info = 0,
-    Success = 1,
-    Warning = 2,
-    Error = 3,
-    /// Detail a client may show less prominently.
-    Dim = 4,
-}
+/// The kinds of message an operation reports (`Message(i type, s text, i indent)`), defined with
+/// the contract.
+pub(crate) use kapsule_dbus::MessageKind;
+use kapsule_dbus::OperationStatus;
 
 /// Why an operation did not succeed; the text is what the client is shown.
 #[derive(Debug)]
@@ -59,7 +52,7 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 #[derive(Debug)]
 struct State {
-    status: &'static str,
+    status: OperationStatus,
     error: String,
 }
 
@@ -103,7 +96,7 @@ impl OperationObject {
     /// `running`, `completed`, `failed` or `cancelled`.
     #[zbus(property)]
     fn status(&self) -> String {
-        self.state.lock().expect("state lock").status.to_owned()
+        self.state.lock().expect("state lock").status.as_str().to_owned()
     }
 
     #[zbus(property)]
@@ -122,7 +115,7 @@ impl OperationObject {
         if who.caller.uid != self.requester {
             who.authorize(Action::ManageContainer, &[]).await?;
         }
-        if self.state.lock().expect("state lock").status != "running" {
+        if self.state.lock().expect("state lock").status != OperationStatus::Running {
             return Ok(false);
         }
         self.cancel.cancel();
@@ -183,7 +176,7 @@ impl Reporter {
     pub(crate) async fn say(&self, kind: MessageKind, text: &str) {
         log::info!("[op {}] {text}", self.id);
         // A client that went away is no reason to stop the work.
-        let _ = OperationObject::message(&self.emitter, kind as i32, text, 1).await;
+        let _ = OperationObject::message(&self.emitter, kind.to_wire(), text, 1).await;
     }
 
     pub(crate) async fn info(&self, text: &str) {
@@ -279,7 +272,7 @@ impl Operations {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let path = kapsule_dbus::operation_path(id);
         let state = Arc::new(Mutex::new(State {
-            status: "running",
+            status: OperationStatus::Running,
             error: String::new(),
         }));
         let cancel = CancellationToken::new();
@@ -320,26 +313,34 @@ impl Operations {
                     if !done.is_empty() {
                         reporter.say(MessageKind::Success, &done).await;
                     }
-                    ("completed", done)
+                    (OperationStatus::Completed, done)
                 }
-                Err(Failure::Cancelled) => ("cancelled", "Operation cancelled".to_owned()),
-                Err(Failure::Failed(why)) => ("failed", why),
+                Err(Failure::Cancelled) => (OperationStatus::Cancelled, "Operation cancelled".to_owned()),
+                Err(Failure::Failed(why)) => (OperationStatus::Failed, why),
             };
             log::info!(
-                "[op {id}] {status}{}{message}",
+                "[op {id}] {}{}{message}",
+                status.as_str(),
                 if message.is_empty() { "" } else { ": " }
             );
             {
                 let mut state = state.lock().expect("state lock");
                 state.status = status;
-                state.error = if status == "completed" {
+                state.error = if status == OperationStatus::Completed {
                     String::new()
                 } else {
                     message.clone()
                 };
             }
             operations.running.lock().expect("operations lock").remove(&id);
-            Operations::finish(&connection, &emitter, &task_path, status == "completed", &message).await;
+            Operations::finish(
+                &connection,
+                &emitter,
+                &task_path,
+                status == OperationStatus::Completed,
+                &message,
+            )
+            .await;
         });
         Ok(path)
     }

@@ -5,12 +5,14 @@
 
 mod error;
 pub mod image;
+mod operation;
 pub mod options;
 mod proxy;
 mod reply;
 pub mod session;
 
 pub use error::{Error, quote};
+pub use operation::{MessageKind, OperationStatus};
 pub use proxy::{ManagerProxy, OperationProxy};
 pub use reply::{ContainerInfo, EnterCommand};
 

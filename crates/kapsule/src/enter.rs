@@ -17,7 +17,7 @@ use kapsule_dbus::ManagerProxy;
 use kapsule_dbus::session::{Status, signal_line};
 use zbus::{Connection, OwnedVariant, Variant};
 
-use crate::run::{explain, operation};
+use crate::daemon::explain;
 
 /// What `enter` was asked for.
 #[derive(Debug)]
@@ -54,8 +54,8 @@ pub async fn enter(connection: &Connection, manager: &ManagerProxy<'_>, args: En
     };
     // One call on the way in; only when the container is missing is the configuration read, to
     // make the default container on first use.
-    let (container, mut fds) = match call().await? {
-        Err(zbus::Error::MethodError(error, message, _)) if error.as_str() == "org.kde.kapsule.Error.NotFound" => {
+    let (container, mut fds) = match call().await?.map_err(kapsule_dbus::Error::from) {
+        Err(kapsule_dbus::Error::NotFound(message)) => {
             let config = manager.get_config().await.map_err(explain)?;
             if let Some(error) = config.get("error") {
                 bail!("{error}");
@@ -67,10 +67,7 @@ pub async fn enter(connection: &Connection, manager: &ManagerProxy<'_>, args: En
                 target.clone()
             };
             if wanted.is_empty() || wanted != default {
-                bail!(
-                    "{}",
-                    message.unwrap_or_else(|| format!("Container '{wanted}' does not exist"))
-                );
+                bail!("{message}");
             }
             create_default(connection, manager, &default).await?;
             call().await?.map_err(explain)?
@@ -121,8 +118,18 @@ fn request(terminal: bool, cwd_required: bool) -> Result<EnterRequest> {
 /// progress, as the original CLI did; a create racing ours is fine.
 async fn create_default(connection: &Connection, manager: &ManagerProxy<'_>, name: &str) -> Result<()> {
     eprintln!("Creating container: {name}");
-    match operation(connection, manager.create_container(name, "", HashMap::new())).await {
+    let signals = crate::follow::subscribe(connection).await?;
+    let path = match manager.create_container(name, "", HashMap::new()).await {
+        Ok(path) => path,
+        Err(e) => match kapsule_dbus::Error::from(e) {
+            kapsule_dbus::Error::AlreadyExists(_) => return Ok(()),
+            other => return Err(explain(other)),
+        },
+    };
+    match crate::follow::follow(connection, signals, &path).await {
         Ok(()) => Ok(()),
+        // Made by another create between our check and Incus's: an operation's failure has only
+        // its text on the wire, Incus's "already exists".
         Err(e) if e.to_string().contains("already exists") => Ok(()),
         Err(e) => Err(e),
     }

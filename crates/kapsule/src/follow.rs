@@ -7,7 +7,10 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use kapsule_dbus::{MessageKind, OperationStatus};
 use zbus::{Connection, MessageStream, OwnedObjectPath};
+
+use crate::daemon::explain;
 
 /// What the client listens to while an operation runs: its signals, and on a bus the daemon's
 /// name (a daemon that goes away mid-operation must not leave the client waiting forever; on
@@ -76,12 +79,13 @@ pub async fn follow(connection: &Connection, subscription: Subscription, path: &
         match member.as_str() {
             "Message" => {
                 let (kind, text, _indent): (i32, String, i32) = message.body().deserialize()?;
-                let line = match kind {
-                    1 => format!("{} {text}", console::style("✓").green()),
-                    2 => format!("{} {text}", console::style("!").yellow()),
-                    3 => format!("{} {text}", console::style("✗").red()),
-                    4 => console::style(text).dim().to_string(),
-                    _ => text,
+                let line = match MessageKind::from_wire(kind) {
+                    Some(MessageKind::Success) => format!("{} {text}", console::style("✓").green()),
+                    Some(MessageKind::Warning) => format!("{} {text}", console::style("!").yellow()),
+                    Some(MessageKind::Error) => format!("{} {text}", console::style("✗").red()),
+                    Some(MessageKind::Hint) => format!("{} {text}", console::style("hint:").yellow()),
+                    Some(MessageKind::Dim) => console::style(text).dim().to_string(),
+                    Some(MessageKind::Info) | None => text,
                 };
                 print_line(&bars, &line);
             }
@@ -163,8 +167,8 @@ pub async fn follow(connection: &Connection, subscription: Subscription, path: &
         }
     }
     // The stream ended (the daemon went away): the operation's own status is the last word.
-    match op.status().await.as_deref() {
-        Ok("completed") => Ok(()),
+    match op.status().await.as_deref().map(OperationStatus::parse) {
+        Ok(Some(OperationStatus::Completed)) => Ok(()),
         Ok(_) => bail!("{}", op.error_message().await.unwrap_or_default()),
         Err(e) => bail!("lost the connection to the Kapsule daemon: {e}"),
     }
@@ -184,4 +188,15 @@ fn print_line(bars: &HashMap<String, ProgressBar>, line: &str) {
         Some(bar) => bar.println(line),
         None => eprintln!("{line}"),
     }
+}
+
+/// Runs a call that starts an operation and follows it to its end. The subscription is made
+/// before the call runs (the call future is lazy), so no early signal is missed.
+pub(crate) async fn operation(
+    connection: &Connection,
+    call: impl std::future::Future<Output = zbus::Result<zbus::OwnedObjectPath>>,
+) -> Result<()> {
+    let signals = subscribe(connection).await?;
+    let path = call.await.map_err(explain)?;
+    follow(connection, signals, &path).await
 }
