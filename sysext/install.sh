@@ -21,6 +21,9 @@ file 0755 "$bin/kapsule-init" bin/kapsule-init
 for helper in kapsule-daemon kapsule-mounts kapsule-nsenter kapsule-nvidia-hook; do
     file 0755 "$bin/$helper" "lib/kapsule/$helper"
 done
+# Containers made by the original daemon name its hook script in their raw.lxc; the hook binary
+# reads its hook type from its arguments or LXC_HOOK_TYPE whatever it is called (docs/NVIDIA.md).
+ln -sfn kapsule-nvidia-hook "$usr/lib/kapsule/nvidia-container-hook.sh"
 
 # systemd: the units, modules, tmpfiles. The socket is started at boot by a static link (not
 # [Install], which only `systemctl enable` or a preset reads, and KDE Linux's presets end with

@@ -91,6 +91,8 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
     // host-sync path and the first-boot unit with no enabling.
     for (link, target) in [
         ("usr/bin/kap", "kapsule"),
+        // The original daemon's containers name its hook script in their raw.lxc.
+        ("usr/lib/kapsule/nvidia-container-hook.sh", "kapsule-nvidia-hook"),
         (
             "usr/lib/systemd/system/sockets.target.wants/kapsule-daemon.socket",
             "../kapsule-daemon.socket",
