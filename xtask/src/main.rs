@@ -1,8 +1,10 @@
 //! Build chores for the Kapsule workspace: `cargo xtask <task>`.
 //!
-//! - `validate`: rustfmt (the workspace and fuzz/), clippy with warnings as errors, shell scripts
-//!   (bash -n, shellcheck), and XML data files (xmllint). tests/run-all.sh runs it before the
-//!   tests.
+//! - `validate`: rustfmt (the workspace and fuzz/), clippy with warnings as errors, the layering
+//!   of the daemon's and the CLI's modules (`layers.rs`: no upward or sideways import, no cycle,
+//!   the module map in docs/ARCHITECTURE.md complete), shell scripts (bash -n, shellcheck), and
+//!   XML data files (xmllint). tests/run-all.sh runs it before the tests.
+//! - `layers`: only the layering check of `validate`.
 //! - `docs <dir>`: the CLI's man pages (`<dir>/man1/*.1`) and shell completions
 //!   (`<dir>/completions/{kapsule.bash,_kapsule,kapsule.fish}`), generated from its clap
 //!   definition, for packaging.
@@ -16,6 +18,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+/// The layering check of `validate`.
+mod layers;
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("xtask: {e:#}");
@@ -28,6 +33,7 @@ fn run() -> Result<()> {
     let root = workspace_root();
     match task.as_str() {
         "validate" => validate(&root),
+        "layers" => layers::check(&root),
         "docs" => {
             let out = std::env::args()
                 .nth(2)
@@ -43,10 +49,12 @@ fn run() -> Result<()> {
             sysext(&root, &out)
         }
         "" | "help" | "--help" | "-h" => {
-            eprintln!("usage: cargo xtask validate | cargo xtask docs <dir> | cargo xtask sysext [<dir>]");
+            eprintln!(
+                "usage: cargo xtask validate | cargo xtask layers | cargo xtask docs <dir> | cargo xtask sysext [<dir>]"
+            );
             Ok(())
         }
-        other => bail!("unknown task '{other}' (known: validate, docs, sysext)"),
+        other => bail!("unknown task '{other}' (known: validate, layers, docs, sysext)"),
     }
 }
 
@@ -95,6 +103,9 @@ fn validate(root: &Path) -> Result<()> {
             "warnings",
         ],
     )?;
+
+    eprintln!("[xtask] layers (crates/kapsule-daemon, crates/kapsule)");
+    layers::check(root)?;
 
     // Shell scripts: `*.sh`, CI's entry point, the hooks images ship in `.kapsule/sync` and
     // `.kapsule/init` (named without an extension, as containers run them), mkosi's scripts.

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use kapsule_rootfs::Meta;
 
-use crate::State;
-use crate::files::ContainerFiles;
+use crate::container::Containers;
+use crate::container::files::ContainerFiles;
+use crate::container::files::{IfMissing, edit_file};
 use crate::operation::{Failure, MessageKind, Reporter};
-use crate::users::{IfMissing, edit_file};
 
 /// Where an image keeps the scripts to run once when a container is made from it.
 pub(crate) const INIT_DIR: &str = "/.kapsule/init";
@@ -45,8 +45,13 @@ const CAP_SETUID: u32 = 7;
 
 /// Every step, in order. `session_mode` containers run their own systemd user session and keep
 /// podman's default cgroup manager.
-pub(crate) async fn run(state: &State, reporter: &Reporter, name: &str, session_mode: bool) -> Result<(), Failure> {
-    let files = ContainerFiles::open(state, name).await.map_err(Failure::Failed)?;
+pub(crate) async fn run(
+    containers: &Containers,
+    reporter: &Reporter,
+    name: &str,
+    session_mode: bool,
+) -> Result<(), Failure> {
+    let files = ContainerFiles::open(containers, name).await.map_err(Failure::Failed)?;
     // Konsole detects Kapsule containers by /.kapsule; it exists even without the host mount.
     files
         .run(|root| root.ensure_dir("/.kapsule", Meta::new(0, 0, 0o755)))
@@ -74,7 +79,7 @@ pub(crate) async fn run(state: &State, reporter: &Reporter, name: &str, session_
             .warn(&format!("Could not add '{name}' to /etc/hosts: {}", e.message()))
             .await;
     }
-    run_init_scripts(state, &files, reporter).await?;
+    run_init_scripts(containers, &files, reporter).await?;
     if let Err(e) = set_id_map_capabilities(&files).await {
         reporter
             .warn(&format!(
@@ -114,7 +119,7 @@ pub(crate) fn hosts_with_name(hosts: &str, name: &str) -> Option<String> {
 
 /// Runs every entry of the image's `/.kapsule/init/` as root, in name order, one at a time.
 /// A failing script is a warning with its exit code and error output; only a cancel stops them.
-async fn run_init_scripts(state: &State, files: &ContainerFiles, reporter: &Reporter) -> Result<(), Failure> {
+async fn run_init_scripts(containers: &Containers, files: &ContainerFiles, reporter: &Reporter) -> Result<(), Failure> {
     let name = files.name();
     let mut scripts = match files.run(|root| root.list(INIT_DIR)).await {
         Ok(Some(scripts)) => scripts,
@@ -133,7 +138,7 @@ async fn run_init_scripts(state: &State, files: &ContainerFiles, reporter: &Repo
         reporter.say(MessageKind::Dim, &format!("Running {path}")).await;
         let command = [path.as_str()];
         let ran = tokio::select! {
-            ran = crate::run::run_as_root(state, name, &command, b"", INIT_SCRIPT_TIMEOUT) => ran,
+            ran = crate::container::exec::run_as_root(containers, name, &command, b"", INIT_SCRIPT_TIMEOUT) => ran,
             () = reporter.cancelled() => return Err(Failure::Cancelled),
         };
         match ran {

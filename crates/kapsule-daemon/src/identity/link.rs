@@ -8,10 +8,9 @@ use zbus::Connection;
 use zbus::message::Header;
 use zbus_polkit::policykit1::Subject;
 
-use crate::State;
-use crate::activity::Activity;
-use crate::caller::Caller;
-use crate::peer::Peer;
+use crate::host::activity::Activity;
+use crate::identity::caller::Caller;
+use crate::identity::peer::Peer;
 
 /// The link of the bus; socket clients count from 1.
 const BUS: u64 = 0;
@@ -30,22 +29,22 @@ pub(crate) struct Link {
 
 impl Link {
     /// The system bus (or the bus the daemon was told to serve on).
-    pub(crate) fn bus(state: &State) -> Link {
+    pub(crate) fn bus(bus: &Connection, activity: &Arc<Activity>) -> Link {
         Link {
             id: BUS,
             peer: None,
-            polkit: state.bus.clone(),
-            activity: state.activity.clone(),
+            polkit: bus.clone(),
+            activity: activity.clone(),
         }
     }
 
-    /// Socket client number `id`, which is `peer`.
-    pub(crate) fn peer(state: &State, id: u64, peer: Peer) -> Link {
+    /// Socket client number `id`, which is `peer`; polkit is still asked on `bus`.
+    pub(crate) fn peer(bus: &Connection, activity: &Arc<Activity>, id: u64, peer: Peer) -> Link {
         Link {
             id,
             peer: Some(peer),
-            polkit: state.bus.clone(),
-            activity: state.activity.clone(),
+            polkit: bus.clone(),
+            activity: activity.clone(),
         }
     }
 

@@ -1,20 +1,15 @@
-//! What the daemon knows about containers: which instances are Kapsule's, the `(sssss)` struct
-//! clients list, names Incus accepts, and the start/stop/delete work.
-
-use std::time::Duration;
+//! What the daemon reads from a container's Incus instance: whether it is Kapsule's, whose it is,
+//! whether a user was set up in it, what it was made with, its `(sssss)` struct for clients, and
+//! the names Incus accepts.
 
 use kapsule_dbus::{ContainerInfo, Error};
 use kapsule_incus::models::Instance;
 
-use crate::State;
-use crate::authority::Action;
-use crate::operation::{Failure, MessageKind, Reporter};
+use crate::container::Containers;
+use crate::identity::authority::Action;
 
 /// Every Kapsule container carries config keys under this prefix (the original daemon's too).
 pub(crate) const META_PREFIX: &str = "user.kapsule.";
-
-/// How long an operation waits for Incus before giving up.
-pub(crate) const INCUS_WAIT: Option<Duration> = Some(Duration::from_secs(600));
 
 /// The uid of the user who created a container (their containers are theirs to enter).
 pub(crate) const OWNER_KEY: &str = "user.kapsule.owner";
@@ -24,7 +19,7 @@ pub(crate) const OWNER_KEY: &str = "user.kapsule.owner";
 pub(crate) fn is_owner(instance: &Instance, uid: u32) -> bool {
     match instance.config.get(OWNER_KEY) {
         Some(owner) => *owner == uid.to_string(),
-        None => crate::users::is_set_up(instance, uid),
+        None => is_set_up(instance, uid),
     }
 }
 
@@ -114,12 +109,12 @@ pub(crate) fn validate_name(name: &str) -> Result<(), Error> {
 }
 
 /// The Kapsule container `name`, or the named error a client should get.
-pub(crate) async fn get_kapsule_container(state: &State, name: &str) -> Result<Instance, Error> {
+pub(crate) async fn get_kapsule_container(containers: &Containers, name: &str) -> Result<Instance, Error> {
     validate_name(name)?;
-    let instance = match state.incus.get_instance(name).await {
+    let instance = match containers.incus.get_instance(name).await {
         Ok(instance) => instance,
         Err(e) if e.is_not_found() => return Err(Error::NotFound(format!("Container '{name}' does not exist"))),
-        Err(e) => return Err(crate::incus_error(e)),
+        Err(e) => return Err(crate::error::incus_error(e)),
     };
     if !is_kapsule(&instance) {
         return Err(Error::NotFound(format!(
@@ -133,103 +128,38 @@ pub(crate) fn is_running(instance: &Instance) -> bool {
     instance.status == "Running"
 }
 
-/// Runs one Incus operation to its end, cancelling it (where Incus allows) when the client
-/// cancels ours.
-pub(crate) async fn run_incus_operation(
-    state: &State,
-    reporter: &Reporter,
-    op: kapsule_incus::models::Operation,
-) -> Result<kapsule_incus::models::Operation, Failure> {
-    tokio::select! {
-        done = state.incus.wait_operation(&op.id, INCUS_WAIT) => done.map_err(Failure::from),
-        () = reporter.cancelled() => {
-            if let Err(e) = state.incus.cancel_operation(&op.id).await {
-                log::info!("Incus operation {} cannot be cancelled ({e}); waiting for it to end", op.id);
-            }
-            let _ = state.incus.wait_operation(&op.id, INCUS_WAIT).await;
-            Err(Failure::Cancelled)
-        }
-    }
+/// The marker of a finished setup.
+pub(crate) fn mapped_key(uid: u32) -> String {
+    format!("user.kapsule.host-users.{uid}.mapped")
 }
 
-pub(crate) async fn start(state: &State, reporter: &Reporter, name: &str) -> Result<String, Failure> {
-    let instance = get_kapsule_container(state, name).await?;
-    if is_running(&instance) {
-        reporter.warn(&format!("Container '{name}' is already running")).await;
-        return Ok(String::new());
-    }
-    if instance.config.get("raw.lxc").is_some_and(|raw| {
-        raw.lines()
-            .any(|l| l.starts_with("lxc.hook.mount=") && l.contains("nvidia"))
-    }) {
-        reporter
-            .say(MessageKind::Dim, "NVIDIA userspace drivers are injected on start")
-            .await;
-    }
-    let op = state.incus.start_instance(name).await?;
-    run_incus_operation(state, reporter, op).await?;
-    // The host's timezone or DNS may have changed while it was stopped.
-    crate::hostsync::report(reporter, crate::hostsync::sync_instance(state, &instance).await).await;
-    state.containers_changed().await;
-    Ok(format!("Container '{name}' started"))
+/// True once `uid` was set up in the container.
+pub(crate) fn is_set_up(instance: &Instance, uid: u32) -> bool {
+    instance.config.get(&mapped_key(uid)).map(String::as_str) == Some("true")
 }
 
-/// Starts the container if it is not running (a no-op otherwise), without telling clients
-/// `ContainersChanged` (the original daemon did not for starts on the way in either).
-pub(crate) async fn ensure_running(
-    state: &State,
-    reporter: Option<&Reporter>,
-    instance: &Instance,
-) -> Result<(), Failure> {
-    if is_running(instance) {
-        return Ok(());
-    }
-    let name = instance.name.as_str();
-    match reporter {
-        Some(r) => r.info(&format!("Starting container '{name}'")).await,
-        None => log::info!("starting container '{name}'"),
-    }
-    let op = state.incus.start_instance(name).await?;
-    match reporter {
-        Some(r) => {
-            run_incus_operation(state, r, op).await?;
-        }
-        None => {
-            state.incus.wait_operation(&op.id, INCUS_WAIT).await?;
-        }
-    }
-    crate::hostsync::log_lines(name, crate::hostsync::sync_instance(state, instance).await);
-    Ok(())
+/// What the container's metadata asks of a user setup. Containers made by the original daemon
+/// are read the same way: a missing `mount-home` means true, a missing `host-rootfs` false.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Wants {
+    pub mount_home: bool,
+    pub host_rootfs: bool,
+    pub session_mode: bool,
+    pub custom_mounts: Vec<String>,
 }
 
-pub(crate) async fn stop(state: &State, reporter: &Reporter, name: &str, force: bool) -> Result<String, Failure> {
-    let instance = get_kapsule_container(state, name).await?;
-    if !is_running(&instance) {
-        reporter.warn(&format!("Container '{name}' is not running")).await;
-        return Ok(String::new());
-    }
-    let op = state.incus.stop_instance(name, force, Duration::from_secs(60)).await?;
-    run_incus_operation(state, reporter, op).await?;
-    state.containers_changed().await;
-    Ok(format!("Container '{name}' stopped"))
-}
-
-pub(crate) async fn delete(state: &State, reporter: &Reporter, name: &str, force: bool) -> Result<String, Failure> {
-    let instance = get_kapsule_container(state, name).await?;
-    if is_running(&instance) {
-        if !force {
-            return Err(Failure::Failed(format!(
-                "Container '{name}' is running; stop it first or use force"
-            )));
+impl Wants {
+    pub(crate) fn of(instance: &Instance) -> Wants {
+        let get = |key: &str| instance.config.get(&format!("user.kapsule.{key}")).map(String::as_str);
+        Wants {
+            mount_home: get("mount-home") != Some("false"),
+            host_rootfs: get("host-rootfs") == Some("true"),
+            session_mode: get("session-mode") == Some("true"),
+            custom_mounts: get("custom-mounts")
+                .and_then(|json| serde_json::from_str(json).ok())
+                .unwrap_or_default(),
         }
-        reporter.info("Stopping the container first").await;
-        let op = state.incus.stop_instance(name, true, Duration::from_secs(30)).await?;
-        run_incus_operation(state, reporter, op).await?;
     }
-    let op = state.incus.delete_instance(name).await?;
-    run_incus_operation(state, reporter, op).await?;
-    state.containers_changed().await;
-    Ok(format!("Container '{name}' removed"))
 }
 
 #[cfg(test)]
@@ -288,5 +218,40 @@ mod tests {
         );
         assert!(is_kapsule(&i));
         assert!(!is_kapsule(&Instance::default()));
+    }
+
+    #[test]
+    fn container_metadata_is_read_like_the_original() {
+        let mut i = Instance::default();
+        assert_eq!(
+            Wants::of(&i),
+            Wants {
+                mount_home: true,
+                host_rootfs: false,
+                session_mode: false,
+                custom_mounts: vec![]
+            }
+        );
+        for (k, v) in [
+            ("user.kapsule.mount-home", "false"),
+            ("user.kapsule.host-rootfs", "true"),
+            ("user.kapsule.session-mode", "true"),
+            ("user.kapsule.custom-mounts", r#"["~/src","/opt/x"]"#),
+        ] {
+            i.config.insert(k.into(), v.into());
+        }
+        assert_eq!(
+            Wants::of(&i),
+            Wants {
+                mount_home: false,
+                host_rootfs: true,
+                session_mode: true,
+                custom_mounts: vec!["~/src".into(), "/opt/x".into()]
+            }
+        );
+        assert!(!is_set_up(&i, 1000));
+        i.config.insert(mapped_key(1000), "true".into());
+        assert!(is_set_up(&i, 1000));
+        assert!(!is_set_up(&i, 1001));
     }
 }

@@ -4,6 +4,7 @@
 //! directory) it does so with that user's file-system identity, so a symlink to `/etc/shadow` or
 //! into another user's home gets the user's own "Permission denied", not root's access.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -14,6 +15,8 @@ use nix::unistd::{Gid, Uid, User};
 use zbus::Connection;
 use zbus::message::Header;
 use zbus::names::BusName;
+
+use crate::host::config;
 
 /// The user behind a method call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,6 +227,25 @@ fn switch_fs_identity(uid: u32, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The caller's own layer.
+pub(crate) fn config_file(caller: &Caller) -> PathBuf {
+    caller.home.join(".config/kapsule/kapsule.conf")
+}
+
+/// The configuration as `caller` sees it: the system layers (`system_files`, lowest first),
+/// then their own file.
+pub(crate) async fn config_for(system_files: &[PathBuf], caller: &Caller) -> BTreeMap<String, String> {
+    let mut layers = Vec::new();
+    for path in system_files {
+        let text = tokio::fs::read_to_string(path).await;
+        layers.push((path.clone(), text));
+    }
+    let path = config_file(caller);
+    let text = caller.read_small(&path, config::MAX_FILE).await;
+    layers.push((path, text));
+    config::merge(layers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,5 +379,18 @@ mod tests {
     fn unknown_uids_are_refused() {
         assert!(matches!(Caller::from_uid(4_000_000_000), Err(Error::NotAuthorized(_))));
         assert_eq!(Caller::from_uid(0).unwrap().name, "root");
+    }
+
+    #[tokio::test]
+    #[ignore = "tier 1, needs root: tests/run-all.sh runs it (docs/TESTING.md)"]
+    async fn tier1_the_callers_file_is_the_top_layer() {
+        let home = tempfile::tempdir().unwrap();
+        let file = home.path().join(".config/kapsule/kapsule.conf");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "[kapsule]\ndefault_container = mine\n").unwrap();
+        let mut caller = Caller::from_uid(0).unwrap();
+        caller.home = home.path().to_owned();
+        assert_eq!(config_file(&caller), file);
+        assert_eq!(config_for(&[], &caller).await["default_container"], "mine");
     }
 }

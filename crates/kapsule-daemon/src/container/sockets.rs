@@ -18,15 +18,19 @@ use std::time::Duration;
 
 use kapsule_mounts::{Dir, Mount, Outcome, Report, Request};
 
-use crate::State;
-use crate::users::Account;
+use crate::container::Containers;
+use crate::identity::account::Account;
 
 /// How long the helper may take (it does a few system calls per entry).
 const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The socket mounts known to be current, per container and uid.
+#[derive(Debug, Default)]
+pub(crate) struct SocketMounts(std::sync::Mutex<HashMap<(String, u32), Key>>);
+
 /// What decides whether the mounts of one user in one container are current.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Key {
+struct Key {
     init: (u32, u64),
     request: Request,
     sources: Vec<Option<(u64, u64)>>,
@@ -116,7 +120,7 @@ fn x11_display(display: &str) -> Option<u32> {
 /// Makes the caller's sockets current in container `name` (whose init is `pid`, `pidfd`). Never
 /// fails the enter: a session without sound is better than none; what went wrong is logged.
 pub(crate) async fn ensure(
-    state: &State,
+    containers: &Containers,
     name: &str,
     account: &Account,
     environment: &HashMap<String, String>,
@@ -124,7 +128,7 @@ pub(crate) async fn ensure(
     (pid, pidfd): (u32, &OwnedFd),
 ) {
     let request = plan(account, environment, session_mode);
-    let Ok(start_time) = crate::peer::start_time(pid) else {
+    let Ok(start_time) = crate::host::procfs::start_time(pid) else {
         return; // The container stopped meanwhile; the session will say so.
     };
     let key = Key {
@@ -134,10 +138,10 @@ pub(crate) async fn ensure(
         request,
     };
     let slot = (name.to_owned(), account.uid);
-    if state.socket_mounts.lock().expect("socket mounts").get(&slot) == Some(&key) {
+    if containers.socket_mounts.0.lock().expect("socket mounts").get(&slot) == Some(&key) {
         return;
     }
-    match run_helper(state, &key.request, pidfd).await {
+    match run_mounts_helper(containers, &key.request, pidfd).await {
         Ok(report) => {
             let mut all_fine = true;
             for entry in &report.entries {
@@ -156,7 +160,12 @@ pub(crate) async fn ensure(
                     places: target_places(pid, &key.request),
                     ..key
                 };
-                state.socket_mounts.lock().expect("socket mounts").insert(slot, key);
+                containers
+                    .socket_mounts
+                    .0
+                    .lock()
+                    .expect("socket mounts")
+                    .insert(slot, key);
             }
         }
         Err(e) => log::warn!("{name}: the desktop sockets are not mounted: {e}"),
@@ -200,8 +209,8 @@ fn target_places(pid: u32, request: &Request) -> Vec<Option<u64>> {
         .collect()
 }
 
-async fn run_helper(state: &State, request: &Request, pidfd: &OwnedFd) -> Result<Report, String> {
-    let path = state.settings.mounts_path();
+async fn run_mounts_helper(containers: &Containers, request: &Request, pidfd: &OwnedFd) -> Result<Report, String> {
+    let path = containers.settings.mounts_path();
     let json = serde_json::to_string(request).map_err(|e| e.to_string())?;
     let stdin = pidfd.try_clone().map_err(|e| format!("cannot pass the pidfd: {e}"))?;
     let child = tokio::process::Command::new(&path)

@@ -13,7 +13,7 @@
 //!
 //! What can be seen from the host is looked at from the host: whether the init is systemd, and
 //! whether it listens on its socket yet (right after a start `systemctl` cannot connect: "Failed
-//! to connect to bus"). Then `systemctl start` runs through the session helper (`run.rs`), not
+//! to connect to bus"). Then `systemctl start` runs through the session helper (`exec.rs`), not
 //! `incus exec` (which took about 60 ms even when both units were long done). Talking to
 //! systemd's private socket from the host does not work: the daemon's pid means nothing in the
 //! container's pid namespace, and systemd refuses such a peer ("Incoming private connection
@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use kapsule_dbus::session::Status;
 
-use crate::State;
-use crate::files::ContainerFiles;
+use crate::container::Containers;
+use crate::container::files::ContainerFiles;
 
 /// The units whose start jobs are waited for.
 const UNITS: [&str; 2] = ["systemd-sysusers.service", "systemd-tmpfiles-setup.service"];
@@ -37,16 +37,16 @@ const POLL: Duration = Duration::from_millis(10);
 /// systemd-tmpfiles-setup have run. Images whose init is not systemd have nothing to wait for;
 /// anything that keeps the wait from working is logged and the setup goes on, as it would have
 /// without it.
-pub(crate) async fn wait_for_early_boot(state: &State, files: &ContainerFiles) {
+pub(crate) async fn wait_for_early_boot(containers: &Containers, files: &ContainerFiles) {
     let name = files.name();
-    match wait(state, files).await {
+    match wait(containers, files).await {
         Ok(result) => log::debug!("{name}: boot wait: {result}"),
         Err(e) => log::info!("{name}: not waiting for boot: {e}"),
     }
 }
 
 /// The wait itself; says how it ended.
-async fn wait(state: &State, files: &ContainerFiles) -> Result<String, String> {
+async fn wait(containers: &Containers, files: &ContainerFiles) -> Result<String, String> {
     let started = Instant::now();
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", files.init_pid()))
         .map_err(|e| format!("cannot read the init's name: {e}"))?;
@@ -68,7 +68,7 @@ async fn wait(state: &State, files: &ContainerFiles) -> Result<String, String> {
     }
     let left = LIMIT.saturating_sub(started.elapsed());
     let command = ["systemctl", "start", UNITS[0], UNITS[1]];
-    let ran = crate::run::run_as_root(state, files.name(), &command, b"", left)
+    let ran = crate::container::exec::run_as_root(containers, files.name(), &command, b"", left)
         .await
         .map_err(|e| e.to_string())?;
     let units = UNITS.join(" and ");

@@ -3,7 +3,7 @@
 //! On the bus, the subject is the caller's unique bus name (polkit's `system-bus-name`): polkitd
 //! asks the bus itself who is behind it, so nothing the caller sends, and no pid the daemon would
 //! have to look up (and could race), takes part. On the daemon's own socket it is the process the
-//! kernel reported (see [`crate::peer`]). polkit is always asked on the system bus. User interaction (a password dialog through the caller's
+//! kernel reported (see [`crate::identity::peer`]). polkit is always asked on the system bus. User interaction (a password dialog through the caller's
 //! authentication agent) is allowed only when the call said it may wait for one
 //! (`ALLOW_INTERACTIVE_AUTHORIZATION`). The actions and their defaults are in
 //! `polkit/org.kde.kapsule.policy`.
@@ -15,9 +15,9 @@ use zbus::Connection;
 use zbus::message::{Flags, Header};
 use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
 
-use crate::activity::Busy;
-use crate::caller::Caller;
-use crate::link::Link;
+use crate::host::activity::Busy;
+use crate::identity::caller::Caller;
+use crate::identity::link::Link;
 
 /// What a method asks to do, as a polkit action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use kapsule_dbus::session::Status;
 use kapsule_nsenter::EnterRequest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::State;
+use crate::container::Containers;
 
 /// How much of a command's error output is kept.
 const KEEP_STDERR: usize = 64 * 1024;
@@ -51,14 +51,14 @@ impl Ran {
 /// Runs `command` as root in running container `name` with `input` on its stdin, waiting at
 /// most `limit` for it to end.
 pub(crate) async fn run_as_root(
-    state: &State,
+    containers: &Containers,
     name: &str,
     command: &[&str],
     input: &[u8],
     limit: Duration,
 ) -> Result<Ran, Error> {
     let what = |e: &dyn std::fmt::Display| Error::Failed(format!("{} in '{name}': {e}", command.join(" ")));
-    let init = crate::enter::container_init(state, name).await?;
+    let init = crate::container::init::container_init(containers, name).await?;
     let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| what(&e));
     let null = || {
         std::fs::OpenOptions::new()
@@ -89,7 +89,9 @@ pub(crate) async fn run_as_root(
     };
     // The helper gets its own copies; ours are closed once it has them, so the pipes end when
     // the command (and what it left behind) closes them.
-    let (channel, _) = crate::enter::run_helper(state, name, init, request, vec![stdin, null()?, stderr_write]).await?;
+    let (channel, _) =
+        crate::container::nsenter::run_helper(containers, name, init, request, vec![stdin, null()?, stderr_write])
+            .await?;
     // Aborted when dropped: a command that outlives the wait (or whose caller gave up) does not
     // leave the reader behind.
     let mut collect = AbortOnDrop(tokio::spawn(read_keeping(stderr, KEEP_STDERR)));

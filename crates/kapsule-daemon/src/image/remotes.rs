@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use kapsule_dbus::Error;
 
-use crate::config::system_entries;
+use crate::host::config::system_entries;
 
 /// The remotes every installation knows.
 const BUILT_IN: &[(&str, &str)] = &[
@@ -93,7 +93,7 @@ impl Remotes {
 
     /// Applies one file's `[remote.<name>]` sections; a bad section is logged and skipped, the
     /// rest of the file still counts.
-    fn apply(&mut self, file: &std::path::Path, entries: &[crate::config::Entry]) {
+    fn apply(&mut self, file: &std::path::Path, entries: &[crate::host::config::Entry]) {
         let mut sections: Vec<(&str, Option<&str>, Option<&str>)> = Vec::new();
         for entry in entries {
             let Some(name) = entry.section.strip_prefix("remote.") else {
@@ -184,7 +184,7 @@ mod tests {
         let mut remotes = Remotes::built_in();
         remotes.apply(
             std::path::Path::new("test.conf"),
-            &crate::config::entries(text).unwrap(),
+            &crate::host::config::entries(text).unwrap(),
         );
         remotes
     }

@@ -3,13 +3,12 @@
 //! INI, section `[kapsule]`, the original daemon's format. A file that is missing is skipped; one
 //! that cannot be read or parsed is skipped with a log line.
 //!
-//! The caller's file is read with the caller's own file-system identity ([`Caller::read_small`]):
-//! a symlink from there to a file the user may not read gives nothing away.
+//! This module merges the layers; the caller's own file is read by the identity layer
+//! (`identity::caller::config_for`) with the caller's own file-system identity, so a symlink
+//! from there to a file the user may not read gives nothing away.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-use crate::caller::Caller;
 
 /// Keys clients may read, with their built-in defaults.
 pub(crate) const DEFAULTS: &[(&str, &str)] = &[
@@ -21,29 +20,10 @@ pub(crate) const DEFAULTS: &[(&str, &str)] = &[
 pub(crate) const SYSTEM_FILES: &[&str] = &["/usr/lib/kapsule/kapsule.conf", "/etc/kapsule/kapsule.conf"];
 
 /// A configuration file is a handful of lines; anything bigger is not one.
-const MAX_FILE: u64 = 64 * 1024;
-
-/// The caller's own layer.
-pub(crate) fn user_file(caller: &Caller) -> PathBuf {
-    caller.home.join(".config/kapsule/kapsule.conf")
-}
-
-/// The configuration as `caller` sees it: the system layers (`system_files`, lowest first),
-/// then their own file.
-pub(crate) async fn for_caller(system_files: &[PathBuf], caller: &Caller) -> BTreeMap<String, String> {
-    let mut layers = Vec::new();
-    for path in system_files {
-        let text = tokio::fs::read_to_string(path).await;
-        layers.push((path.clone(), text));
-    }
-    let path = user_file(caller);
-    let text = caller.read_small(&path, MAX_FILE).await;
-    layers.push((path, text));
-    merge(layers)
-}
+pub(crate) const MAX_FILE: u64 = 64 * 1024;
 
 /// Applies the layers, lowest first, over the built-in defaults.
-fn merge(layers: Vec<(PathBuf, std::io::Result<String>)>) -> BTreeMap<String, String> {
+pub(crate) fn merge(layers: Vec<(PathBuf, std::io::Result<String>)>) -> BTreeMap<String, String> {
     let mut config: BTreeMap<String, String> = DEFAULTS
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -156,7 +136,7 @@ mod tests {
 
     #[test]
     fn the_shipped_vendor_file_sets_the_defaults_and_no_remote() {
-        let text = include_str!("../../../config/kapsule.conf");
+        let text = include_str!("../../../../config/kapsule.conf");
         let config = merge(vec![layer("/usr/lib/kapsule/kapsule.conf", Ok(text))]);
         assert_eq!(config["default_container"], "container");
         assert_eq!(config["default_image"], "archlinux");
@@ -165,18 +145,5 @@ mod tests {
             entries.iter().all(|e| e.section == "kapsule"),
             "the kapsule remote ships commented out: {entries:?}"
         );
-    }
-
-    #[tokio::test]
-    #[ignore = "tier 1, needs root: tests/run-all.sh runs it (docs/TESTING.md)"]
-    async fn tier1_the_callers_file_is_the_top_layer() {
-        let home = tempfile::tempdir().unwrap();
-        let file = home.path().join(".config/kapsule/kapsule.conf");
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, "[kapsule]\ndefault_container = mine\n").unwrap();
-        let mut caller = Caller::from_uid(0).unwrap();
-        caller.home = home.path().to_owned();
-        assert_eq!(user_file(&caller), file);
-        assert_eq!(for_caller(&[], &caller).await["default_container"], "mine");
     }
 }

@@ -1,7 +1,8 @@
 //! `org.kde.kapsule.Manager` on `/org/kde/kapsule`, with the original daemon's wire signatures.
 //!
-//! Methods check what they can at once and answer with a named error; long work runs as an
-//! operation whose path is returned immediately.
+//! Every method has one shape: identify the caller (and ask polkit when it changes anything),
+//! call one pipeline, and, when the work is long, run it as an operation whose path is returned
+//! at once. A bad request gets a named error before any work.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,16 +13,18 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, interface};
 
-use crate::authority::{Action, Requester};
-use crate::link::Link;
-use crate::operation::{Failure, OperationInfo, Reporter};
-use crate::{State, config, containers, create, enter, images, users};
+use crate::container::meta;
+use crate::identity::authority::{Action, Requester};
+use crate::identity::link::Link;
+use crate::operation::{Failure, OperationInfo, Operations, Reporter};
+use crate::pipeline::{Daemon, create, enter, images, lifecycle, queries, setup_user};
 
-/// The manager object.
+/// The manager object: one on the bus, one per client of the daemon's socket.
 #[derive(Debug)]
 pub(crate) struct Manager {
-    pub(crate) state: Arc<State>,
-    /// The bus, or one client of the daemon's socket: each has a manager of its own.
+    pub(crate) daemon: Arc<Daemon>,
+    pub(crate) operations: Arc<Operations>,
+    /// The bus, or one client of the daemon's socket.
     pub(crate) link: Link,
 }
 
@@ -39,7 +42,7 @@ impl Manager {
 
     /// Paths of the operations still running.
     fn list_operations(&self) -> Vec<OwnedObjectPath> {
-        self.state.operations.running(&self.link)
+        self.operations.running(&self.link)
     }
 
     /// The create options as JSON (sections, options, defaults, requirements).
@@ -55,35 +58,25 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
     ) -> HashMap<String, String> {
         match self.link.identify(connection, &header).await {
-            Ok((caller, _)) => config::for_caller(&self.state.settings.system_files(), &caller)
-                .await
-                .into_iter()
-                .collect(),
+            Ok((caller, _)) => queries::config(&self.daemon, &caller).await,
             Err(e) => HashMap::from([("error".to_owned(), e.to_string())]),
         }
     }
 
     /// Every Kapsule container as `(name, status, image, created, mode)`, in one Incus request.
     async fn list_containers(&self) -> Result<Vec<ContainerInfo>, Error> {
-        let instances = self.state.incus.list_instances().await.map_err(crate::incus_error)?;
-        Ok(instances
-            .iter()
-            .filter(|i| containers::is_kapsule(i))
-            .map(containers::container_info)
-            .collect())
+        queries::list_containers(&self.daemon).await
     }
 
     /// One Kapsule container as one struct `(name, status, image, created, mode)`.
     // The one-element tuple makes the reply one `(sssss)`, not five strings (see kapsule_dbus::reply).
     async fn get_container_info(&self, name: String) -> Result<(ContainerInfo,), Error> {
-        let instance = containers::get_kapsule_container(&self.state, &name).await?;
-        Ok((containers::container_info(&instance),))
+        Ok((queries::container_info(&self.daemon, &name).await?,))
     }
 
     /// True when the user `uid` was set up in the container.
     async fn is_user_setup(&self, container_name: String, uid: u32) -> Result<bool, Error> {
-        let instance = containers::get_kapsule_container(&self.state, &container_name).await?;
-        Ok(users::is_set_up(&instance, uid))
+        queries::is_user_setup(&self.daemon, &container_name, uid).await
     }
 
     /// Sets a host user up in a container (starting it if needed): home, account, mounts, sudo.
@@ -101,30 +94,22 @@ impl Manager {
         home_dir: String,
     ) -> Result<OwnedObjectPath, Error> {
         let who = Requester::of(&self.link, connection, &header).await?;
-        let instance = containers::get_kapsule_container(&self.state, &container_name).await?;
-        // Oneself in one's own container is entering; anyone else, or anywhere else, managing.
-        let action = if who.caller.uid == uid {
-            containers::enter_action(&instance, uid)
-        } else {
-            Action::ManageContainer
+        let request = setup_user::Request {
+            container: container_name,
+            uid,
+            gid,
+            username,
+            home: home_dir,
         };
-        who.authorize(action, &[("container", &container_name)]).await?;
-        let account = users::requested_account(uid, gid, &username, &home_dir)?;
-        self.operation(
-            &who,
-            "setup_user",
-            format!("Setting up user '{username}' in {container_name}"),
-            container_name.clone(),
-            move |state, reporter| async move {
-                containers::ensure_running(&state, Some(&reporter), &instance).await?;
-                let notes = users::Notes(Some(&reporter));
-                if users::ensure(&state, notes, &instance, &account).await? {
-                    Ok(format!("User '{}' configured", account.name))
-                } else {
-                    Ok(format!("User '{}' was set up already", account.name))
-                }
-            },
-        )
+        let plan = setup_user::plan(&self.daemon, &who, request).await?;
+        let info = OperationInfo {
+            kind: "setup_user",
+            description: format!("Setting up user '{}' in {}", plan.account.name, plan.instance.name),
+            target: plan.instance.name.clone(),
+        };
+        self.operation(&who, info, move |daemon, reporter| async move {
+            setup_user::run(&daemon, &reporter, plan).await
+        })
         .await
     }
 
@@ -151,27 +136,15 @@ impl Manager {
     ) -> Result<(String, HashMap<String, zbus::OwnedFd>), Error> {
         let who = Requester::of(&self.link, connection, &header).await?;
         let options = enter::EnterOptions::parse(&options)?;
-        let stdio = match options.terminal {
-            Some((rows, columns)) => enter::Stdio::Terminal(rows, columns),
-            None => {
-                let mut stdio = stdio;
-                let mut take = |key: &str| {
-                    stdio.remove(key).map(std::os::fd::OwnedFd::from).ok_or_else(|| {
-                        Error::InvalidArgument(format!("No '{key}' descriptor and no terminal asked for"))
-                    })
-                };
-                enter::Stdio::Fds([take("stdin")?, take("stdout")?, take("stderr")?])
-            }
-        };
         let session = enter::Session {
             container,
             command,
             working_directory,
             working_directory_required: options.working_directory_required,
             environment,
-            stdio,
+            stdio: enter::Stdio::of_call(options.terminal, stdio)?,
         };
-        let started = enter::start(&self.state, &who, session).await?;
+        let started = enter::start(&self.daemon, &who, session).await?;
         let mut fds = HashMap::from([("channel".to_owned(), zbus::OwnedFd::from(started.channel))]);
         if let Some(terminal) = started.terminal {
             fds.insert("terminal".to_owned(), zbus::OwnedFd::from(terminal));
@@ -193,40 +166,13 @@ impl Manager {
         working_directory: String,
     ) -> Result<(EnterCommand,), Error> {
         let who = Requester::of(&self.link, connection, &header).await?;
-        let name = enter::resolve_name(&self.state, &who.caller, &container_name).await?;
-        match enter::prepare(&self.state, &who, &name).await {
-            Ok(_) => {}
-            Err(Error::NotFound(message) | Error::Failed(message) | Error::InvalidArgument(message)) => {
-                let failed = EnterCommand {
-                    success: false,
-                    message,
-                    command: Vec::new(),
-                };
-                return Ok((failed,));
-            }
-            Err(e) => return Err(e),
-        }
-        let mut argv = vec!["kapsule".to_owned(), "enter".to_owned()];
-        if !working_directory.is_empty() && self.is_directory_in(&name, &working_directory).await {
-            argv.extend(["--cwd".to_owned(), working_directory]);
-        }
-        argv.push(name);
-        if !command.is_empty() {
-            argv.push("--".to_owned());
-            argv.extend(command);
-        }
-        let prepared = EnterCommand {
-            success: true,
-            message: String::new(),
-            command: argv,
-        };
+        let prepared = enter::prepare_command(&self.daemon, &who, &container_name, command, working_directory).await?;
         Ok((prepared,))
     }
 
     /// The local images, as Incus's own JSON objects.
     async fn list_images(&self) -> Result<String, Error> {
-        let images = self.state.incus.list_images().await.map_err(crate::incus_error)?;
-        serde_json::to_string(&images).map_err(|e| Error::Failed(e.to_string()))
+        queries::list_images(&self.daemon).await
     }
 
     /// Imports the image in the directory `path` (metadata tarball and rootfs) under `alias`,
@@ -240,13 +186,14 @@ impl Manager {
     ) -> Result<OwnedObjectPath, Error> {
         let who = Requester::authorized(&self.link, connection, &header, Action::ManageImages, &[]).await?;
         let plan = images::plan_import(&who.caller, &path, &alias).await?;
-        self.operation(
-            &who,
-            "import_image",
-            format!("Importing image: {alias}"),
-            alias,
-            move |state, reporter| async move { images::import(&state, &reporter, plan).await },
-        )
+        let info = OperationInfo {
+            kind: "import_image",
+            description: format!("Importing image: {alias}"),
+            target: alias,
+        };
+        self.operation(&who, info, move |daemon, reporter| async move {
+            images::import(&daemon, &reporter, plan).await
+        })
         .await
     }
 
@@ -259,15 +206,15 @@ impl Manager {
         image: String,
     ) -> Result<OwnedObjectPath, Error> {
         let who = Requester::authorized(&self.link, connection, &header, Action::ManageImages, &[]).await?;
-        let remotes = crate::remotes::Remotes::read(&self.state.settings.system_files()).await;
-        let filter = images::RefreshFilter::parse(&image, &remotes)?;
-        self.operation(
-            &who,
-            "refresh_images",
-            "Refreshing cached images".to_owned(),
-            String::new(),
-            move |state, reporter| async move { images::refresh(&state, &reporter, &image, &filter, &remotes).await },
-        )
+        let plan = images::plan_refresh(&self.daemon, image).await?;
+        let info = OperationInfo {
+            kind: "refresh_images",
+            description: "Refreshing cached images".to_owned(),
+            target: String::new(),
+        };
+        self.operation(&who, info, move |daemon, reporter| async move {
+            images::refresh(&daemon, &reporter, plan).await
+        })
         .await
     }
 
@@ -279,14 +226,15 @@ impl Manager {
         identifier: String,
     ) -> Result<OwnedObjectPath, Error> {
         let who = Requester::authorized(&self.link, connection, &header, Action::ManageImages, &[]).await?;
-        let image = images::resolve(&self.state, &identifier).await?;
-        self.operation(
-            &who,
-            "delete_image",
-            format!("Deleting image: {identifier}"),
-            identifier,
-            move |state, reporter| async move { images::delete(&state, &reporter, image).await },
-        )
+        let image = images::resolve(&self.daemon, &identifier).await?;
+        let info = OperationInfo {
+            kind: "delete_image",
+            description: format!("Deleting image: {identifier}"),
+            target: identifier,
+        };
+        self.operation(&who, info, move |daemon, reporter| async move {
+            images::delete(&daemon, &reporter, image).await
+        })
         .await
     }
 
@@ -300,22 +248,15 @@ impl Manager {
         options: HashMap<String, OwnedVariant>,
     ) -> Result<OwnedObjectPath, Error> {
         let who = managing(&self.link, connection, &header, &name).await?;
-        let image = if image.is_empty() {
-            config::for_caller(&self.state.settings.system_files(), &who.caller)
-                .await
-                .remove("default_image")
-                .unwrap_or_default()
-        } else {
-            image
+        let plan = create::plan(&self.daemon, &name, &image, &options, &who.caller).await?;
+        let info = OperationInfo {
+            kind: "create",
+            description: format!("Creating container: {name}"),
+            target: name,
         };
-        let plan = create::plan(&self.state, &name, &image, &options, &who.caller).await?;
-        self.operation(
-            &who,
-            "create",
-            format!("Creating container: {name}"),
-            name,
-            move |state, reporter| async move { create::run(&state, &reporter, plan).await },
-        )
+        self.operation(&who, info, move |daemon, reporter| async move {
+            create::run(&daemon, &reporter, plan).await
+        })
         .await
     }
 
@@ -328,19 +269,15 @@ impl Manager {
         force: bool,
     ) -> Result<OwnedObjectPath, Error> {
         let who = managing(&self.link, connection, &header, &name).await?;
-        let instance = containers::get_kapsule_container(&self.state, &name).await?;
-        if containers::is_running(&instance) && !force {
-            return Err(Error::Failed(format!(
-                "Container '{name}' is running; stop it first or use force"
-            )));
-        }
-        self.operation(
-            &who,
-            "delete",
-            format!("Removing container: {name}"),
-            name.clone(),
-            move |state, reporter| async move { containers::delete(&state, &reporter, &name, force).await },
-        )
+        lifecycle::check_delete(&self.daemon, &name, force).await?;
+        let info = OperationInfo {
+            kind: "delete",
+            description: format!("Removing container: {name}"),
+            target: name.clone(),
+        };
+        self.operation(&who, info, move |daemon, reporter| async move {
+            lifecycle::delete(&daemon, &reporter, &name, force).await
+        })
         .await
     }
 
@@ -352,14 +289,15 @@ impl Manager {
         name: String,
     ) -> Result<OwnedObjectPath, Error> {
         let who = managing(&self.link, connection, &header, &name).await?;
-        containers::get_kapsule_container(&self.state, &name).await?;
-        self.operation(
-            &who,
-            "start",
-            format!("Starting container: {name}"),
-            name.clone(),
-            move |state, reporter| async move { containers::start(&state, &reporter, &name).await },
-        )
+        lifecycle::check_exists(&self.daemon, &name).await?;
+        let info = OperationInfo {
+            kind: "start",
+            description: format!("Starting container: {name}"),
+            target: name.clone(),
+        };
+        self.operation(&who, info, move |daemon, reporter| async move {
+            lifecycle::start(&daemon, &reporter, &name).await
+        })
         .await
     }
 
@@ -372,14 +310,15 @@ impl Manager {
         force: bool,
     ) -> Result<OwnedObjectPath, Error> {
         let who = managing(&self.link, connection, &header, &name).await?;
-        containers::get_kapsule_container(&self.state, &name).await?;
-        self.operation(
-            &who,
-            "stop",
-            format!("Stopping container: {name}"),
-            name.clone(),
-            move |state, reporter| async move { containers::stop(&state, &reporter, &name, force).await },
-        )
+        lifecycle::check_exists(&self.daemon, &name).await?;
+        let info = OperationInfo {
+            kind: "stop",
+            description: format!("Stopping container: {name}"),
+            target: name.clone(),
+        };
+        self.operation(&who, info, move |daemon, reporter| async move {
+            lifecycle::stop(&daemon, &reporter, &name, force).await
+        })
         .await
     }
 }
@@ -388,7 +327,7 @@ impl Manager {
 /// checked first, so polkit (whose rules see it as the `container` detail) never gets one that no
 /// container can have.
 async fn managing(link: &Link, connection: &Connection, header: &Header<'_>, name: &str) -> Result<Requester, Error> {
-    containers::validate_name(name)?;
+    meta::validate_name(name)?;
     Requester::authorized(
         link,
         connection,
@@ -400,42 +339,16 @@ async fn managing(link: &Link, connection: &Connection, header: &Header<'_>, nam
 }
 
 impl Manager {
-    /// Whether `path` is a directory in running container `name` (symlinks followed inside
-    /// it); anything that keeps it from being known is a no.
-    async fn is_directory_in(&self, name: &str, path: &str) -> bool {
-        let Ok(files) = crate::files::ContainerFiles::open(&self.state, name).await else {
-            return false;
-        };
-        let path = path.to_owned();
-        matches!(
-            files.run(move |root| root.metadata(&path)).await,
-            Ok(Some(stat)) if stat.kind == kapsule_rootfs::Kind::Directory
-        )
-    }
-
-    /// Starts `work` as an operation of `kind` and returns its path; the work gets the shared
-    /// state and its reporter.
-    async fn operation<W, F>(
-        &self,
-        who: &Requester,
-        kind: &'static str,
-        description: String,
-        target: String,
-        work: W,
-    ) -> Result<OwnedObjectPath, Error>
+    /// Starts `work` as an operation described by `info` and returns its path; the work gets
+    /// the pipelines' handles and its reporter.
+    async fn operation<W, F>(&self, who: &Requester, info: OperationInfo, work: W) -> Result<OwnedObjectPath, Error>
     where
-        W: FnOnce(Arc<State>, Reporter) -> F + Send + 'static,
+        W: FnOnce(Arc<Daemon>, Reporter) -> F + Send + 'static,
         F: Future<Output = Result<String, Failure>> + Send + 'static,
     {
-        let state = self.state.clone();
-        let info = OperationInfo {
-            kind,
-            description,
-            target,
-        };
-        self.state
-            .operations
-            .start(who, info, move |reporter| work(state, reporter))
+        let daemon = self.daemon.clone();
+        self.operations
+            .start(who, info, move |reporter| work(daemon, reporter))
             .await
             .map_err(Error::ZBus)
     }

@@ -6,9 +6,10 @@
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use kapsule_rootfs::Root;
+use kapsule_rootfs::{Meta, Root};
 
-use crate::State;
+use crate::container::Containers;
+use crate::operation::Failure;
 
 /// The most of a container's file the daemon reads (its files are small configuration files).
 pub(crate) const MAX_READ: u64 = 4 << 20;
@@ -26,8 +27,8 @@ impl ContainerFiles {
     /// Opens the root of container `name`, which must be running. The root is taken while the
     /// container's init is known to be running (its pidfd, opened before, is checked after), so
     /// it is that container's even if the pid is reused later.
-    pub(crate) async fn open(state: &State, name: &str) -> Result<ContainerFiles, String> {
-        let (pid, pidfd) = crate::enter::container_init(state, name)
+    pub(crate) async fn open(containers: &Containers, name: &str) -> Result<ContainerFiles, String> {
+        let (pid, pidfd) = crate::container::init::container_init(containers, name)
             .await
             .map_err(|e| e.to_string())?;
         let root = tokio::task::spawn_blocking(move || {
@@ -74,4 +75,47 @@ fn exited(pidfd: &OwnedFd) -> bool {
     let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
     let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
     matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+}
+
+/// What [`edit_file`] does when the image lacks the file.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum IfMissing {
+    Fail,
+    Skip,
+    /// Start from an empty file with this owner and mode.
+    Create(Meta),
+}
+
+/// Rewrites a text file of the container with `edit` (`None`: leave it), keeping its owner and
+/// mode; the new file replaces the old one whole. Used for the user database, and for
+/// `/etc/hosts` at creation.
+pub(crate) async fn edit_file(
+    files: &ContainerFiles,
+    path: &str,
+    if_missing: IfMissing,
+    edit: impl Fn(&str) -> Option<String>,
+) -> Result<(), Failure> {
+    let name = files.name();
+    let owned = path.to_owned();
+    let (text, meta) = match files.run(move |root| root.read(&owned, MAX_READ)).await {
+        Ok(Some(file)) => (String::from_utf8_lossy(&file.data).into_owned(), file.meta),
+        Ok(None) => match if_missing {
+            IfMissing::Skip => return Ok(()),
+            IfMissing::Create(meta) => (String::new(), meta),
+            IfMissing::Fail => {
+                return Err(Failure::Failed(format!(
+                    "Cannot read {path} in {name}: it does not exist"
+                )));
+            }
+        },
+        Err(e) => return Err(Failure::Failed(format!("Cannot read {path} in {name}: {}", e.reason()))),
+    };
+    if let Some(new) = edit(&text) {
+        let owned = path.to_owned();
+        files
+            .run(move |root| root.write(&owned, new.as_bytes(), meta))
+            .await
+            .map_err(|e| Failure::Failed(format!("Cannot write {path} in {name}: {}", e.reason())))?;
+    }
+    Ok(())
 }

@@ -21,9 +21,9 @@ use std::time::Duration;
 use kapsule_incus::models::{ConfigMap, Instance};
 use kapsule_rootfs::Meta;
 
-use crate::State;
-use crate::containers;
-use crate::files::ContainerFiles;
+use crate::container::Containers;
+use crate::container::files::ContainerFiles;
+use crate::container::meta;
 
 /// How long a sync script may run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,28 +31,6 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_millis(300);
 /// The most of a configuration file read.
 const MAX_FILE: u64 = 64 * 1024;
-
-/// Where the daemon reads the host's configuration.
-#[derive(Clone, Debug, Default)]
-pub enum HostSync {
-    /// The host's own `/etc`.
-    #[default]
-    Host,
-    /// The `etc/` below this directory (tests).
-    From(PathBuf),
-    /// Nowhere: nothing is pushed (tests that share Incus with others).
-    Off,
-}
-
-impl HostSync {
-    fn root(&self) -> Option<&Path> {
-        match self {
-            HostSync::Host => Some(Path::new("/")),
-            HostSync::From(root) => Some(root),
-            HostSync::Off => None,
-        }
-    }
-}
 
 /// One kind of host configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -167,7 +145,7 @@ pub(crate) type Synced = Result<String, String>;
 
 /// Pushes whatever of `config` container `instance` (running) does not have yet, and records
 /// it. Returns a line per kind pushed or failed, for the log or a client.
-pub(crate) async fn sync_container(state: &State, instance: &Instance, config: &HostConfig) -> Vec<Synced> {
+pub(crate) async fn sync_container(containers: &Containers, instance: &Instance, config: &HostConfig) -> Vec<Synced> {
     let name = instance.name.as_str();
     let pending: Vec<(Kind, &String, String)> = config
         .0
@@ -178,14 +156,14 @@ pub(crate) async fn sync_container(state: &State, instance: &Instance, config: &
     if pending.is_empty() {
         return Vec::new();
     }
-    let files = match ContainerFiles::open(state, name).await {
+    let files = match ContainerFiles::open(containers, name).await {
         Ok(files) => files,
         Err(e) => return vec![Err(format!("not synced: {e}"))],
     };
     let mut done = ConfigMap::new();
     let mut lines = Vec::new();
     for (kind, value, digest) in pending {
-        match push(state, &files, kind, value).await {
+        match push(containers, &files, kind, value).await {
             Ok(how) => {
                 lines.push(Ok(format!("{}: {how}", kind.name())));
                 done.insert(kind.config_key(), digest);
@@ -194,7 +172,7 @@ pub(crate) async fn sync_container(state: &State, instance: &Instance, config: &
         }
     }
     if !done.is_empty()
-        && let Err(e) = state.incus.patch_instance_config(name, &done).await
+        && let Err(e) = containers.incus.patch_instance_config(name, &done).await
     {
         lines.push(Err(format!("cannot record what was synced: {e}")));
     }
@@ -203,7 +181,12 @@ pub(crate) async fn sync_container(state: &State, instance: &Instance, config: &
 
 /// Pushes one value into container `name`: through the image's script if it has one, else the
 /// built-in way. Says which.
-async fn push(state: &State, files: &ContainerFiles, kind: Kind, value: &str) -> Result<&'static str, String> {
+async fn push(
+    containers: &Containers,
+    files: &ContainerFiles,
+    kind: Kind,
+    value: &str,
+) -> Result<&'static str, String> {
     let name = files.name();
     let script = format!("/.kapsule/sync/{}", kind.name());
     let path = script.clone();
@@ -214,9 +197,10 @@ async fn push(state: &State, files: &ContainerFiles, kind: Kind, value: &str) ->
     };
     let root = |mode| Meta::new(0, 0, mode);
     if has_script {
-        let ran = crate::run::run_as_root(state, name, &[script.as_str()], value.as_bytes(), SCRIPT_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
+        let ran =
+            crate::container::exec::run_as_root(containers, name, &[script.as_str()], value.as_bytes(), SCRIPT_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
         if !ran.success() {
             return Err(format!(
                 "{script} exited with code {}: {}",
@@ -248,43 +232,40 @@ async fn push(state: &State, files: &ContainerFiles, kind: Kind, value: &str) ->
 }
 
 /// Brings every running Kapsule container up to the host's configuration.
-pub(crate) async fn sync_all(state: &State) {
-    let Some(root) = state.settings.host_sync.root() else {
+pub(crate) async fn sync_all(containers: &Containers) {
+    let Some(root) = containers.settings.host_sync.root() else {
         return;
     };
-    let _busy = state.activity.hold();
+    let _busy = containers.activity.hold();
     let config = HostConfig::read(root);
-    let instances = match state.incus.list_instances().await {
+    let instances = match containers.incus.list_instances().await {
         Ok(instances) => instances,
         Err(e) => {
             log::warn!("host sync: cannot list the containers: {e}");
             return;
         }
     };
-    for instance in instances
-        .iter()
-        .filter(|i| containers::is_kapsule(i) && containers::is_running(i))
-    {
-        log_lines(&instance.name, sync_container(state, instance, &config).await);
+    for instance in instances.iter().filter(|i| meta::is_kapsule(i) && meta::is_running(i)) {
+        log_lines(&instance.name, sync_container(containers, instance, &config).await);
     }
 }
 
 /// Pushes the host's configuration into container `instance`, which just started (its config,
 /// read before the start, still holds what was synced: a start does not change it).
-pub(crate) async fn sync_instance(state: &State, instance: &Instance) -> Vec<Synced> {
-    let Some(root) = state.settings.host_sync.root() else {
+pub(crate) async fn sync_instance(containers: &Containers, instance: &Instance) -> Vec<Synced> {
+    let Some(root) = containers.settings.host_sync.root() else {
         return Vec::new();
     };
-    sync_container(state, instance, &HostConfig::read(root)).await
+    sync_container(containers, instance, &HostConfig::read(root)).await
 }
 
 /// Pushes the host's configuration into container `name`, which was just made.
-pub(crate) async fn sync_one(state: &State, name: &str) -> Vec<Synced> {
-    if state.settings.host_sync.root().is_none() {
+pub(crate) async fn sync_one(containers: &Containers, name: &str) -> Vec<Synced> {
+    if containers.settings.host_sync.root().is_none() {
         return Vec::new();
     }
-    match state.incus.get_instance(name).await {
-        Ok(instance) => sync_instance(state, &instance).await,
+    match containers.incus.get_instance(name).await {
+        Ok(instance) => sync_instance(containers, &instance).await,
         Err(e) => vec![Err(format!("cannot read the container: {e}"))],
     }
 }
@@ -317,12 +298,12 @@ pub(crate) async fn report(reporter: &crate::operation::Reporter, lines: Vec<Syn
 }
 
 /// While the daemon runs: catches up once, then pushes each change of the host's files.
-pub(crate) fn watch(state: Arc<State>) {
-    let Some(root) = state.settings.host_sync.root().map(Path::to_owned) else {
+pub(crate) fn watch(containers: Arc<Containers>) {
+    let Some(root) = containers.settings.host_sync.root().map(Path::to_owned) else {
         return;
     };
     tokio::spawn(async move {
-        sync_all(&state).await;
+        sync_all(&containers).await;
         let mut changes = match watch_files(&root) {
             Ok(changes) => changes,
             Err(e) => {
@@ -337,7 +318,7 @@ pub(crate) fn watch(state: Arc<State>) {
             // An update writes several files (or one in several steps): let it finish.
             tokio::time::sleep(SETTLE).await;
             while changes.try_recv().is_ok() {}
-            sync_all(&state).await;
+            sync_all(&containers).await;
         }
     });
 }

@@ -3,6 +3,8 @@
 //!
 //! The object is exported before the work starts and kept for a while after it ends, so a client
 //! that reads `Status` first (as libkapsule-qt does) never misses a fast failure.
+//!
+//! Layer 3: uses identity (who may cancel) and host (activity) only.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,9 +17,14 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, interface};
 
-use crate::activity::Activity;
-use crate::authority::{Action, Requester};
-use crate::link::Link;
+use crate::host::activity::Activity;
+use crate::identity::authority::{Action, Requester};
+use crate::identity::link::Link;
+
+/// Who is told that the list of containers changed.
+pub(crate) mod clients;
+/// Incus operations inside ours.
+pub(crate) mod incus;
 
 /// How long a finished operation stays on the bus for late readers of its status.
 const LINGER: Duration = Duration::from_secs(30);
@@ -365,5 +372,26 @@ impl Operations {
             tokio::time::sleep(LINGER).await;
             let _ = connection.object_server().remove::<OperationObject, _>(&path).await;
         });
+    }
+}
+
+/// Where messages of a setup go: an operation's client, or only the log (a setup done on the
+/// way into a container has nobody to show them to).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Notes<'a>(pub Option<&'a Reporter>);
+
+impl Notes<'_> {
+    pub(crate) async fn info(&self, text: &str) {
+        match self.0 {
+            Some(r) => r.info(text).await,
+            None => log::info!("{text}"),
+        }
+    }
+
+    pub(crate) async fn warn(&self, text: &str) {
+        match self.0 {
+            Some(r) => r.warn(text).await,
+            None => log::warn!("{text}"),
+        }
     }
 }

@@ -4,14 +4,16 @@ use std::path::{Path, PathBuf};
 
 use kapsule_dbus::Error;
 use kapsule_dbus::image::{ImageRef, is_fingerprint};
-use kapsule_incus::models::{Image, ImageUpdateSource, InstanceSource};
-use kapsule_incus::{EventKind, ImageUpload, UploadFile};
+use kapsule_incus::models::{Image, ImageUpdateSource};
+use kapsule_incus::{ImageUpload, UploadFile};
 
-use crate::State;
-use crate::caller::Caller;
-use crate::containers::{INCUS_WAIT, run_incus_operation};
+use crate::container::Containers;
+use crate::identity::caller::Caller;
+use crate::image::pull::{forget_index, mib, pulled_from, short, source_server};
+use crate::image::remotes::Remotes;
+use crate::operation::incus::{INCUS_WAIT, run_incus_operation};
 use crate::operation::{Failure, MessageKind, Reporter};
-use crate::remotes::Remotes;
+use crate::pipeline::Daemon;
 
 /// Checks a local alias (or fingerprint), with the message a client sees.
 fn check_local_alias(alias: &str) -> Result<(), Error> {
@@ -19,32 +21,32 @@ fn check_local_alias(alias: &str) -> Result<(), Error> {
 }
 
 /// The local image named by `identifier`: an alias, or a full (64 hex digits) fingerprint.
-pub(crate) async fn resolve(state: &State, identifier: &str) -> Result<Image, Error> {
+pub(crate) async fn resolve(daemon: &Daemon, identifier: &str) -> Result<Image, Error> {
     check_local_alias(identifier)?;
     let not_found = || Error::NotFound(format!("No local image with alias or fingerprint '{identifier}'"));
     let fingerprint = if is_fingerprint(identifier) {
         identifier.to_ascii_lowercase()
     } else {
-        match state.incus.get_image_alias(identifier).await {
+        match daemon.containers.incus.get_image_alias(identifier).await {
             Ok(alias) => alias.target,
             Err(e) if e.is_not_found() => return Err(not_found()),
-            Err(e) => return Err(crate::incus_error(e)),
+            Err(e) => return Err(crate::error::incus_error(e)),
         }
     };
-    match state.incus.get_image(&fingerprint).await {
+    match daemon.containers.incus.get_image(&fingerprint).await {
         Ok(image) => Ok(image),
         Err(e) if e.is_not_found() => Err(not_found()),
-        Err(e) => Err(crate::incus_error(e)),
+        Err(e) => Err(crate::error::incus_error(e)),
     }
 }
 
 /// Deletes the image (and with it its aliases). Containers made from it keep working: each has
 /// its own copy of the root filesystem.
-pub(crate) async fn delete(state: &State, reporter: &Reporter, image: Image) -> Result<String, Failure> {
+pub(crate) async fn delete(daemon: &Daemon, reporter: &Reporter, image: Image) -> Result<String, Failure> {
     let short = short(&image.fingerprint);
     reporter.info(&format!("Deleting image {short}")).await;
-    let op = state.incus.delete_image(&image.fingerprint).await?;
-    run_incus_operation(state, reporter, op).await?;
+    let op = daemon.containers.incus.delete_image(&image.fingerprint).await?;
+    run_incus_operation(&daemon.containers.incus, reporter, op).await?;
     Ok(format!("Image {short} deleted"))
 }
 
@@ -131,7 +133,7 @@ async fn open_first(caller: &Caller, dir: &Path, names: &[&str], what: &str) -> 
 /// Uploads the image, then points the alias at it. An image that was already in the store is
 /// reused; an image the alias pointed to before is removed once nothing names it. Cancelled or
 /// failed, the import leaves the store as it was.
-pub(crate) async fn import(state: &State, reporter: &Reporter, plan: ImportPlan) -> Result<String, Failure> {
+pub(crate) async fn import(daemon: &Daemon, reporter: &Reporter, plan: ImportPlan) -> Result<String, Failure> {
     let ImportPlan {
         alias,
         dir,
@@ -147,31 +149,32 @@ pub(crate) async fn import(state: &State, reporter: &Reporter, plan: ImportPlan)
         ))
         .await;
     let total = metadata.len() + rootfs.len();
-    let upload = upload_with_progress(state, reporter, metadata, rootfs, total).await?;
+    let upload = upload_with_progress(&daemon.containers, reporter, metadata, rootfs, total).await?;
     let fingerprint = upload.fingerprint.clone();
     let short = short(&fingerprint).to_owned();
 
     reporter.info("Unpacking the image").await;
     let outcome = tokio::select! {
-        done = state.incus.wait_operation(&upload.operation.id, INCUS_WAIT) => Some(done),
+        done = daemon.containers.incus.wait_operation(&upload.operation.id, INCUS_WAIT) => Some(done),
         () = reporter.cancelled() => None,
     };
     let created = match outcome {
         None => {
-            let _ = state.incus.cancel_operation(&upload.operation.id).await;
-            if state
+            let _ = daemon.containers.incus.cancel_operation(&upload.operation.id).await;
+            if daemon
+                .containers
                 .incus
                 .wait_operation(&upload.operation.id, INCUS_WAIT)
                 .await
                 .is_ok()
             {
-                remove_quietly(state, &fingerprint).await;
+                remove_quietly(&daemon.containers, &fingerprint).await;
             }
             return Err(Failure::Cancelled);
         }
         Some(Ok(_)) => true,
         // Incus refuses an image it has already; that image is what the alias should name.
-        Some(Err(e)) => match state.incus.get_image(&fingerprint).await {
+        Some(Err(e)) => match daemon.containers.incus.get_image(&fingerprint).await {
             Ok(_) => {
                 reporter
                     .info(&format!("The store has this image already ({short})"))
@@ -182,11 +185,11 @@ pub(crate) async fn import(state: &State, reporter: &Reporter, plan: ImportPlan)
         },
     };
 
-    match point_alias(state, reporter, &alias, &fingerprint).await {
+    match point_alias(&daemon.containers, reporter, &alias, &fingerprint).await {
         Ok(()) => Ok(format!("Image '{alias}' imported ({short})")),
         Err(e) => {
             if created {
-                remove_quietly(state, &fingerprint).await;
+                remove_quietly(&daemon.containers, &fingerprint).await;
             }
             Err(e)
         }
@@ -196,7 +199,7 @@ pub(crate) async fn import(state: &State, reporter: &Reporter, plan: ImportPlan)
 /// Streams the upload, turning the bytes sent into a progress bar; cancelling drops the request,
 /// which Incus then discards.
 async fn upload_with_progress(
-    state: &State,
+    containers: &Containers,
     reporter: &Reporter,
     metadata: UploadFile,
     rootfs: UploadFile,
@@ -204,7 +207,7 @@ async fn upload_with_progress(
 ) -> Result<ImageUpload, Failure> {
     let progress = reporter.progress_start("Uploading image", 100).await;
     let (sent_tx, mut sent) = tokio::sync::watch::channel(0u64);
-    let upload = state.incus.import_image(metadata, rootfs, Some(sent_tx));
+    let upload = containers.incus.import_image(metadata, rootfs, Some(sent_tx));
     tokio::pin!(upload);
     let mut reported = 0;
     let mut counting = true;
@@ -244,14 +247,15 @@ async fn upload_with_progress(
     }
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
 /// Makes `alias` name `fingerprint`, in one step when it named another image (so it never names
 /// nothing), and removes that other image if no alias is left on it.
-async fn point_alias(state: &State, reporter: &Reporter, alias: &str, fingerprint: &str) -> Result<(), Failure> {
-    match state.incus.get_image_alias(alias).await {
+async fn point_alias(
+    containers: &Containers,
+    reporter: &Reporter,
+    alias: &str,
+    fingerprint: &str,
+) -> Result<(), Failure> {
+    match containers.incus.get_image_alias(alias).await {
         Ok(existing) if existing.target == fingerprint => Ok(()),
         Ok(existing) => {
             reporter
@@ -260,11 +264,11 @@ async fn point_alias(state: &State, reporter: &Reporter, alias: &str, fingerprin
                     short(&existing.target)
                 ))
                 .await;
-            state.incus.retarget_image_alias(alias, fingerprint).await?;
-            match state.incus.get_image(&existing.target).await {
+            containers.incus.retarget_image_alias(alias, fingerprint).await?;
+            match containers.incus.get_image(&existing.target).await {
                 Ok(old) if old.aliases.is_empty() => {
-                    let op = state.incus.delete_image(&old.fingerprint).await?;
-                    run_incus_operation(state, reporter, op).await?;
+                    let op = containers.incus.delete_image(&old.fingerprint).await?;
+                    run_incus_operation(&containers.incus, reporter, op).await?;
                     reporter
                         .info(&format!("Removed the old image {}", short(&old.fingerprint)))
                         .await;
@@ -274,7 +278,7 @@ async fn point_alias(state: &State, reporter: &Reporter, alias: &str, fingerprin
             Ok(())
         }
         Err(e) if e.is_not_found() => {
-            state
+            containers
                 .incus
                 .create_image_alias(alias, fingerprint, "Imported by Kapsule")
                 .await?;
@@ -284,142 +288,14 @@ async fn point_alias(state: &State, reporter: &Reporter, alias: &str, fingerprin
     }
 }
 
-async fn remove_quietly(state: &State, fingerprint: &str) {
-    match state.incus.delete_image(fingerprint).await {
+async fn remove_quietly(containers: &Containers, fingerprint: &str) {
+    match containers.incus.delete_image(fingerprint).await {
         Ok(op) => {
-            if let Err(e) = state.incus.wait_operation(&op.id, INCUS_WAIT).await {
+            if let Err(e) = containers.incus.wait_operation(&op.id, INCUS_WAIT).await {
                 log::warn!("could not remove image {fingerprint}: {e}");
             }
         }
         Err(e) => log::warn!("could not remove image {fingerprint}: {e}"),
-    }
-}
-
-pub(crate) fn short(fingerprint: &str) -> &str {
-    fingerprint.get(..12).unwrap_or(fingerprint)
-}
-
-/// The server a pulled image came from, as a remote's URL is written (no trailing `/`).
-fn source_server(source: &ImageUpdateSource) -> &str {
-    source.server.trim_end_matches('/')
-}
-
-/// The newest image in `images` that was pulled from `server` under `alias` and that Incus
-/// keeps current.
-pub(crate) fn pulled_from<'a>(images: &'a [Image], server: &str, alias: &str) -> Option<&'a Image> {
-    images
-        .iter()
-        .filter(|i| {
-            i.update_source
-                .as_ref()
-                .is_some_and(|s| source_server(s) == server && s.alias == alias)
-        })
-        .max_by(|a, b| a.uploaded_at.cmp(&b.uploaded_at))
-}
-
-/// Pulls `alias` from `remote` into the local store, kept current by Incus (`auto_update`), and
-/// returns the image. Incus's download progress (from its events stream) becomes a progress bar
-/// on the operation: the percentage of the file being fetched, and Incus's text.
-pub(crate) async fn pull(
-    state: &State,
-    reporter: &Reporter,
-    remote: &crate::remotes::Remote,
-    alias: &str,
-    certificate: Option<String>,
-) -> Result<Image, Failure> {
-    let label = format!("{}:{alias}", remote.name);
-    reporter.info(&format!("Pulling {label} from {}", remote.url)).await;
-    // Subscribed before the pull starts, so no update is missed. Without events, the pull
-    // still works; only the bar stays still.
-    let mut events = match state.incus.events(&[EventKind::Operation]).await {
-        Ok(events) => Some(events),
-        Err(e) => {
-            log::warn!("no download progress for {label}: {e}");
-            None
-        }
-    };
-    // What the server has now, not what Incus saw of it up to an hour ago: an alias published
-    // since would not be found. (Pulls are rare and large; the index is small beside them.)
-    forget_index(state, &remote.url).await;
-    let source = InstanceSource::simplestreams(&remote.url, alias, certificate);
-    let op = state.incus.pull_image(&source, true).await?;
-    let progress = reporter.progress_start(&format!("Downloading {label}"), 100).await;
-    let mut shown = String::new();
-    let wait = run_incus_operation(state, reporter, op.clone());
-    tokio::pin!(wait);
-    let done = loop {
-        tokio::select! {
-            done = &mut wait => break done,
-            event = async { events.as_mut()?.next().await }, if events.is_some() => {
-                let Some(Ok(event)) = event else {
-                    events = None; // the stream ended or broke: wait without it
-                    continue;
-                };
-                let Some(text) = download_progress(&event, &op.id) else { continue };
-                if text != shown {
-                    if let Some(percent) = percent_of(&text) {
-                        reporter.progress_update(&progress, percent).await;
-                    }
-                    reporter.progress_text(&progress, &text).await;
-                    shown = text;
-                }
-            }
-        }
-    };
-    let done = match done {
-        Ok(done) => done,
-        Err(failure) => {
-            reporter.progress_done(&progress, false, failure.message()).await;
-            return Err(match failure {
-                Failure::Failed(why) => Failure::Failed(format!("Cannot pull {label}: {why}")),
-                cancelled => cancelled,
-            });
-        }
-    };
-    let fingerprint = done
-        .metadata_str("fingerprint")
-        .ok_or_else(|| Failure::Failed(format!("Incus pulled {label} but did not say which image it is")))?
-        .to_owned();
-    let image = state.incus.get_image(&fingerprint).await?;
-    reporter
-        .progress_done(
-            &progress,
-            true,
-            &format!("{} ({})", mib(image.size), short(&fingerprint)),
-        )
-        .await;
-    Ok(image)
-}
-
-/// The `download_progress` text of an event about operation `id`.
-fn download_progress(event: &kapsule_incus::models::Event, id: &str) -> Option<String> {
-    let op = event.operation()?;
-    if op.id != id {
-        return None;
-    }
-    op.metadata?.get("download_progress")?.as_str().map(str::to_owned)
-}
-
-/// The percentage in Incus's progress text (`rootfs: 45% (12.3MB/s)`).
-fn percent_of(text: &str) -> Option<i32> {
-    let number = text.split('%').next()?.rsplit([' ', ':']).next()?;
-    number.parse::<i32>().ok().filter(|p| (0..=100).contains(p))
-}
-
-/// Makes Incus forget the index it cached of image server `server` (it keeps one per server
-/// for an hour, so a pull or a refresh right after a publication would see nothing new). Only this
-/// server's cache directory is removed; Incus fetches the index again on its next use.
-async fn forget_index(state: &State, server: &str) {
-    use sha2::Digest;
-    let hash: String = sha2::Sha256::digest(server.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let dir = state.settings.incus_cache_dir().join(hash);
-    match tokio::fs::remove_dir_all(&dir).await {
-        Ok(()) => log::debug!("dropped Incus's index cache of {server} ({})", dir.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => log::warn!("cannot drop Incus's index cache of {server} ({}): {e}", dir.display()),
     }
 }
 
@@ -472,17 +348,37 @@ impl RefreshFilter {
     }
 }
 
+/// A `RefreshImages` request that passed its checks: the client's filter, parsed against the
+/// configured remotes, which the refresh then uses too.
+#[derive(Debug)]
+pub(crate) struct RefreshPlan {
+    filter: String,
+    parsed: RefreshFilter,
+    remotes: Remotes,
+}
+
+/// Checks a `RefreshImages` filter (empty: everything) against the configured remotes.
+pub(crate) async fn plan_refresh(daemon: &Daemon, filter: String) -> Result<RefreshPlan, Error> {
+    let remotes = Remotes::read(&daemon.containers.settings.system_files()).await;
+    let parsed = RefreshFilter::parse(&filter, &remotes)?;
+    Ok(RefreshPlan {
+        filter,
+        parsed,
+        remotes,
+    })
+}
+
 /// Asks Incus to refresh each image `parsed` (the client's `filter`, checked against `remotes`
 /// before the operation began) selects, one after the other; an image that fails does not stop
 /// the others, but fails the operation.
-pub(crate) async fn refresh(
-    state: &State,
-    reporter: &Reporter,
-    filter: &str,
-    parsed: &RefreshFilter,
-    remotes: &Remotes,
-) -> Result<String, Failure> {
-    let images = state.incus.list_images().await?;
+pub(crate) async fn refresh(daemon: &Daemon, reporter: &Reporter, plan: RefreshPlan) -> Result<String, Failure> {
+    let RefreshPlan {
+        filter,
+        parsed,
+        remotes,
+    } = plan;
+    let (filter, remotes) = (filter.as_str(), &remotes);
+    let images = daemon.containers.incus.list_images().await?;
     let selected = parsed.select(&images);
     if selected.is_empty() {
         if filter.is_empty() {
@@ -499,10 +395,10 @@ pub(crate) async fn refresh(
         let source = image.update_source.clone().unwrap_or_default();
         let label = source_label(remotes, &source);
         let progress = reporter.progress_start(&format!("Refreshing {label}"), -1).await;
-        forget_index(state, &source.server).await;
+        forget_index(&daemon.containers.settings.incus_cache_dir(), &source.server).await;
         let result = async {
-            let op = state.incus.refresh_image(&image.fingerprint).await?;
-            run_incus_operation(state, reporter, op).await
+            let op = daemon.containers.incus.refresh_image(&image.fingerprint).await?;
+            run_incus_operation(&daemon.containers.incus, reporter, op).await
         }
         .await;
         match result {
@@ -515,7 +411,11 @@ pub(crate) async fn refresh(
                     .and_then(serde_json::Value::as_bool);
                 let text = match changed {
                     Some(false) => "already up to date".to_owned(),
-                    _ => match pulled_from(&state.incus.list_images().await?, &source.server, &source.alias) {
+                    _ => match pulled_from(
+                        &daemon.containers.incus.list_images().await?,
+                        &source.server,
+                        &source.alias,
+                    ) {
                         Some(new) => format!("updated: {} -> {}", short(&image.fingerprint), short(&new.fingerprint)),
                         None => "refreshed".to_owned(),
                     },
@@ -555,21 +455,7 @@ pub(crate) fn source_label(remotes: &Remotes, source: &ImageUpdateSource) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kapsule_incus::models::ImageUpdateSource;
-
-    fn cached(alias: &str, server: &str) -> Image {
-        Image {
-            fingerprint: format!("{alias}-fp"),
-            auto_update: true,
-            cached: true,
-            update_source: Some(ImageUpdateSource {
-                alias: alias.into(),
-                server: server.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
+    use crate::image::pull::cached;
 
     #[test]
     fn refresh_selects_pulled_auto_updating_images_the_filter_names() {
@@ -617,30 +503,5 @@ mod tests {
                 "{bad:?}"
             );
         }
-    }
-
-    #[test]
-    fn the_newest_pull_of_an_alias_is_used() {
-        let lxc = "https://images.linuxcontainers.org";
-        let mut old = cached("debian/12", lxc);
-        old.fingerprint = "old".into();
-        old.uploaded_at = "2026-11-01T10:00:00Z".into();
-        let mut new = cached("debian/12", lxc);
-        new.fingerprint = "new".into();
-        new.uploaded_at = "2026-11-20T10:00:00Z".into();
-        let images = vec![new, old, cached("debian/13", lxc)];
-        assert_eq!(pulled_from(&images, lxc, "debian/12").unwrap().fingerprint, "new");
-        assert!(pulled_from(&images, "https://elsewhere", "debian/12").is_none());
-        assert!(pulled_from(&images, lxc, "arch").is_none());
-    }
-
-    #[test]
-    fn incus_progress_texts_give_percentages() {
-        assert_eq!(percent_of("rootfs: 45% (12.30MB/s)"), Some(45));
-        assert_eq!(percent_of("metadata: 100% (1.16GB/s)"), Some(100));
-        assert_eq!(percent_of("rootfs delta: 7% (1MB/s)"), Some(7));
-        assert_eq!(percent_of("12% (3MB/s)"), Some(12));
-        assert_eq!(percent_of("rootfs: 45.00MB (12.30MB/s)"), None);
-        assert_eq!(percent_of("rootfs: 400% (x)"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! Whether the daemon is doing anything, so that it can exit when it has been idle a while.
 //!
-//! Busy means: a method call being answered (its [`Requester`](crate::authority::Requester) holds
-//! a [`Busy`]), an operation running, a session's helper alive, a client connected to the
+//! Busy means: a method call being answered (the identity layer's requester of the call holds a
+//! `Busy`), an operation running, a session's helper alive, a client connected to the
 //! daemon's own socket. Every message from the bus also counts as a moment of activity, so a
 //! quick read-only call (`Version`, `ListContainers`) restarts the idle period too.
 

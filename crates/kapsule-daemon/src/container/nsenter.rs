@@ -1,0 +1,158 @@
+//! Starting `kapsule-nsenter` in a container's cgroup and handing it a request: how sessions and
+//! the daemon's own commands get into a container.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kapsule_dbus::Error;
+use kapsule_nsenter::{EnterRequest, Reply, Request};
+
+use crate::container::Containers;
+
+/// Has `kapsule-nsenter` start `request` in container `name` (whose init is `pid`, `pidfd`),
+/// in the container's cgroup, with `stdio` as the command's descriptors when it has no
+/// terminal. Returns the session channel (how it ends comes there) and the descriptors of the
+/// helper's reply (a terminal's master).
+pub(crate) async fn run_helper(
+    containers: &Containers,
+    name: &str,
+    (pid, pidfd): (u32, OwnedFd),
+    request: EnterRequest,
+    stdio: Vec<OwnedFd>,
+) -> Result<(UnixStream, Vec<OwnedFd>), Error> {
+    let (client_channel, helper_channel) = UnixStream::pair().map_err(failed)?;
+    let (control, helper_control) = UnixStream::pair().map_err(failed)?;
+    let helper_path = containers.settings.nsenter_path();
+    let mut helper = tokio::process::Command::new(&helper_path)
+        .env_clear()
+        .stdin(std::process::Stdio::from(OwnedFd::from(helper_control)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::Failed(format!("Cannot run {}: {e}", helper_path.display())))?;
+    // Never 0: written to cgroup.procs, 0 would move the daemon itself.
+    let helper_pid = helper
+        .id()
+        .ok_or_else(|| Error::Failed("The session helper ended at once".into()))?;
+    // Reap the helper whenever it ends (with its session, perhaps hours from now); until then
+    // the daemon is not idle.
+    let busy = containers.activity.hold();
+    tokio::spawn(async move {
+        let _ = helper.wait().await;
+        drop(busy);
+    });
+    if let Err(e) = join_container_cgroups(name, pid, helper_pid) {
+        // The helper has not been told anything yet; without its request it just exits.
+        drop(control);
+        return Err(Error::Failed(format!("Cannot join the cgroup of '{name}': {e}")));
+    }
+    let request = Request::Enter(request);
+    let reply = tokio::task::spawn_blocking(move || -> std::io::Result<(Reply, Vec<OwnedFd>)> {
+        let mut fds = vec![pidfd.as_fd(), helper_channel.as_fd()];
+        fds.extend(stdio.iter().map(|f| f.as_fd()));
+        kapsule_nsenter::send(&control, &request, &fds)?;
+        control.set_read_timeout(Some(Duration::from_secs(30)))?;
+        kapsule_nsenter::recv(&control)
+    })
+    .await
+    .map_err(failed)?
+    .map_err(|e| Error::Failed(format!("The session helper did not answer: {e}")))?;
+    match reply {
+        (Reply::Started { .. }, fds) => Ok((client_channel, fds)),
+        (Reply::Failed { error }, _) => Err(Error::Failed(error)),
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> Error {
+    Error::Failed(e.to_string())
+}
+
+/// Puts process `pid` into the cgroups of container `name` (whose init is `init_pid`), where
+/// `incus exec` puts its sessions: the container's cgroup in each v1 hierarchy, and its `.lxc`
+/// leaf in the unified one (cgroup v2 allows no process next to child cgroups).
+fn join_container_cgroups(name: &str, init_pid: u32, pid: u32) -> std::io::Result<()> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{init_pid}/cgroup"))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let payload = format!("lxc.payload.{name}");
+    let mut joined_unified = false;
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Some(at) = path.find(&payload) else { continue };
+        let root = &path[..at + payload.len()];
+        let unified = id == "0";
+        let Some(mount) = cgroup_mount(&mountinfo, unified, controllers) else {
+            continue;
+        };
+        let mut dir = mount.join(root.trim_start_matches('/'));
+        if unified {
+            dir.push(".lxc");
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
+            Ok(()) => joined_unified |= unified,
+            Err(e) if unified => return Err(e),
+            Err(e) => log::warn!("cannot join {}: {e}", dir.display()),
+        }
+    }
+    if !joined_unified && mountinfo.contains(" - cgroup2 ") {
+        return Err(std::io::Error::other(format!(
+            "no cgroup of '{name}' found for its init {init_pid}"
+        )));
+    }
+    Ok(())
+}
+
+/// The mount point of the unified hierarchy, or of the v1 hierarchy with `controllers`.
+fn cgroup_mount(mountinfo: &str, unified: bool, controllers: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        let mut right = right.split_whitespace();
+        let fstype = right.next()?;
+        let _source = right.next();
+        let options = right.next().unwrap_or("");
+        let matches = if unified {
+            fstype == "cgroup2"
+        } else {
+            fstype == "cgroup" && controllers.split(',').all(|c| options.split(',').any(|o| o == c))
+        };
+        matches.then(|| PathBuf::from(mount_point))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_mounts_are_found_for_both_layouts() {
+        let hybrid = "\
+30 23 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+32 30 0:28 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+33 30 0:29 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+34 30 0:30 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct";
+        assert_eq!(cgroup_mount(hybrid, true, ""), Some("/sys/fs/cgroup/unified".into()));
+        assert_eq!(cgroup_mount(hybrid, false, "cpu"), Some("/sys/fs/cgroup/cpu".into()));
+        assert_eq!(
+            cgroup_mount(hybrid, false, "cpu,cpuacct"),
+            Some("/sys/fs/cgroup/cpu,cpuacct".into())
+        );
+        assert_eq!(
+            cgroup_mount(hybrid, false, "name=systemd"),
+            Some("/sys/fs/cgroup/systemd".into())
+        );
+        assert_eq!(cgroup_mount(hybrid, false, "memory"), None);
+        let pure = "25 20 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate";
+        assert_eq!(cgroup_mount(pure, true, ""), Some("/sys/fs/cgroup".into()));
+    }
+}

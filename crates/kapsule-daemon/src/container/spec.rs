@@ -1,0 +1,238 @@
+//! What Incus is asked to make: a container's config keys, its devices (the host's `/`, GPUs, the
+//! home, custom mounts, the minimal host mounts) and its `raw.lxc`.
+
+use kapsule_dbus::options::CreateOptions;
+use kapsule_incus::models::{ConfigMap, Devices};
+
+use crate::container::Containers;
+use crate::identity::account::Account;
+
+/// The storage pool containers' root disks live in (kapsule-init creates it).
+const POOL: &str = "default";
+
+/// `security.*` and the `user.kapsule.*` metadata (the original daemon's keys, so containers it
+/// made are read the same way).
+pub(crate) fn config(options: &CreateOptions) -> ConfigMap {
+    let mut config = ConfigMap::new();
+    let mut set = |k: &str, v: &str| {
+        config.insert(k.to_owned(), v.to_owned());
+    };
+    // Privileged with nesting: docker, podman and systemd run inside as they do on a host.
+    set("security.privileged", "true");
+    set("security.nesting", "true");
+    let yes_no = |b: bool| if b { "true" } else { "false" };
+    if options.session_mode {
+        set("user.kapsule.session-mode", "true");
+    }
+    if options.dbus_mux {
+        set("user.kapsule.dbus-mux", "true");
+    }
+    set("user.kapsule.host-rootfs", yes_no(options.host_rootfs));
+    set("user.kapsule.mount-home", yes_no(options.mount_home));
+    set("user.kapsule.gpu", yes_no(options.gpu));
+    set(
+        "user.kapsule.nvidia-drivers",
+        yes_no(options.gpu && options.nvidia_drivers),
+    );
+    if !options.custom_mounts.is_empty() {
+        set(
+            "user.kapsule.custom-mounts",
+            &serde_json::to_string(&options.custom_mounts).unwrap_or_default(),
+        );
+    }
+    config
+}
+
+/// One device's settings, from `(key, value)` pairs.
+pub(crate) fn device(pairs: &[(&str, &str)]) -> ConfigMap {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// The root disk, the GPU when asked for and present, and the host filesystem.
+pub(crate) fn devices(options: &CreateOptions, gpu_present: bool) -> Devices {
+    let mut devices = Devices::new();
+    devices.insert(
+        "root".into(),
+        device(&[("type", "disk"), ("path", "/"), ("pool", POOL)]),
+    );
+    // Incus refuses to start a container whose gpu device finds no GPU, so it is only added when
+    // the host has one.
+    if options.gpu && gpu_present {
+        devices.insert("gpu".into(), device(&[("type", "gpu")]));
+    }
+    if options.host_rootfs {
+        devices.insert(
+            "hostfs".into(),
+            device(&[
+                ("type", "disk"),
+                ("source", "/"),
+                ("path", "/.kapsule/host"),
+                ("propagation", "rslave"),
+                ("recursive", "true"),
+                ("shift", "false"),
+            ]),
+        );
+    }
+    devices
+}
+
+/// Whether the host has a GPU Incus can pass through.
+/// True when Incus can give containers a GPU (it refuses to start a `gpu` device otherwise).
+/// An error counts as no GPU: the container then starts, without one.
+pub(crate) async fn host_has_gpu(containers: &Containers) -> bool {
+    match containers.incus.gpu_count().await {
+        Ok(n) => n > 0,
+        Err(e) => {
+            log::warn!("cannot ask Incus for GPUs: {e}");
+            false
+        }
+    }
+}
+
+/// The `raw.lxc` lines of a container: the network namespace it shares (the host's: LXC opens
+/// the path in incusd's `forkstart`, which lives in the host's), and the NVIDIA mount hook when
+/// asked for and installed.
+///
+/// `lxc.namespace.share.net=<path>` is the host networking every Incus accepts: 6.0 rejects the
+/// original's `lxc.net.0.type=none` (only address keys of `lxc.net.*` pass its raw.lxc check),
+/// while `lxc.namespace.*` passes old and new. Containers the original made with
+/// `lxc.net.0.type=none`, on an Incus that took it, are left as they are and keep working.
+pub(crate) fn raw_lxc(
+    options: &CreateOptions,
+    network_namespace: &std::path::Path,
+    nvidia_hook: Option<&std::path::Path>,
+) -> String {
+    let mut lines = format!("lxc.namespace.share.net={}\n", network_namespace.display());
+    if options.gpu
+        && options.nvidia_drivers
+        && let Some(hook) = nvidia_hook
+    {
+        lines.push_str(&format!("lxc.hook.mount={}\n", hook.display()));
+    }
+    lines
+}
+
+pub(crate) fn home_devices(account: &Account) -> Devices {
+    let home = account.home.to_string_lossy();
+    let target = account.container_home();
+    Devices::from([(
+        format!("kapsule-home-{}", account.name),
+        device(&[
+            ("type", "disk"),
+            ("source", &home),
+            ("path", &target),
+            ("shift", "false"),
+        ]),
+    )])
+}
+
+/// The original daemon's device names: `kapsule-mount-<path with / and . as ->`, or a hash when
+/// that is longer than Incus allows.
+pub(crate) fn custom_mount_device(path: &str) -> String {
+    let slug: String = path
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c == '/' || c == '.' { '-' } else { c })
+        .collect();
+    let name = format!("kapsule-mount-{slug}");
+    if name.len() <= 63 {
+        return name;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(path.as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("kapsule-mount-{hex}")
+}
+
+pub(crate) fn minimal_host_devices(uid: u32) -> Devices {
+    let run = format!("/run/user/{uid}");
+    let run_target = format!("/.kapsule/host/run/user/{uid}");
+    let shared = |source: &str, path: &str| {
+        device(&[
+            ("type", "disk"),
+            ("source", source),
+            ("path", path),
+            ("shift", "false"),
+            // Sockets made on the host after the start show up inside.
+            ("propagation", "rslave"),
+            // No session yet (no runtime directory, no X server) is no error: the mount
+            // appears at the next start once the source exists. Incus then cannot check that
+            // the source is a directory, so `recursive` (which would need that) is not set.
+            ("required", "false"),
+        ])
+    };
+    Devices::from([
+        (format!("kapsule-hostrun-{uid}"), shared(&run, &run_target)),
+        (
+            "kapsule-x11".to_owned(),
+            shared("/tmp/.X11-unix", "/.kapsule/host/tmp/.X11-unix"),
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kapsule_dbus::options;
+    use std::collections::BTreeMap;
+
+    fn defaults() -> CreateOptions {
+        options::resolve(&BTreeMap::new(), &BTreeMap::new()).unwrap()
+    }
+
+    #[test]
+    fn config_carries_the_original_metadata_keys() {
+        let mut o = defaults();
+        o.custom_mounts = vec!["~/src".into()];
+        let c = config(&o);
+        assert_eq!(c["security.privileged"], "true");
+        assert_eq!(c["security.nesting"], "true");
+        assert_eq!(c["user.kapsule.host-rootfs"], "true");
+        assert_eq!(c["user.kapsule.mount-home"], "true");
+        assert_eq!(c["user.kapsule.gpu"], "true");
+        assert_eq!(c["user.kapsule.nvidia-drivers"], "false");
+        assert_eq!(c["user.kapsule.custom-mounts"], r#"["~/src"]"#);
+        assert!(!c.contains_key("user.kapsule.session-mode"));
+    }
+
+    #[test]
+    fn raw_lxc_shares_the_network_and_registers_the_hook_only_when_asked_for_and_installed() {
+        let hook = std::path::Path::new("/usr/lib/kapsule/kapsule-nvidia-hook");
+        let host = std::path::Path::new("/proc/self/ns/net");
+        let net = "lxc.namespace.share.net=/proc/self/ns/net\n";
+        let mut o = defaults();
+        o.gpu = true;
+        o.nvidia_drivers = true;
+        assert_eq!(
+            raw_lxc(&o, host, Some(hook)),
+            format!("{net}lxc.hook.mount=/usr/lib/kapsule/kapsule-nvidia-hook\n")
+        );
+        assert_eq!(raw_lxc(&o, host, None), net, "not installed: no hook LXC could not run");
+        o.nvidia_drivers = false;
+        assert_eq!(raw_lxc(&o, host, Some(hook)), net);
+        o.nvidia_drivers = true;
+        o.gpu = false;
+        assert_eq!(raw_lxc(&o, host, Some(hook)), net);
+        assert_eq!(
+            raw_lxc(&o, std::path::Path::new("/run/netns/test"), None),
+            "lxc.namespace.share.net=/run/netns/test\n"
+        );
+    }
+
+    #[test]
+    fn devices_follow_options_and_hardware() {
+        let o = defaults();
+        let d = devices(&o, false);
+        assert_eq!(
+            d.keys().collect::<Vec<_>>(),
+            ["hostfs", "root"],
+            "no gpu device without a GPU"
+        );
+        assert_eq!(d["hostfs"]["propagation"], "rslave");
+        assert!(devices(&o, true).contains_key("gpu"));
+        let mut o = defaults();
+        o.host_rootfs = false;
+        o.gpu = false;
+        assert_eq!(devices(&o, true).keys().collect::<Vec<_>>(), ["root"]);
+    }
+}

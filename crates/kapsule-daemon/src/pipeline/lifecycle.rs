@@ -1,0 +1,120 @@
+//! Starting, stopping and removing a container (the operations `StartContainer`,
+//! `StopContainer`, `DeleteContainer`), and starting one on the way in.
+
+use std::time::Duration;
+
+use kapsule_dbus::Error;
+use kapsule_incus::models::Instance;
+
+use crate::container::hostsync;
+use crate::container::meta::{get_kapsule_container, is_running};
+use crate::operation::incus::{INCUS_WAIT, run_incus_operation};
+use crate::operation::{Failure, MessageKind, Reporter};
+use crate::pipeline::Daemon;
+
+/// Before `StartContainer` and `StopContainer`: the container exists and is Kapsule's.
+pub(crate) async fn check_exists(daemon: &Daemon, name: &str) -> Result<(), Error> {
+    get_kapsule_container(&daemon.containers, name).await.map(drop)
+}
+
+/// Before `DeleteContainer`: the container exists, and is not running unless `force`.
+pub(crate) async fn check_delete(daemon: &Daemon, name: &str, force: bool) -> Result<(), Error> {
+    let instance = get_kapsule_container(&daemon.containers, name).await?;
+    if is_running(&instance) && !force {
+        return Err(Error::Failed(format!(
+            "Container '{name}' is running; stop it first or use force"
+        )));
+    }
+    Ok(())
+}
+
+/// `StartContainer`'s work.
+pub(crate) async fn start(daemon: &Daemon, reporter: &Reporter, name: &str) -> Result<String, Failure> {
+    let instance = get_kapsule_container(&daemon.containers, name).await?;
+    if is_running(&instance) {
+        reporter.warn(&format!("Container '{name}' is already running")).await;
+        return Ok(String::new());
+    }
+    if instance.config.get("raw.lxc").is_some_and(|raw| {
+        raw.lines()
+            .any(|l| l.starts_with("lxc.hook.mount=") && l.contains("nvidia"))
+    }) {
+        reporter
+            .say(MessageKind::Dim, "NVIDIA userspace drivers are injected on start")
+            .await;
+    }
+    let op = daemon.containers.incus.start_instance(name).await?;
+    run_incus_operation(&daemon.containers.incus, reporter, op).await?;
+    // The host's timezone or DNS may have changed while it was stopped.
+    hostsync::report(reporter, hostsync::sync_instance(&daemon.containers, &instance).await).await;
+    daemon.clients.containers_changed().await;
+    Ok(format!("Container '{name}' started"))
+}
+
+/// Starts the container if it is not running (a no-op otherwise), without telling clients
+/// `ContainersChanged` (the original daemon did not for starts on the way in either).
+pub(crate) async fn ensure_running(
+    daemon: &Daemon,
+    reporter: Option<&Reporter>,
+    instance: &Instance,
+) -> Result<(), Failure> {
+    if is_running(instance) {
+        return Ok(());
+    }
+    let name = instance.name.as_str();
+    match reporter {
+        Some(r) => r.info(&format!("Starting container '{name}'")).await,
+        None => log::info!("starting container '{name}'"),
+    }
+    let op = daemon.containers.incus.start_instance(name).await?;
+    match reporter {
+        Some(r) => {
+            run_incus_operation(&daemon.containers.incus, r, op).await?;
+        }
+        None => {
+            daemon.containers.incus.wait_operation(&op.id, INCUS_WAIT).await?;
+        }
+    }
+    hostsync::log_lines(name, hostsync::sync_instance(&daemon.containers, instance).await);
+    Ok(())
+}
+
+/// `StopContainer`'s work.
+pub(crate) async fn stop(daemon: &Daemon, reporter: &Reporter, name: &str, force: bool) -> Result<String, Failure> {
+    let instance = get_kapsule_container(&daemon.containers, name).await?;
+    if !is_running(&instance) {
+        reporter.warn(&format!("Container '{name}' is not running")).await;
+        return Ok(String::new());
+    }
+    let op = daemon
+        .containers
+        .incus
+        .stop_instance(name, force, Duration::from_secs(60))
+        .await?;
+    run_incus_operation(&daemon.containers.incus, reporter, op).await?;
+    daemon.clients.containers_changed().await;
+    Ok(format!("Container '{name}' stopped"))
+}
+
+/// `DeleteContainer`'s work.
+pub(crate) async fn delete(daemon: &Daemon, reporter: &Reporter, name: &str, force: bool) -> Result<String, Failure> {
+    let instance = get_kapsule_container(&daemon.containers, name).await?;
+    if is_running(&instance) {
+        if !force {
+            return Err(Failure::Failed(format!(
+                "Container '{name}' is running; stop it first or use force"
+            )));
+        }
+        reporter.info("Stopping the container first").await;
+        let op = daemon
+            .containers
+            .incus
+            .stop_instance(name, true, Duration::from_secs(30))
+            .await?;
+        run_incus_operation(&daemon.containers.incus, reporter, op).await?;
+    }
+    let op = daemon.containers.incus.delete_instance(name).await?;
+    run_incus_operation(&daemon.containers.incus, reporter, op).await?;
+    daemon.clients.containers_changed().await;
+    Ok(format!("Container '{name}' removed"))
+}

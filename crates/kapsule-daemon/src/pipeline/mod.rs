@@ -1,0 +1,29 @@
+//! Layer 5, pipelines: one file per family of Manager methods, with the checks made before any
+//! work (a bad request gets a named error and changes nothing) and the work itself.
+
+use std::sync::Arc;
+
+use crate::container::Containers;
+use crate::operation::clients::Clients;
+
+/// `CreateContainer`.
+pub(crate) mod create;
+/// `Enter` and `PrepareEnter`.
+pub(crate) mod enter;
+/// `ImportImage`, `RefreshImages`, `DeleteImage`.
+pub(crate) mod images;
+/// `StartContainer`, `StopContainer`, `DeleteContainer`, and starting on the way in.
+pub(crate) mod lifecycle;
+/// `ListContainers`, `GetContainerInfo`, `IsUserSetup`, `ListImages`, `GetConfig`.
+pub(crate) mod queries;
+/// `SetupUser`, and the setup on a first enter.
+pub(crate) mod setup_user;
+
+/// What every pipeline works with: the container layer's handles, the clients told about
+/// changes, and the pipelines' own locks.
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    pub(crate) containers: Arc<Containers>,
+    pub(crate) clients: Clients,
+    pub(crate) setup_locks: setup_user::SetupLocks,
+}

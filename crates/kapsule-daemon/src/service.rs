@@ -1,0 +1,136 @@
+//! Layer 7: the daemon as a service: builds each layer's handles, serves the objects on the bus
+//! and the daemon's socket, takes the name, and runs until it is told to stop or is idle.
+
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use kapsule_dbus::{BUS_NAME, MANAGER_PATH};
+use zbus::Connection;
+
+use crate::container::{Containers, hostsync};
+use crate::dbus::{Surface, socket};
+use crate::host::activity::Activity;
+use crate::host::settings::{Bus, Settings};
+use crate::identity::link::Link;
+use crate::operation::Operations;
+use crate::operation::clients::Clients;
+use crate::pipeline::Daemon;
+
+/// How the daemon runs as a service.
+#[derive(Debug, Default)]
+pub struct Service {
+    /// Where to serve the manager besides the bus: the socket systemd passed
+    /// (`kapsule-daemon.socket`) or one bound by hand.
+    pub sockets: Vec<UnixListener>,
+    /// Exit after this long with nothing to do (no call, operation, session or socket client);
+    /// `None`: never.
+    pub idle_exit: Option<Duration>,
+}
+
+/// Serves the API on `bus` (and on the service's sockets) until SIGTERM or SIGINT, or until it
+/// has been idle for the service's idle period.
+pub async fn run(bus: Bus, settings: Settings, service: Service) -> anyhow::Result<()> {
+    let (connection, surface) = start(bus, settings).await?;
+    for listener in service.sockets {
+        let surface = surface.clone();
+        tokio::spawn(async move {
+            if let Err(e) = socket::listen(surface, listener).await {
+                log::error!("the daemon's socket failed: {e}");
+            }
+        });
+    }
+    // kapsule-daemon.service is Type=notify: from here on, calls are answered.
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("Serving {BUS_NAME}")),
+    ]);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Every message also reaches this stream, which ends when the bus connection is gone: a
+    // daemon without its bus can serve nobody, so it exits (and is started again on demand).
+    let mut incoming = zbus::MessageStream::from(&connection);
+    let activity = surface.activity.clone();
+    let bus_gone = async {
+        use futures_util::StreamExt;
+        while incoming.next().await.is_some() {
+            activity.touch();
+        }
+    };
+    let idle = async {
+        match service.idle_exit {
+            Some(period) => surface.activity.idle(period).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => log::info!("SIGTERM: exiting"),
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: exiting"),
+        () = idle => log::info!("idle for {:?}: exiting", service.idle_exit.unwrap_or_default()),
+        () = bus_gone => {
+            log::warn!("the bus connection closed: exiting");
+            return Ok(());
+        }
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    // The name goes first: a call from now on starts a new daemon instead of reaching this one.
+    let _ = connection.release_name(BUS_NAME).await;
+    Ok(())
+}
+
+/// Tells systemd (if it started the daemon) about a change of state; without systemd, nothing.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        log::warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// Connects to `bus`, serves every object, then takes the bus name. The API stays up for as long
+/// as the returned connection lives (tests run the daemon in their own process this way).
+pub async fn serve(bus: Bus, settings: Settings) -> anyhow::Result<Connection> {
+    Ok(start(bus, settings).await?.0)
+}
+
+async fn start(bus: Bus, settings: Settings) -> anyhow::Result<(Connection, Surface)> {
+    let builder = match &bus {
+        Bus::System => zbus::connection::Builder::system(),
+        Bus::Session => zbus::connection::Builder::session(),
+        Bus::Address(address) => zbus::connection::Builder::address(address.as_str()),
+    };
+    let connection = builder
+        .build()
+        .await
+        .with_context(|| format!("cannot connect to the {bus:?} bus"))?;
+    let activity = Activity::new();
+    let containers = Arc::new(Containers::new(
+        kapsule_incus::Client::from_env(),
+        settings,
+        activity.clone(),
+    ));
+    let daemon = Arc::new(Daemon {
+        containers: containers.clone(),
+        clients: Clients::new(connection.clone()),
+        setup_locks: Default::default(),
+    });
+    let surface = Surface {
+        daemon,
+        operations: Operations::new(activity.clone()),
+        bus: connection.clone(),
+        activity,
+    };
+
+    let server = connection.object_server();
+    // Announces operation objects below /org/kde/kapsule (InterfacesAdded / InterfacesRemoved).
+    server.at(MANAGER_PATH, zbus::fdo::ObjectManager).await?;
+    let link = Link::bus(&connection, &surface.activity);
+    server.at(MANAGER_PATH, surface.manager(link)).await?;
+    // Only now, with every object served, may clients find us by name.
+    connection
+        .request_name(BUS_NAME)
+        .await
+        // zbus's error repeats itself as its own source; say it once.
+        .map_err(|e| anyhow::anyhow!("cannot own {BUS_NAME}: {e}"))?;
+    log::info!("serving {BUS_NAME} on the {bus:?} bus");
+    hostsync::watch(containers);
+    Ok((connection, surface))
+}
