@@ -13,7 +13,7 @@ use crate::container::{Containers, hostsync};
 use crate::dbus::{Surface, socket};
 use crate::host::activity::Activity;
 use crate::host::settings::{Bus, Settings};
-use crate::identity::link::Link;
+use crate::identity::link::{Authority, Link};
 use crate::operation::Operations;
 use crate::operation::clients::Clients;
 use crate::pipeline::Daemon;
@@ -115,7 +115,7 @@ async fn start(bus: Bus, settings: Settings) -> anyhow::Result<(Connection, Surf
     let surface = Surface {
         daemon,
         operations: Operations::new(activity.clone()),
-        bus: connection.clone(),
+        authority: Authority::Polkit(connection.clone()),
         activity,
     };
 

@@ -18,6 +18,9 @@ mod client;
 mod error;
 mod events;
 mod exec;
+/// A fake Incus for tests.
+#[cfg(feature = "fake")]
+pub mod fake;
 mod files;
 mod images;
 mod instances;

@@ -2,7 +2,6 @@
 //! Incus 6.0 server. Covers error mapping, timeouts and an absent server without needing root.
 
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,68 +11,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use kapsule_incus::fake::{FakeIncus as Fake, error_body, fixture};
 use kapsule_incus::{Client, Error};
 use tokio::net::UnixListener;
-
-type Handler = Arc<dyn Fn(&str, &str) -> (u16, String) + Send + Sync>;
-
-/// A fake server answering each request with `handler(method, path_and_query)`.
-struct Fake {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-}
-
-impl Fake {
-    fn start(handler: impl Fn(&str, &str) -> (u16, String) + Send + Sync + 'static) -> Fake {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("unix.socket");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let handler: Handler = Arc::new(handler);
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let (status, body) = handler(
-                            req.method().as_str(),
-                            req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-                        );
-                        async move {
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .status(status)
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(body)))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Fake { _dir: dir, socket }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&self.socket)
-    }
-}
-
-fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn error_body(code: u16, message: &str) -> String {
-    serde_json::json!({"type": "error", "status": "", "status_code": 0, "operation": "", "error_code": code, "error": message, "metadata": null})
-        .to_string()
-}
 
 #[tokio::test]
 async fn instances_decode_from_a_real_answer() {

@@ -1,13 +1,13 @@
 //! The `kapsule` command line: talks only to the Kapsule daemon.
 
 pub mod cli;
+/// Each command: ask the daemon, print the answer.
+mod commands;
 /// Reaching the daemon and explaining its errors.
 mod daemon;
 /// `kapsule enter`: one `Enter` call, then the session's terminal or streams and signals.
 mod enter;
 /// Following an operation's signals to its end, with progress bars.
 mod follow;
-/// Each command: ask the daemon, print the answer.
-mod run;
 
-pub use run::run;
+pub use commands::run;

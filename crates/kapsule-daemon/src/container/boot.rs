@@ -55,7 +55,7 @@ async fn wait(containers: &Containers, files: &ContainerFiles) -> Result<String,
     }
     loop {
         let socket = files
-            .run(|root| root.metadata("/run/systemd/private"))
+            .with_root(|root| root.metadata("/run/systemd/private"))
             .await
             .map_err(|e| e.to_string())?;
         if socket.is_some() {

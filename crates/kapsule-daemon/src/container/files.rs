@@ -59,7 +59,7 @@ impl ContainerFiles {
     }
 
     /// Runs `work` on the root, off the async threads (file system calls block).
-    pub(crate) async fn run<T: Send + 'static>(
+    pub(crate) async fn with_root<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Root) -> kapsule_rootfs::Result<T> + Send + 'static,
     ) -> kapsule_rootfs::Result<T> {
@@ -97,7 +97,7 @@ pub(crate) async fn edit_file(
 ) -> Result<(), Failure> {
     let name = files.name();
     let owned = path.to_owned();
-    let (text, meta) = match files.run(move |root| root.read(&owned, MAX_READ)).await {
+    let (text, meta) = match files.with_root(move |root| root.read(&owned, MAX_READ)).await {
         Ok(Some(file)) => (String::from_utf8_lossy(&file.data).into_owned(), file.meta),
         Ok(None) => match if_missing {
             IfMissing::Skip => return Ok(()),
@@ -113,7 +113,7 @@ pub(crate) async fn edit_file(
     if let Some(new) = edit(&text) {
         let owned = path.to_owned();
         files
-            .run(move |root| root.write(&owned, new.as_bytes(), meta))
+            .with_root(move |root| root.write(&owned, new.as_bytes(), meta))
             .await
             .map_err(|e| Failure::Failed(format!("Cannot write {path} in {name}: {}", e.reason())))?;
     }

@@ -45,7 +45,7 @@ const CAP_SETUID: u32 = 7;
 
 /// Every step, in order. `session_mode` containers run their own systemd user session and keep
 /// podman's default cgroup manager.
-pub(crate) async fn run(
+pub(crate) async fn apply(
     containers: &Containers,
     reporter: &Reporter,
     name: &str,
@@ -54,13 +54,13 @@ pub(crate) async fn run(
     let files = ContainerFiles::open(containers, name).await.map_err(Failure::Failed)?;
     // Konsole detects Kapsule containers by /.kapsule; it exists even without the host mount.
     files
-        .run(|root| root.ensure_dir("/.kapsule", Meta::new(0, 0, 0o755)))
+        .with_root(|root| root.ensure_dir("/.kapsule", Meta::new(0, 0, 0o755)))
         .await
         .map_err(|e| Failure::Failed(format!("Cannot create /.kapsule: {}", e.reason())))?;
     // Masked, as systemctl mask would: with the host's network there is nothing to wait for, and
     // the unit would stall boot for 30 s.
     let masked = files
-        .run(|root| root.symlink("/etc/systemd/system/systemd-networkd-wait-online.service", "/dev/null"))
+        .with_root(|root| root.symlink("/etc/systemd/system/systemd-networkd-wait-online.service", "/dev/null"))
         .await;
     if let Err(e) = masked {
         reporter
@@ -121,7 +121,7 @@ pub(crate) fn hosts_with_name(hosts: &str, name: &str) -> Option<String> {
 /// A failing script is a warning with its exit code and error output; only a cancel stops them.
 async fn run_init_scripts(containers: &Containers, files: &ContainerFiles, reporter: &Reporter) -> Result<(), Failure> {
     let name = files.name();
-    let mut scripts = match files.run(|root| root.list(INIT_DIR)).await {
+    let mut scripts = match files.with_root(|root| root.list(INIT_DIR)).await {
         Ok(Some(scripts)) => scripts,
         Ok(None) => {
             log::debug!("{name}: the image has no {INIT_DIR}");
@@ -180,7 +180,7 @@ pub(crate) fn init_script_failure(path: &str, code: i32, stderr: &[u8]) -> Strin
 async fn set_id_map_capabilities(files: &ContainerFiles) -> Result<(), String> {
     // Each helper on its own: one that cannot be done does not keep the other from it.
     let failed = files
-        .run(|root| {
+        .with_root(|root| {
             Ok(ID_MAP_HELPERS
                 .iter()
                 .filter_map(|(path, cap)| {
@@ -257,7 +257,7 @@ pub(crate) fn file_capability(cap: u32) -> [u8; 20] {
 /// containers.conf stays the image's.
 async fn write_podman_drop_in(files: &ContainerFiles) -> kapsule_rootfs::Result<()> {
     files
-        .run(|root| {
+        .with_root(|root| {
             let dir = Meta::new(0, 0, 0o755);
             root.ensure_dir("/etc/containers", dir)?;
             root.ensure_dir("/etc/containers/containers.conf.d", dir)?;

@@ -34,18 +34,18 @@ const MAX_FILE: u64 = 64 * 1024;
 
 /// One kind of host configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Kind {
+pub(crate) enum Setting {
     Timezone,
     Locale,
     Dns,
 }
 
-impl Kind {
+impl Setting {
     fn name(self) -> &'static str {
         match self {
-            Kind::Timezone => "timezone",
-            Kind::Locale => "locale",
-            Kind::Dns => "dns",
+            Setting::Timezone => "timezone",
+            Setting::Locale => "locale",
+            Setting::Dns => "dns",
         }
     }
 
@@ -56,7 +56,7 @@ impl Kind {
 
 /// The host's values, each as its sync script gets it on stdin.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct HostConfig(BTreeMap<Kind, String>);
+pub(crate) struct HostConfig(BTreeMap<Setting, String>);
 
 impl HostConfig {
     /// Reads the configuration below `root`: the timezone from the `/etc/localtime` link (or
@@ -66,17 +66,17 @@ impl HostConfig {
         let etc = root.join("etc");
         let mut values = BTreeMap::new();
         if let Some(zone) = timezone(&etc) {
-            values.insert(Kind::Timezone, zone);
+            values.insert(Setting::Timezone, zone);
         }
         let locale = read_small(&etc.join("locale.conf"))
             .or_else(|| read_small(&etc.join("default/locale")))
             .map(|text| locale_lines(&text))
             .filter(|lines| !lines.is_empty());
         if let Some(locale) = locale {
-            values.insert(Kind::Locale, locale);
+            values.insert(Setting::Locale, locale);
         }
         if let Some(dns) = read_small(&etc.join("resolv.conf")) {
-            values.insert(Kind::Dns, dns);
+            values.insert(Setting::Dns, dns);
         }
         HostConfig(values)
     }
@@ -147,7 +147,7 @@ pub(crate) type Synced = Result<String, String>;
 /// it. Returns a line per kind pushed or failed, for the log or a client.
 pub(crate) async fn sync_container(containers: &Containers, instance: &Instance, config: &HostConfig) -> Vec<Synced> {
     let name = instance.name.as_str();
-    let pending: Vec<(Kind, &String, String)> = config
+    let pending: Vec<(Setting, &String, String)> = config
         .0
         .iter()
         .map(|(&kind, value)| (kind, value, digest(value)))
@@ -184,13 +184,13 @@ pub(crate) async fn sync_container(containers: &Containers, instance: &Instance,
 async fn push(
     containers: &Containers,
     files: &ContainerFiles,
-    kind: Kind,
+    kind: Setting,
     value: &str,
 ) -> Result<&'static str, String> {
     let name = files.name();
     let script = format!("/.kapsule/sync/{}", kind.name());
     let path = script.clone();
-    let has_script = match files.run(move |root| root.metadata(&path)).await {
+    let has_script = match files.with_root(move |root| root.metadata(&path)).await {
         Ok(Some(stat)) => stat.kind == kapsule_rootfs::Kind::File && stat.meta.mode & 0o111 != 0,
         Ok(None) => false,
         Err(e) => return Err(e.to_string()),
@@ -212,8 +212,8 @@ async fn push(
     }
     let value = value.to_owned();
     match kind {
-        Kind::Timezone => files
-            .run(move |r| {
+        Setting::Timezone => files
+            .with_root(move |r| {
                 r.symlink("/etc/localtime", &format!("/usr/share/zoneinfo/{value}"))?;
                 r.write("/etc/timezone", format!("{value}\n").as_bytes(), root(0o644))
             })
@@ -221,12 +221,12 @@ async fn push(
             .map_err(|e| e.to_string())?,
         // A symlink (to the container's own resolver's file) is replaced, not written through:
         // with the host's network, the host's resolver is the one to ask.
-        Kind::Dns => files
-            .run(move |r| r.write("/etc/resolv.conf", value.as_bytes(), root(0o644)))
+        Setting::Dns => files
+            .with_root(move |r| r.write("/etc/resolv.conf", value.as_bytes(), root(0o644)))
             .await
             .map_err(|e| e.to_string())?,
         // Recorded as done: the image chose not to take it. A new value is offered again.
-        Kind::Locale => return Ok("left to the image (it has no /.kapsule/sync/locale)"),
+        Setting::Locale => return Ok("left to the image (it has no /.kapsule/sync/locale)"),
     }
     Ok("built in")
 }
@@ -412,17 +412,17 @@ mod tests {
         .unwrap();
         std::fs::write(etc.join("resolv.conf"), "nameserver 192.0.2.53\n").unwrap();
         let config = HostConfig::read(root.path());
-        assert_eq!(config.0[&Kind::Timezone], "America/Argentina/Buenos_Aires");
-        assert_eq!(config.0[&Kind::Locale], "LANG=de_DE.UTF-8\nLC_TIME=en_GB.UTF-8\n");
-        assert_eq!(config.0[&Kind::Dns], "nameserver 192.0.2.53\n");
+        assert_eq!(config.0[&Setting::Timezone], "America/Argentina/Buenos_Aires");
+        assert_eq!(config.0[&Setting::Locale], "LANG=de_DE.UTF-8\nLC_TIME=en_GB.UTF-8\n");
+        assert_eq!(config.0[&Setting::Dns], "nameserver 192.0.2.53\n");
 
         // locale.conf wins over Debian's file; /etc/timezone when localtime is no link.
         std::fs::write(etc.join("locale.conf"), "LANG=fr_FR.UTF-8\n").unwrap();
         std::fs::remove_file(etc.join("localtime")).unwrap();
         std::fs::write(etc.join("timezone"), "Europe/Paris\n").unwrap();
         let config = HostConfig::read(root.path());
-        assert_eq!(config.0[&Kind::Locale], "LANG=fr_FR.UTF-8\n");
-        assert_eq!(config.0[&Kind::Timezone], "Europe/Paris");
+        assert_eq!(config.0[&Setting::Locale], "LANG=fr_FR.UTF-8\n");
+        assert_eq!(config.0[&Setting::Timezone], "Europe/Paris");
     }
 
     #[test]

@@ -4,10 +4,8 @@
 
 use std::sync::Arc;
 
-use zbus::Connection;
-
 use crate::host::activity::Activity;
-use crate::identity::link::Link;
+use crate::identity::link::{Authority, Link};
 use crate::operation::Operations;
 use crate::pipeline::Daemon;
 
@@ -15,14 +13,17 @@ use crate::pipeline::Daemon;
 pub(crate) mod manager;
 /// The daemon's own socket: peer-to-peer D-Bus with each client.
 pub(crate) mod socket;
+/// Tier 0: the surface over a socket pair, against a fake Incus and a stand-in authority.
+#[cfg(test)]
+mod tests;
 
 /// What the surface serves from, on the bus and on each socket connection alike.
 #[derive(Clone, Debug)]
 pub(crate) struct Surface {
     pub(crate) daemon: Arc<Daemon>,
     pub(crate) operations: Arc<Operations>,
-    /// The system bus: polkit is asked there whatever the link.
-    pub(crate) bus: Connection,
+    /// Who is asked about each caller: polkit on the system bus, whatever the link.
+    pub(crate) authority: Authority,
     pub(crate) activity: Arc<Activity>,
 }
 

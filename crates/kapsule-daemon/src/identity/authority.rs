@@ -17,7 +17,7 @@ use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
 
 use crate::host::activity::Busy;
 use crate::identity::caller::Caller;
-use crate::identity::link::Link;
+use crate::identity::link::{Authority, Link};
 
 /// What a method asks to do, as a polkit action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,10 +110,17 @@ impl Requester {
         } else {
             CheckAuthorizationFlags::empty()
         };
+        // Without the test variant there is one arm; with it, two more.
+        #[allow(clippy::infallible_destructuring_match)]
+        let polkit = match &self.link.authority {
+            Authority::Polkit(bus) => bus,
+            #[cfg(test)]
+            Authority::Allowing(allowed) if allowed.contains(&action.id()) => return Ok(()),
+            #[cfg(test)]
+            Authority::Allowing(_) => return Err(Error::NotAuthorized(action.refusal().to_owned())),
+        };
         let details: HashMap<&str, &str> = details.iter().copied().collect();
-        let authority = AuthorityProxy::new(&self.link.polkit)
-            .await
-            .map_err(|e| unavailable(action, &e))?;
+        let authority = AuthorityProxy::new(polkit).await.map_err(|e| unavailable(action, &e))?;
         let result = authority
             .check_authorization(&self.subject, action.id(), &details, flags, "")
             .await

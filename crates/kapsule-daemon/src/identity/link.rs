@@ -15,6 +15,17 @@ use crate::identity::peer::Peer;
 /// The link of the bus; socket clients count from 1.
 const BUS: u64 = 0;
 
+/// Who answers whether a caller may do an action.
+#[derive(Clone, Debug)]
+pub(crate) enum Authority {
+    /// polkit, on this connection to the system bus.
+    Polkit(Connection),
+    /// Tests of the surface without a bus: the actions with these polkit ids are allowed, every
+    /// other is refused.
+    #[cfg(test)]
+    Allowing(Vec<&'static str>),
+}
+
 /// One way in to the daemon.
 #[derive(Clone, Debug)]
 pub(crate) struct Link {
@@ -22,8 +33,8 @@ pub(crate) struct Link {
     pub(crate) id: u64,
     /// The socket client, as the kernel saw it when it connected; `None` on the bus.
     peer: Option<Peer>,
-    /// The system bus, where polkit is asked whatever the link.
-    pub(crate) polkit: Connection,
+    /// Who is asked whether a caller may: polkit on the system bus, whatever the link.
+    pub(crate) authority: Authority,
     pub(crate) activity: Arc<Activity>,
 }
 
@@ -33,17 +44,17 @@ impl Link {
         Link {
             id: BUS,
             peer: None,
-            polkit: bus.clone(),
+            authority: Authority::Polkit(bus.clone()),
             activity: activity.clone(),
         }
     }
 
-    /// Socket client number `id`, which is `peer`; polkit is still asked on `bus`.
-    pub(crate) fn peer(bus: &Connection, activity: &Arc<Activity>, id: u64, peer: Peer) -> Link {
+    /// Socket client number `id`, which is `peer`; `authority` is asked about it.
+    pub(crate) fn peer(authority: Authority, activity: &Arc<Activity>, id: u64, peer: Peer) -> Link {
         Link {
             id,
             peer: Some(peer),
-            polkit: bus.clone(),
+            authority,
             activity: activity.clone(),
         }
     }

@@ -8,10 +8,10 @@ use kapsule_dbus::{MANAGER_INTERFACE, MANAGER_PATH};
 use zbus::Connection;
 use zbus::object_server::SignalEmitter;
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Clients {
-    /// The bus connection.
-    bus: Connection,
+    /// The bus connection (none in tests that serve peers only).
+    bus: Option<Connection>,
     /// The clients on the daemon's own socket, by number.
     peers: Mutex<BTreeMap<u64, Connection>>,
 }
@@ -19,7 +19,7 @@ pub(crate) struct Clients {
 impl Clients {
     pub(crate) fn new(bus: Connection) -> Clients {
         Clients {
-            bus,
+            bus: Some(bus),
             peers: Default::default(),
         }
     }
@@ -38,7 +38,7 @@ impl Clients {
     /// and to every socket client.
     pub(crate) async fn containers_changed(&self) {
         let peers: Vec<Connection> = self.peers.lock().expect("peers lock").values().cloned().collect();
-        for connection in std::iter::once(&self.bus).chain(&peers) {
+        for connection in self.bus.iter().chain(&peers) {
             let emitted = match SignalEmitter::new(connection, MANAGER_PATH) {
                 Ok(emitter) => emitter.emit(MANAGER_INTERFACE, "ContainersChanged", &()).await,
                 Err(e) => Err(e),

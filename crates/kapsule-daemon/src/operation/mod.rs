@@ -51,14 +51,23 @@ impl Failure {
     }
 }
 
-impl<E: std::fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Self {
+/// An Incus failure inside an operation, as Incus's client words it: the request and Incus's
+/// own message (`PUT /1.0/instances/dev/state: …`).
+impl From<kapsule_incus::Error> for Failure {
+    fn from(e: kapsule_incus::Error) -> Self {
+        Failure::Failed(e.to_string())
+    }
+}
+
+/// A named error of a check made inside an operation (the container is gone, a name is taken).
+impl From<kapsule_dbus::Error> for Failure {
+    fn from(e: kapsule_dbus::Error) -> Self {
         Failure::Failed(e.to_string())
     }
 }
 
 #[derive(Debug)]
-struct State {
+struct Outcome {
     status: OperationStatus,
     error: String,
 }
@@ -74,7 +83,7 @@ pub(crate) struct OperationObject {
     requester: u32,
     /// The link it was started through, which a `Cancel` comes through too.
     link: Link,
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<Outcome>>,
     cancel: CancellationToken,
 }
 
@@ -278,7 +287,7 @@ impl Operations {
     {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let path = kapsule_dbus::operation_path(id);
-        let state = Arc::new(Mutex::new(State {
+        let state = Arc::new(Mutex::new(Outcome {
             status: OperationStatus::Running,
             error: String::new(),
         }));

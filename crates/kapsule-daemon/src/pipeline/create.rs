@@ -292,7 +292,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
         if reporter.is_cancelled() {
             return Err(Failure::Cancelled);
         }
-        fixups::run(&daemon.containers, reporter, &name, session_mode).await?;
+        fixups::apply(&daemon.containers, reporter, &name, session_mode).await?;
         hostsync::report(reporter, hostsync::sync_one(&daemon.containers, &name).await).await;
         Ok(())
     }

@@ -199,7 +199,7 @@ async fn is_directory_in(daemon: &Daemon, name: &str, path: &str) -> bool {
     };
     let path = path.to_owned();
     matches!(
-        files.run(move |root| root.metadata(&path)).await,
+        files.with_root(move |root| root.metadata(&path)).await,
         Ok(Some(stat)) if stat.kind == kapsule_rootfs::Kind::Directory
     )
 }

@@ -183,7 +183,7 @@ async fn create_account(
     wants: &Wants,
 ) -> Result<(), Failure> {
     let home = account.container_home();
-    let shells = match files.run(|root| root.read("/etc/shells", MAX_READ)).await {
+    let shells = match files.with_root(|root| root.read("/etc/shells", MAX_READ)).await {
         Ok(Some(f)) => String::from_utf8_lossy(&f.data).into_owned(),
         Ok(None) | Err(_) => String::new(),
     };
@@ -234,7 +234,7 @@ async fn make_own_home(
     let owner = Meta::new(account.uid, account.gid, 0o755);
     let path = home.to_owned();
     let made = files
-        .run(move |root| {
+        .with_root(move |root| {
             if root.ensure_dir(&path, owner)? {
                 return Ok(());
             }
@@ -347,7 +347,7 @@ async fn mount_minimal_host_dirs(
 async fn configure_sudo(files: &ContainerFiles, account: &Account) -> Result<(), Failure> {
     let (path, rule) = sudoers_entry(&account.name);
     files
-        .run(move |root| {
+        .with_root(move |root| {
             root.ensure_dir("/etc/sudoers.d", Meta::new(0, 0, 0o750))?;
             root.write(&path, rule.as_bytes(), Meta::new(0, 0, 0o440))
         })

@@ -1,0 +1,233 @@
+//! Tier 0: the Manager served over a peer-to-peer socket pair, as on the daemon's own socket,
+//! against a fake Incus (answers shaped like the recorded ones of `kapsule-incus`) and a stand-in
+//! authority: method, authorization, pipeline and reply, without root, a bus or Incus.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use kapsule_dbus::{ContainerInfo, Error, MANAGER_PATH, ManagerProxy, OperationProxy};
+use kapsule_incus::fake::{FakeIncus, error_body};
+use serde_json::{Value, json};
+
+use crate::container::Containers;
+use crate::dbus::Surface;
+use crate::host::activity::Activity;
+use crate::host::settings::{HostSync, Settings};
+use crate::identity::link::{Authority, Link};
+use crate::identity::peer::Peer;
+use crate::operation::Operations;
+use crate::operation::clients::Clients;
+use crate::pipeline::Daemon;
+
+/// The surface on one end of a socket pair; a client and its proxy on the other.
+struct Served {
+    incus: FakeIncus,
+    client: zbus::Connection,
+    manager: ManagerProxy<'static>,
+    _server: zbus::Connection,
+}
+
+/// Serves the Manager as to a socket client whom the authority allows `allowed` (polkit ids).
+async fn serve(incus: FakeIncus, allowed: &[&'static str]) -> Served {
+    let settings = Settings {
+        config_files: Some(Vec::new()),
+        host_sync: HostSync::Off,
+        ..Default::default()
+    };
+    let activity = Activity::new();
+    let containers = Arc::new(Containers::new(incus.client(), settings, activity.clone()));
+    let daemon = Arc::new(Daemon {
+        containers,
+        clients: Clients::default(),
+        setup_locks: Default::default(),
+    });
+    let surface = Surface {
+        daemon: daemon.clone(),
+        operations: Operations::new(activity.clone()),
+        authority: Authority::Allowing(allowed.to_vec()),
+        activity: activity.clone(),
+    };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let link = Link::peer(surface.authority.clone(), &activity, 1, Peer::of(&ours).unwrap());
+    let server = zbus::connection::Builder::unix_stream(ours)
+        .server(zbus::Guid::generate())
+        .p2p()
+        .serve_at(MANAGER_PATH, zbus::fdo::ObjectManager)
+        .serve_at(MANAGER_PATH, surface.manager(link))
+        .build();
+    let client = zbus::connection::Builder::unix_stream(theirs).p2p().build();
+    let (server, client) = tokio::join!(server, client);
+    let (server, client) = (server.unwrap(), client.unwrap());
+    daemon.clients.add_peer(1, server.clone());
+    let manager = ManagerProxy::new(&client).await.unwrap();
+    Served {
+        incus,
+        client,
+        manager,
+        _server: server,
+    }
+}
+
+fn sync(metadata: Value) -> String {
+    json!({"type": "sync", "status": "Success", "status_code": 200, "operation": "", "error_code": 0, "error": "", "metadata": metadata})
+        .to_string()
+}
+
+/// A running Kapsule container in session mode, with uid 1000 set up in it.
+fn dev() -> Value {
+    json!({
+        "name": "dev", "status": "Running", "status_code": 103, "type": "container",
+        "created_at": "2026-11-22T00:22:55.197237729Z", "profiles": [], "devices": {},
+        "config": {
+            "image.description": "Debian 12",
+            "user.kapsule.session-mode": "true",
+            "user.kapsule.host-users.1000.mapped": "true"
+        }
+    })
+}
+
+/// An Incus instance that Kapsule did not make.
+fn foreign() -> Value {
+    json!({"name": "foreign", "status": "Running", "status_code": 103, "type": "container", "config": {}, "profiles": [], "devices": {}})
+}
+
+fn operation(id: &str, status: &str, code: u16) -> Value {
+    json!({"id": id, "class": "task", "description": "Stopping instance", "status": status, "status_code": code,
+           "resources": {}, "metadata": null, "may_cancel": false, "err": ""})
+}
+
+/// Incus with `dev` and `foreign`: what the reads and a stop of `dev` ask.
+fn incus() -> FakeIncus {
+    FakeIncus::start(|method, path| match (method, path) {
+        ("GET", "/1.0/instances?recursion=1") => (200, sync(json!([dev(), foreign()]))),
+        ("GET", "/1.0/instances/dev") => (200, sync(dev())),
+        ("GET", "/1.0/instances/foreign") => (200, sync(foreign())),
+        ("GET", "/1.0/images?recursion=1") => (200, sync(json!([]))),
+        ("PUT", "/1.0/instances/dev/state") => (
+            202,
+            json!({"type": "async", "status": "Operation created", "status_code": 100,
+                   "operation": "/1.0/operations/stop-1", "error_code": 0, "error": "",
+                   "metadata": operation("stop-1", "Running", 103)})
+            .to_string(),
+        ),
+        ("GET", p) if p.starts_with("/1.0/operations/stop-1/wait") => (200, sync(operation("stop-1", "Success", 200))),
+        _ => (404, error_body(404, "not found")),
+    })
+}
+
+fn is<T: std::fmt::Debug>(result: Result<T, zbus::Error>, want: fn(&Error) -> bool) -> String {
+    match result.map_err(Error::from) {
+        Err(e) if want(&e) => format!("{e}"),
+        other => panic!("unexpected: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_answer_with_the_declared_types_and_named_errors() {
+    let served = serve(incus(), &[]).await;
+    let m = &served.manager;
+    let dev = ContainerInfo {
+        name: "dev".into(),
+        status: "Running".into(),
+        image: "Debian 12".into(),
+        created: "2026-11-22T00:22:55.197237+00:00".into(),
+        mode: "Session".into(),
+    };
+    assert_eq!(m.list_containers().await.unwrap(), std::slice::from_ref(&dev), "only Kapsule's");
+    assert_eq!(m.get_container_info("dev").await.unwrap(), dev);
+    let e = is(m.get_container_info("foreign").await, |e| {
+        matches!(e, Error::NotFound(_))
+    });
+    assert!(e.contains("not a Kapsule container"), "{e}");
+    is(m.get_container_info("Not A Name").await, |e| {
+        matches!(e, Error::InvalidArgument(_))
+    });
+    assert!(m.is_user_setup("dev", 1000).await.unwrap());
+    assert!(!m.is_user_setup("dev", 1001).await.unwrap());
+    assert_eq!(m.list_images().await.unwrap(), "[]");
+    let schema: Value = serde_json::from_str(&m.get_create_schema().await.unwrap()).unwrap();
+    assert!(schema["sections"].as_array().is_some_and(|s| !s.is_empty()), "{schema}");
+    assert_eq!(m.version().await.unwrap(), env!("CARGO_PKG_VERSION"));
+    let config = m.get_config().await.unwrap();
+    assert!(config.contains_key("default_container"), "{config:?}");
+    // A name no container can have is refused before Incus is asked about it.
+    assert!(
+        !served.incus.requests().iter().any(|r| r.contains("Not")),
+        "{:?}",
+        served.incus.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_refused_before_any_work_when_the_authority_says_no() {
+    let served = serve(incus(), &["org.kde.kapsule.enter-container"]).await;
+    let m = &served.manager;
+    let refused = |e: &Error| matches!(e, Error::NotAuthorized(_));
+    let e = is(m.start_container("dev").await, refused);
+    assert!(e.contains("not allowed to manage Kapsule containers"), "{e}");
+    is(m.stop_container("dev", false).await, refused);
+    is(m.delete_container("dev", true).await, refused);
+    is(m.create_container("new", "local:x", HashMap::new()).await, refused);
+    let e = is(m.import_image("/nonexistent", "x").await, refused);
+    assert!(e.contains("not allowed to manage Kapsule images"), "{e}");
+    is(m.refresh_images("").await, refused);
+    is(m.delete_image("x").await, refused);
+    assert_eq!(served.incus.requests(), Vec::<String>::new(), "nothing reached Incus");
+    // Setting someone else up is managing: the container is looked up, then the caller refused.
+    let uid = rustix::process::getuid().as_raw().wrapping_add(1);
+    is(m.setup_user("dev", uid, uid, "someone", "/home/someone").await, refused);
+    assert_eq!(served.incus.requests(), ["GET /1.0/instances/dev"]);
+    assert!(
+        m.list_operations().await.unwrap().is_empty(),
+        "no operation was started"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_change_runs_as_an_operation_and_tells_the_client() {
+    let served = serve(incus(), &["org.kde.kapsule.manage-container"]).await;
+    let mut signals = zbus::MessageStream::from(&served.client);
+    let path = served.manager.stop_container("dev", false).await.unwrap();
+    let mut seen = Vec::new();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(Ok(msg)) = signals.next().await {
+            if msg.message_type() != zbus::message::Type::Signal {
+                continue;
+            }
+            let header = msg.header();
+            let member = header.member().map(|m| m.to_string()).unwrap_or_default();
+            match member.as_str() {
+                "Message" => {
+                    let (kind, text, _): (i32, String, i32) = msg.body().deserialize().unwrap();
+                    seen.push(format!("Message({kind}, {text})"));
+                }
+                "ContainersChanged" => seen.push(member),
+                "Completed" => {
+                    let (ok, text): (bool, String) = msg.body().deserialize().unwrap();
+                    seen.push(format!("Completed({ok}, {text:?})"));
+                    return;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "no Completed; seen {seen:?}");
+    assert_eq!(
+        seen,
+        [
+            "ContainersChanged",
+            "Message(1, Container 'dev' stopped)",
+            "Completed(true, \"\")"
+        ]
+    );
+    let requests = served.incus.requests();
+    assert!(
+        requests.contains(&"PUT /1.0/instances/dev/state".to_owned()),
+        "{requests:?}"
+    );
+    let op = OperationProxy::uncached(&served.client, path).await.unwrap();
+    assert_eq!(op.status().await.unwrap(), "completed");
+    assert_eq!(op.kind().await.unwrap(), "stop");
+}
