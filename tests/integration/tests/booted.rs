@@ -143,7 +143,7 @@ fn sysext_tree(out: &Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn kapsule_as_installed_on_a_booted_system() {
+fn tier3_kapsule_as_installed_on_a_booted_system() {
     let os_image = std::env::var("KAPSULE_TEST_OS_IMAGE").unwrap_or_else(|_| "kapsule-test-os".into());
     let out = tempfile::tempdir().unwrap();
     let tree = sysext_tree(out.path());

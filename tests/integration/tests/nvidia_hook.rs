@@ -48,7 +48,7 @@ fn run_hook(device: bool, env: &[(&str, &str)], args: &[&str]) -> (i32, String) 
 }
 
 #[test]
-fn the_hook_in_a_throwaway_namespace() {
+fn tier1_the_hook_in_a_throwaway_namespace() {
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
