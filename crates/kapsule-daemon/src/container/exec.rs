@@ -90,7 +90,7 @@ pub(crate) async fn run_as_root(
     // The helper gets its own copies; ours are closed once it has them, so the pipes end when
     // the command (and what it left behind) closes them.
     let (channel, _) =
-        crate::container::nsenter::run_helper(containers, name, init, request, vec![stdin, null()?, stderr_write])
+        crate::container::nsenter::start_helper(containers, name, init, request, vec![stdin, null()?, stderr_write])
             .await?;
     // Aborted when dropped: a command that outlives the wait (or whose caller gave up) does not
     // leave the reader behind.

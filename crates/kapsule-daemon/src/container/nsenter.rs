@@ -15,7 +15,7 @@ use crate::container::Containers;
 /// in the container's cgroup, with `stdio` as the command's descriptors when it has no
 /// terminal. Returns the session channel (how it ends comes there) and the descriptors of the
 /// helper's reply (a terminal's master).
-pub(crate) async fn run_helper(
+pub(crate) async fn start_helper(
     containers: &Containers,
     name: &str,
     (pid, pidfd): (u32, OwnedFd),

@@ -13,7 +13,7 @@ use kapsule_nsenter::EnterRequest;
 use crate::container::files::ContainerFiles;
 use crate::container::init::container_init;
 use crate::container::meta::{self, Wants};
-use crate::container::nsenter::run_helper;
+use crate::container::nsenter::start_helper;
 use crate::container::sockets;
 use crate::identity::account::Account;
 use crate::identity::authority::Requester;
@@ -236,7 +236,7 @@ pub(crate) async fn start(daemon: &Daemon, who: &Requester, session: Session) ->
         working_directory_required: session.working_directory_required,
         terminal,
     };
-    let (channel, mut fds) = run_helper(&daemon.containers, &name, (pid, pidfd), request, stdio).await?;
+    let (channel, mut fds) = start_helper(&daemon.containers, &name, (pid, pidfd), request, stdio).await?;
     Ok(Started {
         container: name,
         channel: OwnedFd::from(channel),
