@@ -134,7 +134,11 @@ async fn reads_answer_with_the_declared_types_and_named_errors() {
         created: "2026-11-22T00:22:55.197237+00:00".into(),
         mode: "Session".into(),
     };
-    assert_eq!(m.list_containers().await.unwrap(), std::slice::from_ref(&dev), "only Kapsule's");
+    assert_eq!(
+        m.list_containers().await.unwrap(),
+        std::slice::from_ref(&dev),
+        "only Kapsule's"
+    );
     assert_eq!(m.get_container_info("dev").await.unwrap(), dev);
     let e = is(m.get_container_info("foreign").await, |e| {
         matches!(e, Error::NotFound(_))
