@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use kapsule_dbus::session::Status;
 
 use crate::container::Containers;
+use crate::container::error::Error;
 use crate::container::files::ContainerFiles;
 
 /// The units whose start jobs are waited for.
@@ -46,23 +47,23 @@ pub(crate) async fn wait_for_early_boot(containers: &Containers, files: &Contain
 }
 
 /// The wait itself; says how it ended.
-async fn wait(containers: &Containers, files: &ContainerFiles) -> Result<String, String> {
+async fn wait(containers: &Containers, files: &ContainerFiles) -> Result<String, Error> {
     let started = Instant::now();
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", files.init_pid()))
-        .map_err(|e| format!("cannot read the init's name: {e}"))?;
+        .map_err(|source| Error::Proc { what: "name", source })?;
     if comm.trim() != "systemd" {
         return Ok(format!("nothing to wait for (the init is {})", comm.trim()));
     }
     loop {
-        let socket = files
-            .with_root(|root| root.metadata("/run/systemd/private"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let socket = files.with_root(|root| root.metadata("/run/systemd/private")).await?;
         if socket.is_some() {
             break;
         }
         if started.elapsed() > LIMIT {
-            return Err(format!("systemd did not listen on its socket within {LIMIT:?}"));
+            return Err(Error::Timeout {
+                what: "systemd did not listen on its socket",
+                after: LIMIT,
+            });
         }
         tokio::time::sleep(POLL).await;
     }
@@ -70,7 +71,7 @@ async fn wait(containers: &Containers, files: &ContainerFiles) -> Result<String,
     let command = ["systemctl", "start", UNITS[0], UNITS[1]];
     let ran = crate::container::exec::run_as_root(containers, files.name(), &command, b"", left)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(Error::Command)?;
     let units = UNITS.join(" and ");
     Ok(match ran.status {
         Status::Exited(0) => format!("{units} have run"),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use kapsule_rootfs::{Meta, Root};
 
 use crate::container::Containers;
+use crate::container::error::Error;
 use crate::operation::Failure;
 
 /// The most of a container's file the daemon reads (its files are small configuration files).
@@ -27,10 +28,10 @@ impl ContainerFiles {
     /// Opens the root of container `name`, which must be running. The root is taken while the
     /// container's init is known to be running (its pidfd, opened before, is checked after), so
     /// it is that container's even if the pid is reused later.
-    pub(crate) async fn open(containers: &Containers, name: &str) -> Result<ContainerFiles, String> {
+    pub(crate) async fn open(containers: &Containers, name: &str) -> Result<ContainerFiles, Error> {
         let (pid, pidfd) = crate::container::init::container_init(containers, name)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(Error::Init)?;
         let root = tokio::task::spawn_blocking(move || {
             let root = Root::of_process(pid).map_err(|e| e.to_string())?;
             if exited(&pidfd) {
@@ -40,7 +41,10 @@ impl ContainerFiles {
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-        .map_err(|e| format!("Cannot reach the files of '{name}': {e}"))?;
+        .map_err(|reason| Error::Root {
+            name: name.to_owned(),
+            reason,
+        })?;
         Ok(ContainerFiles {
             name: name.to_owned(),
             pid,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use kapsule_rootfs::Meta;
 
 use crate::container::Containers;
+use crate::container::error::Error;
 use crate::container::files::ContainerFiles;
 use crate::container::files::{IfMissing, edit_file};
 use crate::operation::{Failure, MessageKind, Reporter};
@@ -51,7 +52,7 @@ pub(crate) async fn apply(
     name: &str,
     session_mode: bool,
 ) -> Result<(), Failure> {
-    let files = ContainerFiles::open(containers, name).await.map_err(Failure::Failed)?;
+    let files = ContainerFiles::open(containers, name).await?;
     // Konsole detects Kapsule containers by /.kapsule; it exists even without the host mount.
     files
         .with_root(|root| root.ensure_dir("/.kapsule", Meta::new(0, 0, 0o755)))
@@ -177,25 +178,20 @@ pub(crate) fn init_script_failure(path: &str, code: i32, stderr: &[u8]) -> Strin
 /// symlink in the image resolves inside the container) and `RESOLVE_NO_XDEV`: the walk stays on
 /// the container's own root file system, so a symlink into a mount (`/.kapsule/host` is the
 /// host's `/`) cannot lead to a host file.
-async fn set_id_map_capabilities(files: &ContainerFiles) -> Result<(), String> {
+async fn set_id_map_capabilities(files: &ContainerFiles) -> Result<(), Error> {
     // Each helper on its own: one that cannot be done does not keep the other from it.
     let failed = files
         .with_root(|root| {
             Ok(ID_MAP_HELPERS
                 .iter()
-                .filter_map(|(path, cap)| {
-                    set_file_capability(root, path, *cap)
-                        .err()
-                        .map(|e| format!("{path}: {e}"))
-                })
-                .collect::<Vec<String>>())
+                .filter_map(|(path, cap)| set_file_capability(root, path, *cap).err().map(|e| (*path, e)))
+                .collect::<Vec<_>>())
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(failed.join("; "))
+        Err(Error::Files(failed))
     }
 }
 

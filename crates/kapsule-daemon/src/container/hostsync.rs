@@ -22,6 +22,7 @@ use kapsule_incus::models::{ConfigMap, Instance};
 use kapsule_rootfs::Meta;
 
 use crate::container::Containers;
+use crate::container::error::Error;
 use crate::container::files::ContainerFiles;
 use crate::container::meta;
 
@@ -186,45 +187,47 @@ async fn push(
     files: &ContainerFiles,
     kind: Setting,
     value: &str,
-) -> Result<&'static str, String> {
+) -> Result<&'static str, Error> {
     let name = files.name();
     let script = format!("/.kapsule/sync/{}", kind.name());
     let path = script.clone();
     let has_script = match files.with_root(move |root| root.metadata(&path)).await {
         Ok(Some(stat)) => stat.kind == kapsule_rootfs::Kind::File && stat.meta.mode & 0o111 != 0,
         Ok(None) => false,
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
     let root = |mode| Meta::new(0, 0, mode);
     if has_script {
         let ran =
             crate::container::exec::run_as_root(containers, name, &[script.as_str()], value.as_bytes(), SCRIPT_TIMEOUT)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(Error::Command)?;
         if !ran.success() {
-            return Err(format!(
-                "{script} exited with code {}: {}",
-                ran.code(),
-                String::from_utf8_lossy(&ran.stderr).trim()
-            ));
+            return Err(Error::Exited {
+                code: ran.code(),
+                stderr: String::from_utf8_lossy(&ran.stderr).trim().to_owned(),
+                command: script,
+            });
         }
         return Ok("by the image's script");
     }
     let value = value.to_owned();
     match kind {
-        Setting::Timezone => files
-            .with_root(move |r| {
-                r.symlink("/etc/localtime", &format!("/usr/share/zoneinfo/{value}"))?;
-                r.write("/etc/timezone", format!("{value}\n").as_bytes(), root(0o644))
-            })
-            .await
-            .map_err(|e| e.to_string())?,
+        Setting::Timezone => {
+            files
+                .with_root(move |r| {
+                    r.symlink("/etc/localtime", &format!("/usr/share/zoneinfo/{value}"))?;
+                    r.write("/etc/timezone", format!("{value}\n").as_bytes(), root(0o644))
+                })
+                .await?
+        }
         // A symlink (to the container's own resolver's file) is replaced, not written through:
         // with the host's network, the host's resolver is the one to ask.
-        Setting::Dns => files
-            .with_root(move |r| r.write("/etc/resolv.conf", value.as_bytes(), root(0o644)))
-            .await
-            .map_err(|e| e.to_string())?,
+        Setting::Dns => {
+            files
+                .with_root(move |r| r.write("/etc/resolv.conf", value.as_bytes(), root(0o644)))
+                .await?
+        }
         // Recorded as done: the image chose not to take it. A new value is offered again.
         Setting::Locale => return Ok("left to the image (it has no /.kapsule/sync/locale)"),
     }

@@ -12,6 +12,8 @@ use crate::host::settings::Settings;
 pub(crate) mod accounts;
 /// Waiting for the boot steps that change files under a user's feet.
 pub(crate) mod boot;
+/// What failed in a container, on what.
+pub(crate) mod error;
 /// Commands run as root in a container.
 pub(crate) mod exec;
 /// A running container's files, through its init's root.

@@ -19,6 +19,7 @@ use std::time::Duration;
 use kapsule_mounts::{Dir, Mount, Outcome, Report, Request};
 
 use crate::container::Containers;
+use crate::container::error::Error;
 use crate::identity::account::Account;
 
 /// How long the helper may take (it does a few system calls per entry).
@@ -209,11 +210,18 @@ fn target_places(pid: u32, request: &Request) -> Vec<Option<u64>> {
         .collect()
 }
 
-async fn run_mounts_helper(containers: &Containers, request: &Request, pidfd: &OwnedFd) -> Result<Report, String> {
-    let path = containers.settings.mounts_path();
-    let json = serde_json::to_string(request).map_err(|e| e.to_string())?;
-    let stdin = pidfd.try_clone().map_err(|e| format!("cannot pass the pidfd: {e}"))?;
-    let child = tokio::process::Command::new(&path)
+/// Runs `kapsule-mounts` with `request` in the container whose init is `pidfd`; its report.
+async fn run_mounts_helper(containers: &Containers, request: &Request, pidfd: &OwnedFd) -> Result<Report, Error> {
+    let program = containers.settings.mounts_path();
+    let failed = |reason: String| Error::Helper {
+        program: program.clone(),
+        reason,
+    };
+    let json = serde_json::to_string(request).map_err(|e| failed(format!("cannot encode the request: {e}")))?;
+    let stdin = pidfd
+        .try_clone()
+        .map_err(|e| failed(format!("cannot pass the pidfd: {e}")))?;
+    let child = tokio::process::Command::new(&program)
         .arg(json)
         .env_clear()
         .stdin(std::process::Stdio::from(stdin))
@@ -221,20 +229,19 @@ async fn run_mounts_helper(containers: &Containers, request: &Request, pidfd: &O
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+        .map_err(|e| failed(format!("cannot run it: {e}")))?;
     let output = tokio::time::timeout(HELPER_TIMEOUT, child.wait_with_output())
         .await
-        .map_err(|_| format!("{} did not finish within {HELPER_TIMEOUT:?}", path.display()))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| failed(format!("did not finish within {HELPER_TIMEOUT:?}")))?
+        .map_err(|e| failed(e.to_string()))?;
     if !output.status.success() {
-        return Err(format!(
-            "{} failed ({}): {}",
-            path.display(),
+        return Err(failed(format!(
+            "failed ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
-        ));
+        )));
     }
-    serde_json::from_slice(&output.stdout).map_err(|e| format!("unreadable report: {e}"))
+    serde_json::from_slice(&output.stdout).map_err(|e| failed(format!("unreadable report: {e}")))
 }
 
 #[cfg(test)]

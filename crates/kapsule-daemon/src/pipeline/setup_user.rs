@@ -120,9 +120,7 @@ pub(crate) async fn ensure(
         .await;
     let started = std::time::Instant::now();
     let step = |what: &str| log::debug!("{name}: user setup: {what} after {:?}", started.elapsed());
-    let files = ContainerFiles::open(&daemon.containers, name)
-        .await
-        .map_err(Failure::Failed)?;
+    let files = ContainerFiles::open(&daemon.containers, name).await?;
     if account.uid == 0 {
         // Root is in every image already, with its own /root; only the marker is needed.
         wait_for_early_boot(&daemon.containers, &files).await;
