@@ -141,7 +141,7 @@ fn expand(prefix: &str, tree: &str, paths: &mut Vec<Vec<String>>) {
             let segments: Vec<String> = full
                 .split("::")
                 .map(str::trim)
-                .filter(|s| !s.is_empty() && *s != "self" && !s.starts_with(' '))
+                .filter(|s| !s.is_empty() && *s != "self")
                 .map(|s| s.split_whitespace().next().unwrap_or(s).to_owned())
                 .collect();
             if !segments.is_empty() {

@@ -50,7 +50,7 @@ pub async fn run(bus: Bus, settings: Settings, service: Service) -> anyhow::Resu
     // Every message also reaches this stream, which ends when the bus connection is gone: a
     // daemon without its bus can serve nobody, so it exits (and is started again on demand).
     let mut incoming = zbus::MessageStream::from(&connection);
-    let activity = surface.activity.clone();
+    let activity = surface.activity().clone();
     let bus_gone = async {
         use futures_util::StreamExt;
         while incoming.next().await.is_some() {
@@ -59,7 +59,7 @@ pub async fn run(bus: Bus, settings: Settings, service: Service) -> anyhow::Resu
     };
     let idle = async {
         match service.idle_exit {
-            Some(period) => surface.activity.idle(period).await,
+            Some(period) => surface.activity().idle(period).await,
             None => std::future::pending().await,
         }
     };
@@ -116,13 +116,12 @@ async fn start(bus: Bus, settings: Settings) -> anyhow::Result<(Connection, Surf
         daemon,
         operations: Operations::new(activity.clone()),
         authority: Authority::Polkit(connection.clone()),
-        activity,
     };
 
     let server = connection.object_server();
     // Announces operation objects below /org/kde/kapsule (InterfacesAdded / InterfacesRemoved).
     server.at(MANAGER_PATH, zbus::fdo::ObjectManager).await?;
-    let link = Link::bus(&connection, &surface.activity);
+    let link = Link::bus(&connection, surface.activity());
     server.at(MANAGER_PATH, surface.manager(link)).await?;
     // Only now, with every object served, may clients find us by name.
     connection

@@ -24,10 +24,14 @@ pub(crate) struct Surface {
     pub(crate) operations: Arc<Operations>,
     /// Who is asked about each caller: polkit on the system bus, whatever the link.
     pub(crate) authority: Authority,
-    pub(crate) activity: Arc<Activity>,
 }
 
 impl Surface {
+    /// The daemon's activity (a connected client keeps it from exiting idle).
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
+        &self.daemon.containers.activity
+    }
+
     /// The manager object for calls that come through `link`.
     pub(crate) fn manager(&self, link: Link) -> manager::Manager {
         manager::Manager {

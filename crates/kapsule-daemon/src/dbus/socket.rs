@@ -59,11 +59,11 @@ pub(crate) async fn listen(surface: Surface, listener: UnixListener) -> io::Resu
 
 /// Authenticates one client, serves it the manager until it hangs up.
 async fn serve_peer(surface: &Surface, id: u64, stream: tokio::net::UnixStream) -> anyhow::Result<()> {
-    let _busy = surface.activity.hold();
+    let _busy = surface.activity().hold();
     let stream = stream.into_std()?;
     let peer = Peer::of(&stream)?;
     log::debug!("client {id} on the socket: pid {}, uid {}", peer.pid, peer.uid);
-    let link = Link::peer(surface.authority.clone(), &surface.activity, id, peer);
+    let link = Link::peer(surface.authority.clone(), surface.activity(), id, peer);
     let manager = surface.manager(link);
     // EXTERNAL only: the client proves it is the uid the kernel reports, nothing else is taken.
     let handshake = zbus::connection::Builder::unix_stream(stream)
@@ -80,7 +80,7 @@ async fn serve_peer(surface: &Surface, id: u64, stream: tokio::net::UnixStream) 
     surface.daemon.clients.add_peer(id, connection.clone());
     let mut messages = zbus::MessageStream::from(&connection);
     while messages.next().await.is_some() {
-        surface.activity.touch();
+        surface.activity().touch();
     }
     log::debug!("client {id} on the socket hung up");
     Ok(())

@@ -46,7 +46,6 @@ async fn serve(incus: FakeIncus, allowed: &[&'static str]) -> Served {
         daemon: daemon.clone(),
         operations: Operations::new(activity.clone()),
         authority: Authority::Allowing(allowed.to_vec()),
-        activity: activity.clone(),
     };
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let link = Link::peer(surface.authority.clone(), &activity, 1, Peer::of(&ours).unwrap());

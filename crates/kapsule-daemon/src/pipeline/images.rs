@@ -377,7 +377,6 @@ pub(crate) async fn refresh(daemon: &Daemon, reporter: &Reporter, plan: RefreshP
         parsed,
         remotes,
     } = plan;
-    let (filter, remotes) = (filter.as_str(), &remotes);
     let images = daemon.containers.incus.list_images().await?;
     let selected = parsed.select(&images);
     if selected.is_empty() {
@@ -393,7 +392,7 @@ pub(crate) async fn refresh(daemon: &Daemon, reporter: &Reporter, plan: RefreshP
     let mut refreshed = 0;
     for image in &selected {
         let source = image.update_source.clone().unwrap_or_default();
-        let label = source_label(remotes, &source);
+        let label = source_label(&remotes, &source);
         let progress = reporter.progress_start(&format!("Refreshing {label}"), -1).await;
         forget_index(&daemon.containers.settings.incus_cache_dir(), &source.server).await;
         let result = async {
