@@ -7,7 +7,7 @@
 //! exit status (or its signal) becomes ours.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -202,73 +202,21 @@ async fn forward_signals(channel: UnixStream) -> Result<Status> {
 
 /// With a terminal: raw mode, bytes both ways, window sizes passed on.
 async fn relay_terminal(master: OwnedFd, channel: UnixStream) -> Result<Status> {
-    let _raw = RawMode::enable()?;
-    let master_in = master.try_clone()?;
-    let master_out = master.try_clone()?;
-    // Keyboard to the session. Blocks in read() until the process exits; never joined.
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut master = std::fs::File::from(master_in);
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = stdin.read(&mut buf) {
-            if n == 0 || master.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-    });
+    let _raw = kapsule_terminal::RawMode::enable().context("cannot put the terminal in raw mode")?;
+    kapsule_terminal::pump_keyboard(master.try_clone()?);
     // The session's output to the screen, until the terminal's last user inside is gone.
-    let output = tokio::task::spawn_blocking(move || {
-        let mut master = std::fs::File::from(master_out);
-        let mut stdout = std::io::stdout();
-        let mut buf = [0u8; 16384];
-        loop {
-            match master.read(&mut buf) {
-                Ok(0) | Err(_) => break, // EIO: no one holds the terminal any more
-                Ok(n) => {
-                    if stdout.write_all(&buf[..n]).and_then(|()| stdout.flush()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
+    let master_out = master.try_clone()?;
+    let output = tokio::task::spawn_blocking(move || kapsule_terminal::pump_screen(master_out, std::io::stdout()));
     let mut resized = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
     let mut status = tokio::task::spawn_blocking(move || read_status(channel));
     let status = loop {
         tokio::select! {
             done = &mut status => break done??,
-            _ = resized.recv() => {
-                if let Ok(size) = rustix::termios::tcgetwinsize(std::io::stdout()) {
-                    let _ = rustix::termios::tcsetwinsize(&master, size);
-                }
-            }
+            _ = resized.recv() => kapsule_terminal::copy_window_size(std::io::stdout(), &master),
         }
     };
     // Let the last output reach the screen; a process left running in the background that
     // still holds the terminal must not keep us here.
     let _ = tokio::time::timeout(std::time::Duration::from_millis(500), output).await;
     Ok(status)
-}
-
-/// The local terminal in raw mode for as long as this lives.
-struct RawMode {
-    saved: rustix::termios::Termios,
-}
-
-impl RawMode {
-    fn enable() -> Result<RawMode> {
-        let stdin = std::io::stdin();
-        let saved = rustix::termios::tcgetattr(&stdin).context("cannot read the terminal's settings")?;
-        let mut raw = saved.clone();
-        raw.make_raw();
-        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Flush, &raw)
-            .context("cannot put the terminal in raw mode")?;
-        Ok(RawMode { saved })
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        let _ = rustix::termios::tcsetattr(std::io::stdin(), rustix::termios::OptionalActions::Flush, &self.saved);
-    }
 }
