@@ -2,7 +2,7 @@
 # The install manifest of the Kapsule sysext: puts every file of the image below DESTDIR.
 #   bash sysext/install.sh DESTDIR BINDIR [DOCSDIR]
 # BINDIR holds the release binaries (kapsule, kapsule-daemon, kapsule-init, kapsule-mounts,
-# kapsule-nsenter, kapsule-nvidia-hook); DOCSDIR, if given, the man pages and completions `cargo xtask docs`
+# kapsule-nsenter, kapsule-nvidia-hook, and the static kapsule-host-exec); DOCSDIR, if given, the man pages and completions `cargo xtask docs`
 # generates. `cargo xtask sysext` runs it, then packs the tree with mkosi (mkosi/) or mksquashfs,
 # so both images hold the same files. Only usr/ is written: systemd-sysext merges nothing else.
 set -euo pipefail
@@ -18,7 +18,8 @@ file() { install -D -m "$1" "$2" "$usr/$3"; }
 file 0755 "$bin/kapsule" bin/kapsule
 ln -sfn kapsule "$usr/bin/kap"
 file 0755 "$bin/kapsule-init" bin/kapsule-init
-for helper in kapsule-daemon kapsule-mounts kapsule-nsenter kapsule-nvidia-hook; do
+# kapsule-host-exec is not run on the host: the daemon mounts it into containers.
+for helper in kapsule-daemon kapsule-host-exec kapsule-mounts kapsule-nsenter kapsule-nvidia-hook; do
     file 0755 "$bin/$helper" "lib/kapsule/$helper"
 done
 # Containers made by the original daemon name its hook script in their raw.lxc; the hook binary

@@ -3,7 +3,8 @@
 #   1. brings up the test environment (tests/env/up.sh: Incus, the test image, a private bus);
 #   2. validates the tree (cargo xtask validate: rustfmt, clippy -D warnings, scripts, data files);
 #   3. runs each fuzz target for a bounded time (fuzz/run.sh; KAPSULE_FUZZ_SECONDS, default 30);
-#   4. builds every test target, the release binaries the sysext tests pack and the Qt client of
+#   4. builds every test target, the static programs placed in containers, the release binaries
+#      the sysext tests pack and the Qt client of
 #      tests/qt-client (so no test spends its time limit compiling, nor starves the others of the
 #      two cores while it does);
 #   5. runs every test tier with cargo-nextest and prints its summary;
@@ -31,6 +32,7 @@ cargo xtask validate
 # Before the tests, so the test runner's summary is what the run ends with.
 bash fuzz/run.sh "${KAPSULE_FUZZ_SECONDS:-30}"
 cargo nextest run --workspace --all-targets --profile ci --no-run
+cargo xtask static >/dev/null
 cargo xtask sysext target/sysext
 bash tests/qt-client/build.sh >/dev/null
 # Every tier at once: tier 0 (pure logic, fixtures), tier 1 (unit tests that need root, ignored by

@@ -18,7 +18,10 @@ require_root
 # openssl and xz-utils: the loopback image server of tests/integration/src/simplestreams.rs.
 # qt6-base-dev, cmake and g++: tests/qt-client, a client generated from the original daemon's XML by
 # Qt's qdbusxml2cpp, as Konsole's libkapsule-qt is.
-HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux iproute2 kmod busybox-static systemd squashfs-tools openssl xz-utils qt6-base-dev cmake g++)
+# flatpak: its flatpak-session-helper is what kapsule-host-exec talks to on the user's session bus.
+# desktop-file-utils: desktop-file-validate checks the menu entries `kapsule export` writes.
+# file: tells whether the program placed in containers is static.
+HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux iproute2 kmod busybox-static systemd squashfs-tools openssl xz-utils qt6-base-dev cmake g++ flatpak desktop-file-utils file)
 
 install_packages() {
     local suite missing=() p

@@ -12,6 +12,10 @@
 //!   binaries and the docs, lays the image out with `sysext/install.sh` (the install manifest) in
 //!   `<dir>/kapsule/`, and packs it as `<dir>/kapsule.raw`, with mkosi (`mkosi/`) when mkosi 24 or
 //!   newer is installed, else as a plain squashfs image, which systemd-sysext merges the same way.
+//! - `static [--release]`: the programs Kapsule places inside containers (`kapsule-host-exec`),
+//!   linked statically so they run on any image's C library or none; prints each one's path.
+//!   Built for the host triple with `+crt-static` in a target directory of their own
+//!   (`target/static/`), so the rest of the workspace keeps its ordinary build and cache.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,13 +52,23 @@ fn run() -> Result<()> {
                 .unwrap_or_else(|| root.join("target/sysext"));
             sysext(&root, &out)
         }
+        "static" => {
+            let release = std::env::args().nth(2).is_some_and(|a| a == "--release");
+            // The paths are the task's output (tests read them), so stdout.
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            for path in static_programs(&root, release)? {
+                writeln!(stdout, "{}", path.display())?;
+            }
+            Ok(())
+        }
         "" | "help" | "--help" | "-h" => {
             eprintln!(
-                "usage: cargo xtask validate | cargo xtask layers | cargo xtask docs <dir> | cargo xtask sysext [<dir>]"
+                "usage: cargo xtask validate | cargo xtask layers | cargo xtask docs <dir> | cargo xtask sysext [<dir>] | cargo xtask static [--release]"
             );
             Ok(())
         }
-        other => bail!("unknown task '{other}' (known: validate, layers, docs, sysext)"),
+        other => bail!("unknown task '{other}' (known: validate, layers, docs, sysext, static)"),
     }
 }
 
@@ -195,6 +209,42 @@ const SYSEXT_BINARIES: &[&str] = &[
     "kapsule-nvidia-hook",
 ];
 
+/// The programs that run inside containers, whatever C library the image has.
+const STATIC_BINARIES: &[&str] = &["kapsule-host-exec"];
+
+/// Builds [`STATIC_BINARIES`] statically linked and returns their paths.
+fn static_programs(root: &Path, release: bool) -> Result<Vec<PathBuf>> {
+    let rustc = Command::new("rustc").arg("-vV").output().context("cannot run rustc")?;
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .context("rustc -vV names no host triple")?;
+    let mut args = vec!["build", "--quiet", "--target", &host, "--target-dir", "target/static"];
+    if release {
+        args.push("--release");
+    }
+    for name in STATIC_BINARIES {
+        args.extend(["-p", name, "--bin", name]);
+    }
+    eprintln!("[xtask] building the static programs ({})", STATIC_BINARIES.join(", "));
+    // With an explicit --target, RUSTFLAGS reach only the target's code, not build scripts or
+    // proc macros (which must stay dynamic).
+    let status = Command::new("cargo")
+        .args(&args)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .current_dir(root)
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building the static programs failed (cargo {})", args.join(" "));
+    }
+    let profile = if release { "release" } else { "debug" };
+    Ok(STATIC_BINARIES
+        .iter()
+        .map(|name| root.join("target/static").join(&host).join(profile).join(name))
+        .collect())
+}
+
 /// Builds the sysext below `out`: the tree `out/kapsule/` and the image `out/kapsule.raw`.
 fn sysext(root: &Path, out: &Path) -> Result<()> {
     let mut args = vec!["build", "--release", "--quiet"];
@@ -208,7 +258,17 @@ fn sysext(root: &Path, out: &Path) -> Result<()> {
     if tree.exists() {
         std::fs::remove_dir_all(&tree).with_context(|| format!("cannot remove {}", tree.display()))?;
     }
-    let bin = root.join("target/release");
+    // The image's programs, gathered in one place for the install manifest.
+    let bin = out.join("bin");
+    let _ = std::fs::remove_dir_all(&bin);
+    std::fs::create_dir_all(&bin)?;
+    let built = SYSEXT_BINARIES
+        .iter()
+        .map(|name| root.join("target/release").join(name));
+    for program in built.chain(static_programs(root, true)?) {
+        let name = program.file_name().context("a program without a name")?;
+        std::fs::copy(&program, bin.join(name)).with_context(|| format!("cannot copy {}", program.display()))?;
+    }
     step(
         root,
         "laying the image out (sysext/install.sh)",

@@ -24,6 +24,10 @@ struct Args {
     /// /usr/lib/kapsule/kapsule-nvidia-hook).
     #[arg(long, value_name = "PATH", env = "KAPSULE_NVIDIA_HOOK")]
     nvidia_hook: Option<std::path::PathBuf>,
+    /// The static kapsule-host-exec placed in containers (default: next to this program, else
+    /// /usr/lib/kapsule/kapsule-host-exec).
+    #[arg(long, value_name = "PATH", env = "KAPSULE_HOST_EXEC")]
+    host_exec: Option<std::path::PathBuf>,
     /// The network namespace containers share (default: the host's, /proc/self/ns/net as
     /// incusd sees it). For tests that must not touch the machine's network.
     #[arg(long, value_name = "PATH", env = "KAPSULE_NETWORK_NAMESPACE")]
@@ -72,6 +76,7 @@ fn main() {
         mounts: args.mounts,
         host_sync: kapsule_daemon::HostSync::Host,
         nvidia_hook: args.nvidia_hook,
+        host_exec: args.host_exec,
         network_namespace: args.network_namespace,
         config_files: None,
         incus_cache: None,

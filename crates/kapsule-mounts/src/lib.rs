@@ -51,6 +51,9 @@ pub struct Mount {
     pub target: String,
     pub uid: u32,
     pub gid: u32,
+    /// Mounted read-only (a program Kapsule places in containers); sockets are not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// What became of one entry.
@@ -189,6 +192,16 @@ pub fn open_source(path: &str, uid: u32) -> Result<Source, Outcome> {
         tree,
         identity: identity(&stat),
     })
+}
+
+/// The source of `mount`, opened as [`open_source`] does, and made read-only when it asks to be.
+pub fn open_mount_source(mount: &Mount) -> Result<Source, Outcome> {
+    let source = open_source(&mount.source, mount.uid)?;
+    if mount.read_only {
+        kapsule_sys::make_read_only(source.tree.as_fd())
+            .map_err(|e| Outcome::Failed(format!("{}: cannot make it read-only: {e}", mount.source)))?;
+    }
+    Ok(source)
 }
 
 fn identity(stat: &rustix::fs::Statx) -> (u64, u64) {

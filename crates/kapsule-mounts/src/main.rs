@@ -13,7 +13,7 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 
 use caps::{CapSet, Capability};
-use kapsule_mounts::{Request, apply, open_source};
+use kapsule_mounts::{Request, apply, open_mount_source};
 use rustix::fs::{Mode, OFlags};
 use rustix::thread::ThreadNameSpaceType;
 
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(1, format!("no pidfd on stdin: {e}")),
     };
     // Sources first, on the host, while this process still sees the host's tree.
-    let sources: Vec<_> = request.mounts.iter().map(|m| open_source(&m.source, m.uid)).collect();
+    let sources: Vec<_> = request.mounts.iter().map(open_mount_source).collect();
     if let Err(e) = rustix::thread::move_into_thread_name_spaces(container.as_fd(), ThreadNameSpaceType::MOUNT) {
         return fail(1, format!("cannot join the container's mount namespace: {e}"));
     }

@@ -6,6 +6,7 @@
 //!   set supplementary groups and run before any hook, so the whole sequence lives here.
 //! * [`reset_and_raise`]: ending the process by a signal the way a child ended, which needs the
 //!   signal's default disposition back (an unsafe `sigaction`).
+//! * [`make_read_only`]: `mount_setattr`, which neither rustix nor the standard library wraps.
 //! * [`listen_sockets`]: taking ownership of the sockets systemd passed by number (socket
 //!   activation), which is `from_raw_fd`.
 //!
@@ -83,6 +84,36 @@ pub fn reset_and_raise(signal: i32) {
     unsafe {
         libc::signal(signal, libc::SIG_DFL);
         libc::raise(signal);
+    }
+}
+
+/// Makes the detached mount `tree` (from `open_tree(OPEN_TREE_CLONE)`) read-only, before it is
+/// attached anywhere: whoever sees it where it lands cannot write through it.
+pub fn make_read_only(tree: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr(2) reads `size` bytes from `&attr`, a live `mount_attr` of exactly
+    // that size, and the empty path is a NUL-terminated static string; `tree` is a descriptor
+    // borrowed for the call. No memory is written by the kernel.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -303,6 +303,7 @@ pub fn test_settings() -> kapsule_daemon::Settings {
         // containers (tests/integration/tests/host_sync.rs turns it on, running alone).
         host_sync: kapsule_daemon::HostSync::Off,
         nvidia_hook: Some(workspace_binary("kapsule-nvidia-hook")),
+        host_exec: Some(static_program("kapsule-host-exec")),
         network_namespace: Some(test_network_namespace()),
         // The machine's own /etc/kapsule is not the tests' business.
         config_files: Some(Vec::new()),
@@ -435,6 +436,30 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     // Tests run from target/<profile>/deps/; binaries sit one level up.
     let exe = std::env::current_exe().unwrap();
     let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join(name);
+    assert!(path.exists(), "{} not found", path.display());
+    path
+}
+
+/// A program Kapsule places inside containers, linked statically as the sysext ships it
+/// (`cargo xtask static`, which tests/run-all.sh runs before the tests; a no-op then).
+pub fn static_program(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::Mutex<Option<Vec<std::path::PathBuf>>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap();
+    let paths = built.get_or_insert_with(|| {
+        let out = Command::new(env!("CARGO"))
+            .args(["xtask", "static"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("cargo runs");
+        assert!(out.status.success(), "cargo xtask static failed");
+        String::from_utf8(out.stdout).unwrap().lines().map(Into::into).collect()
+    });
+    let path = paths
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == name))
+        .unwrap_or_else(|| panic!("cargo xtask static does not build {name}"))
+        .clone();
     assert!(path.exists(), "{} not found", path.display());
     path
 }

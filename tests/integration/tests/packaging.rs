@@ -62,6 +62,7 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
         ("usr/bin/kapsule", 0o755),
         ("usr/bin/kapsule-init", 0o755),
         ("usr/lib/kapsule/kapsule-daemon", 0o755),
+        ("usr/lib/kapsule/kapsule-host-exec", 0o755),
         ("usr/lib/kapsule/kapsule.conf", 0o644),
         ("usr/lib/kapsule/kapsule-mounts", 0o755),
         ("usr/lib/kapsule/kapsule-nsenter", 0o755),
@@ -87,6 +88,18 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
         let meta = std::fs::metadata(tree.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(meta.permissions().mode() & 0o7777, mode, "{path}");
     }
+    // The program placed in containers runs on any image: no interpreter, no shared library.
+    let host_exec = std::fs::read(tree.join("usr/lib/kapsule/kapsule-host-exec")).unwrap();
+    assert!(
+        !host_exec.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"),
+        "kapsule-host-exec names a dynamic loader: it is not static"
+    );
+    let file = Command::new("file")
+        .arg(tree.join("usr/lib/kapsule/kapsule-host-exec"))
+        .output()
+        .expect("file(1) is installed (tests/env/up.sh)");
+    let file = String::from_utf8_lossy(&file.stdout);
+    assert!(file.contains("static"), "{file}");
     // The short name resolves inside the image, and so do the links that start the socket, the
     // host-sync path and the first-boot unit with no enabling.
     for (link, target) in [

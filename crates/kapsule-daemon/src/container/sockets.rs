@@ -2,7 +2,8 @@
 //! PulseAudio, X11 and session-bus sockets (and an Xauthority file in their runtime directory)
 //! are bind-mounted at the same paths inside, by one run of `kapsule-mounts` in the
 //! container's mount namespace. The session's environment (which the caller sent) then points
-//! at them as it does on the host.
+//! at them as it does on the host. The same run places `kapsule-host-exec` (a static program
+//! that reaches the host through that session bus) read-only at [`HOST_EXEC_TARGET`].
 //!
 //! Most enters need nothing: the mounts are remembered per container and user, keyed by the
 //! container's boot (its init's pid and start time), the socket-related environment, which
@@ -21,6 +22,10 @@ use kapsule_mounts::{Dir, Mount, Outcome, Report, Request};
 use crate::container::Containers;
 use crate::container::error::Error;
 use crate::identity::account::Account;
+
+/// Where `kapsule-host-exec` appears in every container: on PATH in every image that follows the
+/// FHS, and a directory no package owns.
+pub(crate) const HOST_EXEC_TARGET: &str = "/usr/local/bin/kapsule-host-exec";
 
 /// How long the helper may take (it does a few system calls per entry).
 const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,8 +47,13 @@ struct Key {
 }
 
 /// The mounts the caller's environment asks for, for `account`; `session_mode` containers have
-/// a session bus of their own.
-pub(crate) fn plan(account: &Account, environment: &HashMap<String, String>, session_mode: bool) -> Request {
+/// a session bus of their own. `host_exec` is the host's `kapsule-host-exec`, when installed.
+pub(crate) fn plan(
+    account: &Account,
+    environment: &HashMap<String, String>,
+    session_mode: bool,
+    host_exec: Option<&str>,
+) -> Request {
     let (uid, gid) = (account.uid, account.gid);
     let run = format!("/run/user/{uid}");
     let mut dirs = vec![
@@ -74,6 +84,7 @@ pub(crate) fn plan(account: &Account, environment: &HashMap<String, String>, ses
         target: path,
         uid,
         gid,
+        read_only: false,
     };
     let mut mounts = Vec::new();
     if let Some(name) = environment.get("WAYLAND_DISPLAY").and_then(|v| in_runtime_dir(&run, v)) {
@@ -96,6 +107,18 @@ pub(crate) fn plan(account: &Account, environment: &HashMap<String, String>, ses
     // An Xauthority file elsewhere (in the home) is reached through the home mount.
     if let Some(path) = environment.get("XAUTHORITY").and_then(|v| in_runtime_dir(&run, v)) {
         mounts.push(same(path));
+    }
+    // Root's program, the same for every user (mounted once per boot: later runs find it
+    // current); it fails with a clear line in session mode, which is better than a missing
+    // command.
+    if let Some(program) = host_exec {
+        mounts.push(Mount {
+            source: program.to_owned(),
+            target: HOST_EXEC_TARGET.to_owned(),
+            uid: 0,
+            gid: 0,
+            read_only: true,
+        });
     }
     Request { dirs, mounts }
 }
@@ -128,7 +151,9 @@ pub(crate) async fn ensure(
     session_mode: bool,
     (pid, pidfd): (u32, &OwnedFd),
 ) {
-    let request = plan(account, environment, session_mode);
+    let host_exec = containers.settings.host_exec_path();
+    let host_exec = host_exec.as_deref().and_then(std::path::Path::to_str);
+    let request = plan(account, environment, session_mode, host_exec);
     let Ok(start_time) = crate::host::procfs::start_time(pid) else {
         return; // The container stopped meanwhile; the session will say so.
     };
@@ -269,7 +294,7 @@ mod tests {
             ("DISPLAY".to_owned(), ":1.0".to_owned()),
             ("XAUTHORITY".to_owned(), "/run/user/1000/xauth_abc".to_owned()),
         ]);
-        let request = plan(&account(), &env, false);
+        let request = plan(&account(), &env, false, Some("/usr/lib/kapsule/kapsule-host-exec"));
         request.validate().unwrap();
         assert_eq!(
             targets(&request),
@@ -280,9 +305,19 @@ mod tests {
                 "/run/user/1000/bus",
                 "/tmp/.X11-unix/X1",
                 "/run/user/1000/xauth_abc",
+                HOST_EXEC_TARGET,
             ]
         );
-        assert!(request.mounts.iter().all(|m| m.source == m.target));
+        let (program, sockets) = request.mounts.split_last().unwrap();
+        assert!(
+            sockets
+                .iter()
+                .all(|m| m.source == m.target && !m.read_only && m.uid == 1000)
+        );
+        assert_eq!(
+            (program.source.as_str(), program.uid, program.read_only),
+            ("/usr/lib/kapsule/kapsule-host-exec", 0, true)
+        );
         let x11 = request.dirs.iter().find(|d| d.path == "/tmp/.X11-unix").unwrap();
         assert_eq!((x11.uid, x11.mode), (0, 0o1777));
         let run = request.dirs.iter().find(|d| d.path == "/run/user/1000").unwrap();
@@ -296,7 +331,7 @@ mod tests {
             ("DISPLAY".to_owned(), "remote:0".to_owned()),
             ("XAUTHORITY".to_owned(), "/home/alice/.Xauthority".to_owned()),
         ]);
-        let request = plan(&account(), &env, true);
+        let request = plan(&account(), &env, true, None);
         assert_eq!(
             targets(&request),
             ["/run/user/1000/pipewire-0", "/run/user/1000/pulse/native"]

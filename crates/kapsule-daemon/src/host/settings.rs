@@ -25,6 +25,10 @@ pub struct Settings {
     /// The `kapsule-mounts` helper that mounts the desktop's sockets; default: next to the
     /// daemon, else `/usr/lib/kapsule/kapsule-mounts`.
     pub mounts: Option<std::path::PathBuf>,
+    /// `kapsule-host-exec`, placed read-only in every container a user enters; default: next to
+    /// the daemon, else `/usr/lib/kapsule/kapsule-host-exec`. It must be a static program (the
+    /// sysext's is), as it runs on whatever C library the image has, or none.
+    pub host_exec: Option<std::path::PathBuf>,
     /// Where the host's timezone, locale and DNS come from for its containers.
     pub host_sync: HostSync,
     /// The NVIDIA mount hook registered in containers made with `nvidia_drivers`; default:
@@ -53,6 +57,12 @@ impl Settings {
     /// `kapsule-mounts`, found as [`Settings::nsenter_path`] finds its helper.
     pub(crate) fn mounts_path(&self) -> std::path::PathBuf {
         self.mounts.clone().unwrap_or_else(|| installed("kapsule-mounts"))
+    }
+
+    /// `kapsule-host-exec`, if it is installed (nothing is placed otherwise).
+    pub(crate) fn host_exec_path(&self) -> Option<std::path::PathBuf> {
+        let path = self.host_exec.clone().unwrap_or_else(|| installed("kapsule-host-exec"));
+        path.is_file().then_some(path)
     }
 
     /// The system configuration layers, lowest first.
