@@ -802,3 +802,64 @@ pub async fn incus_state(incus: &Client, names: &[&str]) -> String {
     images.sort();
     format!("{}\n{}", instances.join("\n"), images.join("\n"))
 }
+
+/// A tmux server of our own (terminals to resize and type into, session `kt`), killed when
+/// dropped.
+#[derive(Debug)]
+pub struct Tmux {
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Default for Tmux {
+    fn default() -> Tmux {
+        Tmux::new()
+    }
+}
+
+impl Tmux {
+    pub fn new() -> Tmux {
+        let dir = tempfile::tempdir().unwrap();
+        Tmux {
+            socket: dir.path().join("tmux"),
+            _dir: dir,
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux is installed (tests/env/up.sh installs it)");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub async fn wait_for(&self, what: &str) {
+        let mut screen = String::new();
+        for _ in 0..150 {
+            screen = self.run(&["capture-pane", "-p", "-t", "kt"]);
+            if screen.contains(what) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{what:?} never appeared; the screen:\n{screen}");
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .output();
+    }
+}

@@ -5,10 +5,9 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use kapsule_integration_tests::{
-    DaemonTest, InstanceGuard, TestUser, daemon_test, kapsule_binary, sh, test_user, unique_name,
+    DaemonTest, InstanceGuard, TestUser, Tmux, daemon_test, kapsule_binary, sh, test_user, unique_name,
 };
 
 /// `kapsule enter <name> <args...>` as the test user, from `dir`, with `stdin`.
@@ -214,55 +213,6 @@ async fn under_a_terminal_the_session_has_one_inside_the_container() {
     tmux.wait_for("30 100").await;
     tmux.run(&["resize-window", "-t", "kt", "-x", "120", "-y", "40"]);
     tmux.wait_for("40 120").await;
-}
-
-/// A tmux server of our own, killed when dropped.
-struct Tmux {
-    socket: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Tmux {
-    fn new() -> Tmux {
-        let dir = tempfile::tempdir().unwrap();
-        Tmux {
-            socket: dir.path().join("tmux"),
-            _dir: dir,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("tmux is installed (tests/env/up.sh installs it)");
-        assert!(out.status.success(), "tmux {args:?}: {}", text(&out.stderr));
-        text(&out.stdout)
-    }
-
-    async fn wait_for(&self, what: &str) {
-        let mut screen = String::new();
-        for _ in 0..150 {
-            screen = self.run(&["capture-pane", "-p", "-t", "kt"]);
-            if screen.contains(what) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("{what:?} never appeared; the screen:\n{screen}");
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .arg("kill-server")
-            .output();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

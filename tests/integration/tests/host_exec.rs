@@ -103,19 +103,22 @@ async fn host_commands_run_on_the_host_as_the_user_with_everything_they_were_giv
     let marker = HostMarker::new();
     let marker_path = marker.0.to_str().unwrap();
 
-    // It is on PATH, read-only, and what it prints comes from the host: a file only the host
-    // has, the host's name, and the user's own identity there.
+    // It is on PATH, read-only even for root inside, and what it prints comes from the host: a
+    // file only the host has, the host's /etc/hostname (the container is named after itself), and
+    // the user's own identity there.
     let script = format!(
-        "command -v kapsule-host-exec; touch /usr/local/bin/kapsule-host-exec 2>/dev/null || echo read-only; \
+        "command -v kapsule-host-exec; sudo -n touch /usr/local/bin/kapsule-host-exec 2>/dev/null || echo read-only; \
          test -e {marker_path} || echo not-in-the-container; \
-         kapsule-host-exec cat {marker_path}; echo; kapsule-host-exec hostname; kapsule-host-exec id -un"
+         kapsule-host-exec cat {marker_path}; echo; cat /proc/sys/kernel/hostname; kapsule-host-exec cat /etc/hostname; \
+         kapsule-host-exec id -un"
     );
     let out = output(enter(&test, &desktop, &name, &["sh", "-c", &script])).await;
-    let host_name = text(&Command::new("hostname").output().unwrap().stdout);
+    let host_name = std::fs::read_to_string("/etc/hostname").unwrap();
+    assert_ne!(host_name.trim(), name);
     assert_eq!(
         text(&out.stdout),
         format!(
-            "/usr/local/bin/kapsule-host-exec\nread-only\nnot-in-the-container\n{}\n{host_name}{}\n",
+            "/usr/local/bin/kapsule-host-exec\nread-only\nnot-in-the-container\n{}\n{name}\n{host_name}{}\n",
             marker.1, user.name
         ),
         "{}",
@@ -230,23 +233,8 @@ async fn ctrl_c_and_terminals_reach_the_host_command() {
     // With a terminal (script gives kapsule one, 37 rows by 91 columns): the host command has a
     // terminal of its own on stdin and stdout, of that size, and its exit status comes back.
     let inner = "kapsule-host-exec sh -c 'test -t 0 && test -t 1 && echo both-terminals; stty size; exit 3'";
-    let line = format!(
-        "stty rows 37 cols 91; {} enter {name} -- sh -c \"{inner}\"; echo \"status $?\"",
-        kapsule_integration_tests::kapsule_binary().display()
-    );
-    let mut script = desktop.user.command("timeout");
-    script
-        .args(["60", "script", "-qec", &line, "/dev/null"])
-        .env("KAPSULE_BUS_ADDRESS", &test.bus.address)
-        .envs(desktop.environment())
-        .current_dir(&desktop.user.home);
-    let out = output(script).await;
-    let seen = text(&out.stdout).replace('\r', "");
-    assert!(
-        seen.contains("both-terminals\n37 91\n"),
-        "{seen:?} {}",
-        text(&out.stderr)
-    );
+    let seen = under_script(&test, &desktop, &name, inner).await;
+    assert!(seen.contains("both-terminals\n37 91\n"), "{seen:?}");
     assert!(seen.contains("status 3"), "{seen:?}");
 
     // A resize of the terminal kapsule-host-exec runs in reaches the host command's terminal:
@@ -254,6 +242,35 @@ async fn ctrl_c_and_terminals_reach_the_host_command() {
     // (A background job's stdin is /dev/null in a shell without job control: hence /dev/tty.)
     let inner = "(sleep 1; stty rows 20 cols 50 < /dev/tty) & \
                  kapsule-host-exec sh -c 'trap \\\"stty size; exit 0\\\" WINCH; echo waiting; while :; do sleep 0.1; done'";
+    let seen = under_script(&test, &desktop, &name, inner).await;
+    assert!(seen.contains("waiting\n20 50\n"), "{seen:?}");
+    assert!(seen.contains("status 0"), "{seen:?}");
+
+    // Ctrl-C typed at the terminal reaches the host command as the key it is (its terminal's
+    // line discipline makes it SIGINT there), not the shell in the container that waits for it.
+    let tmux = kapsule_integration_tests::Tmux::new();
+    let environment: Vec<String> = desktop.environment().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let inner = format!(
+        "env KAPSULE_BUS_ADDRESS={} {} setpriv --reuid={} --regid={} --init-groups env HOME={} {} enter {name} -- \
+         sh -c 'kapsule-host-exec sh -c \"trap \\\"echo interrupted; exit 5\\\" INT; echo ready; while :; do sleep 0.2; done\"; \
+         echo back $?; sleep 60'",
+        test.bus.address,
+        environment.join(" "),
+        desktop.user.uid,
+        desktop.user.gid,
+        desktop.user.home.display(),
+        kapsule_integration_tests::kapsule_binary().display()
+    );
+    tmux.run(&["new-session", "-d", "-x", "100", "-y", "30", "-s", "kt", &inner]);
+    tmux.wait_for("ready").await;
+    tmux.run(&["send-keys", "-t", "kt", "C-c"]);
+    tmux.wait_for("interrupted").await;
+    tmux.wait_for("back 5").await;
+}
+
+/// `kapsule enter NAME -- sh -c INNER` as the user in a terminal of 37 rows by 91 columns that
+/// `script` makes, then `status N`: all it printed, without carriage returns (and with stderr).
+async fn under_script(test: &DaemonTest, desktop: &FakeDesktop, name: &str, inner: &str) -> String {
     let line = format!(
         "stty rows 37 cols 91; {} enter {name} -- sh -c \"{inner}\"; echo \"status $?\"",
         kapsule_integration_tests::kapsule_binary().display()
@@ -265,9 +282,7 @@ async fn ctrl_c_and_terminals_reach_the_host_command() {
         .envs(desktop.environment())
         .current_dir(&desktop.user.home);
     let out = output(script).await;
-    let seen = text(&out.stdout).replace('\r', "");
-    assert!(seen.contains("waiting\n20 50\n"), "{seen:?} {}", text(&out.stderr));
-    assert!(seen.contains("status 0"), "{seen:?}");
+    format!("{}{}", text(&out.stdout), text(&out.stderr)).replace('\r', "")
 }
 
 /// Whether a process with this exact command line runs on the host.
