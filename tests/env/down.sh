@@ -23,5 +23,14 @@ if [ -e "/run/netns/$KAPSULE_TEST_NETNS_NAME" ]; then
     ip netns delete "$KAPSULE_TEST_NETNS_NAME" && log "removed network namespace $KAPSULE_TEST_NETNS_NAME"
 fi
 rm -f "$POLKIT_ACTION" "$POLKIT_RULES" "$POLKIT_TEST_RULES"
+# The menu entries (and any exports) the tests' `kapsule create`s put in the test users' homes:
+# their containers are gone.
+for user in "$KAPSULE_TEST_USER" "$KAPSULE_TEST_OTHER_USER"; do
+    home=$(getent passwd "$user" | cut -d: -f6) || continue
+    if [ -z "$home" ] || [ ! -d "$home/.local/share" ]; then continue; fi
+    rm -f "$home"/.local/share/applications/kapsule.*.desktop
+    rm -rf "$home/.local/share/kapsule/exports"
+    find "$home/.local/share/icons" -name 'kapsule.*' -type f -delete 2>/dev/null || true
+done
 rm -f "$KAPSULE_TEST_RUN/env"
 log "down"

@@ -47,8 +47,8 @@ echo $! >"$run/polkitd.pid"
 name=try
 stop() {
     if [ "${KAPSULE_TRY_KEEP:-0}" != 1 ] && incus info "$name" >/dev/null 2>&1; then
-        log "removing the container $name (KAPSULE_TRY_KEEP=1 keeps it)"
-        incus delete --force "$name" >/dev/null || true
+        log "removing the container $name and its menu entry (KAPSULE_TRY_KEEP=1 keeps them)"
+        as_user "$bin/kapsule" rm --force "$name" >/dev/null 2>&1 || incus delete --force "$name" >/dev/null || true
     fi
     stop_pidfile "$run/daemon.pid" kapsule-daemon
     stop_pidfile "$run/polkitd.pid" "the demo's polkitd"

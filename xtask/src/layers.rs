@@ -30,7 +30,14 @@ pub const DAEMON: Table<'static> = &[
 ];
 
 /// The layers of the `kapsule` CLI.
-pub const CLI: Table<'static> = &[("cli", 0), ("daemon", 0), ("follow", 1), ("enter", 2), ("commands", 3)];
+pub const CLI: Table<'static> = &[
+    ("cli", 0),
+    ("daemon", 0),
+    ("follow", 1),
+    ("exports", 1),
+    ("enter", 2),
+    ("commands", 3),
+];
 
 /// One module's file and its path below the crate root (`["container", "meta"]`).
 #[derive(Debug)]

@@ -23,6 +23,10 @@ pub enum Command {
         /// Image: local:<alias>, <remote>:<alias> or <alias> (default: the configured default_image).
         #[arg(long, short)]
         image: Option<String>,
+        /// Make no "NAME (Kapsule)" terminal entry in your menu (the `menu_entries`
+        /// configuration key turns them off for every create).
+        #[arg(long)]
+        no_menu_entry: bool,
         #[command(flatten)]
         options: CreateFlags,
     },
@@ -38,6 +42,10 @@ pub enum Command {
         /// does not have it). An explicit directory must exist there.
         #[arg(long, value_name = "DIR")]
         cwd: Option<std::path::PathBuf>,
+        /// Fail when the default container is missing instead of making it (what exported apps
+        /// and commands run).
+        #[arg(long)]
+        no_create: bool,
         /// The command and its arguments, after `--`.
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -74,6 +82,37 @@ pub enum Command {
         /// Stop it first if it runs.
         #[arg(long, short)]
         force: bool,
+    },
+    /// Put a container's apps in your menu and its commands on your PATH (or take them back).
+    ///
+    /// Apps keep their icons (copied into your icon theme) and run in the container as you,
+    /// with the files you open; commands get a wrapper that runs them there with their
+    /// arguments and exit status. Everything is written in your own directories, named after
+    /// the container, and removed with it by `kapsule rm`.
+    Export {
+        /// The container.
+        name: String,
+        /// Apps to export: desktop-file IDs (org.kde.kate), names (Kate) or programs (kate).
+        #[arg(long, value_name = "APP", num_args = 1.., action = ArgAction::Append)]
+        app: Vec<String>,
+        /// Commands to export: paths in the container, or names on its PATH.
+        #[arg(long, value_name = "PATH", num_args = 1.., action = ArgAction::Append)]
+        bin: Vec<String>,
+        /// The container's terminal entry, "NAME (Kapsule)".
+        #[arg(long)]
+        menu_entry: bool,
+        /// Where command wrappers go (default: ~/.local/bin).
+        #[arg(long, value_name = "DIR")]
+        export_path: Option<std::path::PathBuf>,
+        /// Show what is exported from the container.
+        #[arg(long, conflicts_with_all = ["app", "bin", "menu_entry", "delete", "export_path"])]
+        list: bool,
+        /// Remove the given exports instead (or, with --all, every one of this container).
+        #[arg(long)]
+        delete: bool,
+        /// With --delete: everything exported from the container.
+        #[arg(long, requires = "delete", conflicts_with_all = ["app", "bin", "menu_entry"])]
+        all: bool,
     },
     /// Manage images.
     Image {
@@ -320,6 +359,7 @@ mod tests {
             "kapsule-image.1",
             "kapsule-image-import.1",
             "kapsule-image-refresh.1",
+            "kapsule-export.1",
             "kapsule-config.1",
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
@@ -339,7 +379,7 @@ mod tests {
     #[test]
     fn enter_takes_everything_after_the_separator_verbatim() {
         let parse = |argv: &[&str]| match Cli::try_parse_from(argv).unwrap().command {
-            Command::Enter { name, cwd, command } => (name, cwd, command),
+            Command::Enter { name, cwd, command, .. } => (name, cwd, command),
             other => panic!("{other:?}"),
         };
         assert_eq!(

@@ -19,8 +19,19 @@ pub async fn run(cli: Cli) -> Result<Option<Status>> {
     }
     let connection = connect().await?;
     let manager = ManagerProxy::new(&connection).await.map_err(explain)?;
-    if let Command::Enter { name, cwd, command } = cli.command {
-        let args = crate::enter::EnterArgs { name, cwd, command };
+    if let Command::Enter {
+        name,
+        cwd,
+        command,
+        no_create,
+    } = cli.command
+    {
+        let args = crate::enter::EnterArgs {
+            name,
+            cwd,
+            command,
+            no_create,
+        };
         return crate::enter::enter(&connection, &manager, args).await.map(Some);
     }
     run_command(&connection, &manager, cli.command).await.map(|()| None)
@@ -28,16 +39,49 @@ pub async fn run(cli: Cli) -> Result<Option<Status>> {
 
 async fn run_command(connection: &Connection, manager: &ManagerProxy<'_>, command: Command) -> Result<()> {
     match command {
-        Command::Create { name, image, options } => {
+        Command::Create {
+            name,
+            image,
+            no_menu_entry,
+            options,
+        } => {
             operation(
                 connection,
                 manager.create_container(&name, image.as_deref().unwrap_or(""), options.values),
             )
-            .await
+            .await?;
+            if !no_menu_entry {
+                crate::exports::menu_entry_for_new(manager, &name).await;
+            }
+            Ok(())
         }
         Command::Start { name } => operation(connection, manager.start_container(&name)).await,
         Command::Stop { name, force } => operation(connection, manager.stop_container(&name, force)).await,
-        Command::Rm { name, force } => operation(connection, manager.delete_container(&name, force)).await,
+        Command::Rm { name, force } => {
+            operation(connection, manager.delete_container(&name, force)).await?;
+            crate::exports::remove_all(&name);
+            Ok(())
+        }
+        Command::Export {
+            name,
+            app,
+            bin,
+            menu_entry,
+            export_path,
+            list,
+            delete,
+            all,
+        } => {
+            kapsule_export::check_container_name(&name)?;
+            let what = Exports { app, bin, menu_entry };
+            if list {
+                list_exports(&name)
+            } else if delete {
+                delete_exports(&name, &what, all)
+            } else {
+                export(manager, &name, &what, export_path).await
+            }
+        }
         Command::List { running, format } => {
             let mut containers = manager.list_containers().await.map_err(explain)?;
             if running {
@@ -100,6 +144,175 @@ async fn run_command(connection: &Connection, manager: &ManagerProxy<'_>, comman
         }
         Command::Completions { .. } | Command::Enter { .. } => Ok(()),
     }
+}
+
+/// What `kapsule export` was given.
+struct Exports {
+    app: Vec<String>,
+    bin: Vec<String>,
+    menu_entry: bool,
+}
+
+impl Exports {
+    fn is_empty(&self) -> bool {
+        self.app.is_empty() && self.bin.is_empty() && !self.menu_entry
+    }
+}
+
+/// Exports each thing asked for; one that fails is reported and the others go on.
+async fn export(
+    manager: &ManagerProxy<'_>,
+    name: &str,
+    what: &Exports,
+    path: Option<std::path::PathBuf>,
+) -> Result<()> {
+    use kapsule_export::{Places, Record};
+    if what.is_empty() {
+        bail!("nothing to export: give --app, --bin or --menu-entry (or --list, --delete)");
+    }
+    let places = Places::from_env()?;
+    let kapsule = crate::exports::kapsule_path()?;
+    let bin_dir = match path {
+        Some(dir) => std::path::absolute(dir)?,
+        None => places.bin.clone(),
+    };
+    let reader = crate::enter::Reader { manager, name };
+    let mut record = Record::load(&places, name)?;
+    let mut failed = 0;
+    let mut note = |what: &str, result: kapsule_export::Result<kapsule_export::Export>| match result {
+        Ok(export) => {
+            eprintln!("Exported {what} from {name}: {}", export.files[0].display());
+            record.add(export);
+        }
+        Err(e) => {
+            failed += 1;
+            eprintln!("{} {what}: {e}", console::style("error:").red().bold());
+        }
+    };
+    for app in &what.app {
+        note(
+            app,
+            kapsule_export::export_app(&reader, &places, name, app, &kapsule).await,
+        );
+    }
+    for command in &what.bin {
+        note(
+            command,
+            kapsule_export::export_bin(&reader, name, command, &bin_dir, &kapsule).await,
+        );
+    }
+    if what.menu_entry {
+        note(
+            "the menu entry",
+            kapsule_export::export_menu_entry(&places, name, &kapsule),
+        );
+    }
+    record.save(&places)?;
+    if failed > 0 {
+        bail!(
+            "{failed} of {} exports failed",
+            what.app.len() + what.bin.len() + usize::from(what.menu_entry)
+        );
+    }
+    if !what.bin.is_empty() && !path_has(&bin_dir) {
+        eprintln!(
+            "note: {} is not on your PATH; add it to run exported commands by name",
+            bin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether `dir` is on `$PATH`.
+fn path_has(dir: &std::path::Path) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|p| p == dir))
+}
+
+/// `kapsule export NAME --list`: one line per export, its files below.
+fn list_exports(name: &str) -> Result<()> {
+    let places = kapsule_export::Places::from_env()?;
+    let record = kapsule_export::Record::load(&places, name)?;
+    if record.exports.is_empty() {
+        eprintln!("Nothing is exported from {name}.");
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.load_style(NOTHING).set_header(["KIND", "FROM", "FILES"]);
+    for export in &record.exports {
+        let files: Vec<String> = export
+            .files
+            .iter()
+            .map(|f| {
+                if f.exists() {
+                    f.display().to_string()
+                } else {
+                    format!("{} (missing)", f.display())
+                }
+            })
+            .collect();
+        table.add_row([export.kind.label(), export.source.as_str(), &files.join("\n")]);
+    }
+    write_out(&table.to_string());
+    Ok(())
+}
+
+/// `kapsule export NAME --delete ...`: exactly those exports' files, also when the container is
+/// gone. Something that was never exported is an error, and nothing else is removed then.
+fn delete_exports(name: &str, what: &Exports, all: bool) -> Result<()> {
+    use kapsule_export::{Kind, Places, Record};
+    let places = Places::from_env()?;
+    let mut record = Record::load(&places, name)?;
+    let taken = if all {
+        std::mem::take(&mut record.exports)
+    } else {
+        if what.is_empty() {
+            bail!("say what to delete: --app, --bin, --menu-entry, or --all");
+        }
+        let mut wanted: Vec<(Kind, &str)> = Vec::new();
+        for app in &what.app {
+            let id = if app.ends_with(".desktop") {
+                app.clone()
+            } else {
+                format!("{app}.desktop")
+            };
+            let found = record
+                .exports
+                .iter()
+                .find(|e| e.kind == Kind::App && (e.source == id || e.source == *app))
+                .ok_or_else(|| anyhow!("no app '{app}' is exported from {name} (see --list)"))?;
+            wanted.push((Kind::App, &found.source));
+        }
+        for command in &what.bin {
+            let found = record
+                .exports
+                .iter()
+                .find(|e| {
+                    e.kind == Kind::Bin
+                        && (e.source == *command || e.source.rsplit('/').next() == Some(command.as_str()))
+                })
+                .ok_or_else(|| anyhow!("no command '{command}' is exported from {name} (see --list)"))?;
+            wanted.push((Kind::Bin, &found.source));
+        }
+        if what.menu_entry {
+            if !record.exports.iter().any(|e| e.kind == Kind::MenuEntry) {
+                bail!("{name} has no menu entry");
+            }
+            wanted.push((Kind::MenuEntry, ""));
+        }
+        let wanted: Vec<(Kind, String)> = wanted.into_iter().map(|(k, s)| (k, s.to_owned())).collect();
+        wanted
+            .iter()
+            .filter_map(|(kind, source)| record.take(*kind, source))
+            .collect()
+    };
+    for export in &taken {
+        for file in kapsule_export::remove_files(export, name) {
+            eprintln!("Removed {}", file.display());
+        }
+    }
+    record.save(&places)?;
+    eprintln!("Removed from {name}: {}", crate::exports::summary(&taken));
+    Ok(())
 }
 
 fn print_containers(containers: &[ContainerInfo], format: Format) {

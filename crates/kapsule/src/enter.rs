@@ -7,7 +7,7 @@
 //! exit status (or its signal) becomes ours.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -25,6 +25,9 @@ pub struct EnterArgs {
     pub name: Option<String>,
     pub cwd: Option<PathBuf>,
     pub command: Vec<String>,
+    /// A missing default container is an error instead of being made (exported apps and
+    /// commands: a click must not start a create).
+    pub no_create: bool,
 }
 
 /// Enters the container and returns how the session ended.
@@ -66,7 +69,7 @@ pub async fn enter(connection: &Connection, manager: &ManagerProxy<'_>, args: En
             } else {
                 target.clone()
             };
-            if wanted.is_empty() || wanted != default {
+            if wanted.is_empty() || wanted != default || args.no_create {
                 bail!("{message}");
             }
             create_default(connection, manager, &default).await?;
@@ -127,11 +130,147 @@ async fn create_default(connection: &Connection, manager: &ManagerProxy<'_>, nam
         },
     };
     match crate::follow::follow(connection, signals, &path).await {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            crate::exports::menu_entry_for_new(manager, name).await;
+            Ok(())
+        }
         // Made by another create between our check and Incus's: an operation's failure has only
         // its text on the wire, Incus's "already exists".
         Err(e) if e.to_string().contains("already exists") => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// What a command run with [`capture`] did.
+#[derive(Debug)]
+pub(crate) struct Captured {
+    pub status: Status,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `argv` in container `name` as the caller, with nothing on stdin, and collects what it
+/// prints (as `enter` would run it, so only what the user may read inside is read).
+pub(crate) async fn capture(manager: &ManagerProxy<'_>, name: &str, argv: &[&str]) -> Result<Captured> {
+    let (out_read, out_write) = std::io::pipe()?;
+    let (err_read, err_write) = std::io::pipe()?;
+    let null = std::fs::File::open("/dev/null")?;
+    let stdio: HashMap<String, zbus::OwnedFd> = HashMap::from([
+        ("stdin".to_owned(), zbus::OwnedFd::from(OwnedFd::from(null))),
+        ("stdout".to_owned(), zbus::OwnedFd::from(OwnedFd::from(out_write))),
+        ("stderr".to_owned(), zbus::OwnedFd::from(OwnedFd::from(err_write))),
+    ]);
+    let options = HashMap::from([(
+        "working_directory_required".to_owned(),
+        OwnedVariant::try_from(Variant::Bool(false)).expect("plain values convert"),
+    )]);
+    let environment = HashMap::from([("LC_ALL".to_owned(), "C.UTF-8".to_owned())]);
+    let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
+    // The call takes the write ends; once it returns, only the session holds them, so the reads
+    // end when it does.
+    let (_, mut fds) = manager
+        .enter(name, &argv, "/", environment, stdio, options)
+        .await
+        .map_err(explain)?;
+    let channel = UnixStream::from(OwnedFd::from(
+        fds.remove("channel")
+            .ok_or_else(|| anyhow!("the daemon sent no session channel"))?,
+    ));
+    let read_all = |mut pipe: std::io::PipeReader| {
+        tokio::task::spawn_blocking(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).map(|_| bytes)
+        })
+    };
+    let (stdout, stderr) = (read_all(out_read), read_all(err_read));
+    let status = tokio::task::spawn_blocking(move || read_status(channel)).await??;
+    Ok(Captured {
+        status,
+        stdout: stdout.await??,
+        stderr: stderr.await??,
+    })
+}
+
+/// A container read through [`capture`], for `kapsule export`: small POSIX shell scripts, so any
+/// image with a `sh` will do (BusyBox's included).
+#[derive(Debug)]
+pub(crate) struct Reader<'a> {
+    pub manager: &'a ManagerProxy<'a>,
+    pub name: &'a str,
+}
+
+impl Reader<'_> {
+    /// Runs `script` with `args` under `sh -c`; its stdout, or its stderr as the error.
+    async fn sh(&self, script: &str, args: &[&str]) -> kapsule_export::Result<Vec<u8>> {
+        let mut argv = vec!["sh", "-c", script, "sh"];
+        argv.extend_from_slice(args);
+        let ran = capture(self.manager, self.name, &argv)
+            .await
+            .map_err(|e| kapsule_export::Error::Guest(format!("{e:#}")))?;
+        match ran.status {
+            Status::Exited(0) => Ok(ran.stdout),
+            status => Err(kapsule_export::Error::Guest(format!(
+                "reading the container failed ({status:?}): {}",
+                String::from_utf8_lossy(&ran.stderr).trim()
+            ))),
+        }
+    }
+}
+
+/// NUL-separated strings.
+fn split_nul(bytes: &[u8]) -> Vec<String> {
+    bytes
+        .split(|b| *b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+impl kapsule_export::Guest for Reader<'_> {
+    async fn desktop_entries(&self) -> kapsule_export::Result<Vec<(String, String)>> {
+        // Path NUL text NUL, for each readable entry (desktop entries never hold a NUL).
+        let script = r#"for d in "$@"; do for f in "$d"/*.desktop "$d"/*/*.desktop; do
+            [ -f "$f" ] && [ -r "$f" ] || continue; printf '%s\0' "$f"; cat "$f"; printf '\0'
+        done; done"#;
+        let out = self.sh(script, kapsule_export::APPLICATION_DIRS).await?;
+        let parts = split_nul(&out);
+        Ok(parts
+            .chunks_exact(2)
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect())
+    }
+
+    async fn icon_files(&self, name: &str) -> kapsule_export::Result<Vec<String>> {
+        // theme/size/context/NAME.ext (hicolor/48x48/apps, breeze/apps/48) and the pixmaps.
+        let script = r#"n=$1; shift; for d in "$@"; do for f in "$d"/*/*/*/"$n".* "$d"/"$n".*; do
+            [ -f "$f" ] && printf '%s\0' "$f"; done; done; :"#;
+        let mut args = vec![name];
+        args.extend_from_slice(kapsule_export::ICON_DIRS);
+        let out = self.sh(script, &args).await?;
+        Ok(split_nul(&out)
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .filter(|p| {
+                let file = p.rsplit('/').next().unwrap_or("");
+                kapsule_export::ICON_EXTENSIONS
+                    .iter()
+                    .any(|e| file == format!("{name}.{e}"))
+            })
+            .collect())
+    }
+
+    async fn read(&self, path: &str) -> kapsule_export::Result<Vec<u8>> {
+        self.sh(r#"exec cat -- "$1""#, &[path]).await
+    }
+
+    async fn executable(&self, command: &str) -> kapsule_export::Result<Option<String>> {
+        let script = r#"case $1 in
+            /*) p=$1 ;;
+            *) p=$(command -v -- "$1") || exit 0 ;;
+        esac
+        case $p in /*) [ -f "$p" ] && [ -x "$p" ] && printf '%s' "$p" ;; esac; :"#;
+        let out = self.sh(script, &[command]).await?;
+        let path = String::from_utf8_lossy(&out).into_owned();
+        Ok((!path.is_empty()).then_some(path))
     }
 }
 

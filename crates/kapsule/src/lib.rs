@@ -7,6 +7,8 @@ mod commands;
 mod daemon;
 /// `kapsule enter`: one `Enter` call, then the session's terminal or streams and signals.
 mod enter;
+/// What was exported from containers, host side: records, menu entries, removal.
+mod exports;
 /// Following an operation's signals to its end, with progress bars.
 mod follow;
 

@@ -250,15 +250,23 @@ async fn config_is_layered_with_the_callers_own_file_read_as_them_and_enter_uses
             env.image
         ),
     );
-    let out = user
-        .command(kapsule_binary())
-        .args(["enter", "--", "id", "-un"])
-        .env("KAPSULE_BUS_ADDRESS", &bus.address)
-        .output()
-        .unwrap();
+    let out = user.kapsule(bus).args(["enter", "--", "id", "-un"]).output().unwrap();
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("Creating container: {name}")), "{stderr}");
+    // It gets its terminal entry in their menu, as a container they create does (taken away
+    // again here: the guard removes the container behind Kapsule's back).
+    let entry = user
+        .home
+        .join(format!(".local/share/applications/kapsule.{name}.desktop"));
+    assert!(stderr.contains(&format!("Menu entry: {name} (Kapsule)")), "{stderr}");
+    assert!(std::fs::read_to_string(&entry).unwrap().contains("Terminal=true"));
+    let deleted = user
+        .kapsule(bus)
+        .args(["export", &name, "--delete", "--all"])
+        .output()
+        .unwrap();
+    assert!(deleted.status.success() && !entry.exists(), "{}", text(&deleted.stderr));
     assert_eq!(text(&out.stdout).trim(), user.name);
     assert_eq!(env.incus.get_instance(&name).await.unwrap().status, "Running");
 

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 pub(crate) const DEFAULTS: &[(&str, &str)] = &[
     ("default_container", "kapsule"),
     ("default_image", "images:ubuntu/24.04"),
+    // Whether `kapsule create` puts a "NAME (Kapsule)" terminal entry in the user's menu (the
+    // CLI reads it; the daemon only serves it with the rest).
+    ("menu_entries", "true"),
 ];
 
 /// The system layers, lowest first.
@@ -130,7 +133,8 @@ mod tests {
         ]);
         assert_eq!(config["default_container"], "container");
         assert_eq!(config["default_image"], "local:kapsule-test");
-        assert_eq!(config.len(), 2, "only known keys: {config:?}");
+        assert_eq!(config["menu_entries"], "true");
+        assert_eq!(config.len(), 3, "only known keys: {config:?}");
         assert_eq!(merge(vec![])["default_image"], "images:ubuntu/24.04");
     }
 
