@@ -239,13 +239,16 @@ fn streams() -> std::io::Result<Streams> {
     })
 }
 
-/// Whether this error from the bus means nobody owns (or can be started as) the helper's name.
+/// Whether this error from the bus means nobody owns the helper's name, or the bus could not
+/// start it.
 fn is_unknown_service(error: &zbus::Error) -> bool {
     match error {
-        zbus::Error::MethodError(name, _, _) => matches!(
-            name.as_str(),
-            "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner"
-        ),
+        zbus::Error::MethodError(name, _, _) => {
+            matches!(
+                name.as_str(),
+                "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            ) || name.as_str().starts_with("org.freedesktop.DBus.Error.Spawn.")
+        }
         zbus::Error::FDO(e) => matches!(
             **e,
             zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
