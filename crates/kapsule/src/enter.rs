@@ -263,11 +263,15 @@ impl kapsule_export::Guest for Reader<'_> {
     }
 
     async fn executable(&self, command: &str) -> kapsule_export::Result<Option<String>> {
+        // PATH walked by hand: `command -v` answers with the shell's builtins (`true`, `test`)
+        // before any file.
         let script = r#"case $1 in
-            /*) p=$1 ;;
-            *) p=$(command -v -- "$1") || exit 0 ;;
-        esac
-        case $p in /*) [ -f "$p" ] && [ -x "$p" ] && printf '%s' "$p" ;; esac; :"#;
+            /*) [ -f "$1" ] && [ -x "$1" ] && printf '%s' "$1" ;;
+            *) IFS=:; for d in $PATH; do
+                case $d in /*) ;; *) continue ;; esac
+                if [ -f "$d/$1" ] && [ -x "$d/$1" ]; then printf '%s' "$d/$1"; break; fi
+            done ;;
+        esac; :"#;
         let out = self.sh(script, &[command]).await?;
         let path = String::from_utf8_lossy(&out).into_owned();
         Ok((!path.is_empty()).then_some(path))

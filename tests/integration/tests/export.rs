@@ -411,6 +411,23 @@ async fn apps_and_commands_cross_to_the_host_and_go_with_their_container() {
         "7".into(),
     ]);
     assert_eq!(out.status.code(), Some(7));
+    // A name the shell also has as a builtin is still the container's program.
+    ok(
+        "export --bin printf",
+        kapsule(
+            &test,
+            &user,
+            &data,
+            &["export", &first, "--bin", "printf", "--export-path", bin_arg],
+        ),
+    );
+    let out = run(vec![
+        bin.join("printf").display().to_string(),
+        "%s|".into(),
+        "a".into(),
+        "b c".into(),
+    ]);
+    assert_eq!(text(&out.stdout), "a|b c|", "{}", text(&out.stderr));
 
     // Bad requests: a clear error each, and not a file changed.
     std::fs::write(bin.join("true"), "#!/bin/sh\necho the user's own\n").unwrap();
@@ -527,7 +544,7 @@ async fn apps_and_commands_cross_to_the_host_and_go_with_their_container() {
     let out = ok("rm", kapsule(&test, &user, &data, &["rm", &first, "--force"]));
     assert!(
         text(&out.stderr).contains(&format!(
-            "Removed what was exported from {first}: 1 app, 1 command and the menu entry"
+            "Removed what was exported from {first}: 1 app, 2 commands and the menu entry"
         )),
         "{}",
         text(&out.stderr)
