@@ -35,6 +35,19 @@ impl Status {
     }
 }
 
+impl From<std::process::ExitStatus> for Status {
+    /// How a waited-for process ended; a status that is neither (a stopped process) counts as
+    /// exit 1.
+    fn from(status: std::process::ExitStatus) -> Status {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Status::Exited(code),
+            (None, Some(signal)) => Status::Killed(signal),
+            (None, None) => Status::Exited(1),
+        }
+    }
+}
+
 /// The line asking the session to send `signal` to its command.
 pub fn signal_line(signal: i32) -> String {
     format!("signal {signal}\n")
@@ -49,6 +62,17 @@ pub fn parse_signal_line(line: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_status_becomes_an_exit_code_or_a_signal() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = |raw| Status::from(std::process::ExitStatus::from_raw(raw));
+        assert_eq!(status(0), Status::Exited(0));
+        assert_eq!(status(7 << 8), Status::Exited(7));
+        assert_eq!(status(9), Status::Killed(9));
+        // Stopped (WIFSTOPPED by SIGSTOP): neither.
+        assert_eq!(status((19 << 8) | 0x7f), Status::Exited(1));
+    }
 
     #[test]
     fn lines_round_trip_and_garbage_is_refused() {

@@ -23,6 +23,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use std::path::PathBuf;
 
+use kapsule_dbus::session::Status;
+
 use futures_util::StreamExt;
 
 /// Our own name; invoked under any other (a symlink `xdg-open`), that name is the command.
@@ -124,23 +126,11 @@ impl Request {
     }
 }
 
-/// How the host command ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ended {
-    Exited(i32),
-    Killed(i32),
-}
-
-impl Ended {
-    /// From a wait status, as `waitpid` gives it.
-    pub fn from_wait_status(status: u32) -> Ended {
-        let signal = (status & 0x7f) as i32;
-        if signal == 0 {
-            Ended::Exited(((status >> 8) & 0xff) as i32)
-        } else {
-            Ended::Killed(signal)
-        }
-    }
+/// How the host command ended, from the wait status `HostCommandExited` carries (what
+/// `waitpid` gives).
+fn ended(wait_status: u32) -> Status {
+    use std::os::unix::process::ExitStatusExt;
+    Status::from(std::process::ExitStatus::from_raw(wait_status as i32))
 }
 
 /// What went wrong on our side, each said in one line.
@@ -282,7 +272,7 @@ async fn bus_is_our_own(connection: &zbus::Connection) -> bool {
 }
 
 /// Runs the request on the host and returns how the command ended.
-pub async fn run(request: Request) -> Result<Ended, Error> {
+pub async fn run(request: Request) -> Result<Status, Error> {
     let connection = zbus::Connection::session().await.map_err(|e| {
         let address = std::env::var("DBUS_SESSION_BUS_ADDRESS").unwrap_or_default();
         Error::NoBus(if address.is_empty() {
@@ -370,7 +360,7 @@ async fn follow(
     exits: &mut HostCommandExitedStream,
     pid: u32,
     master: Option<OwnedFd>,
-) -> Result<Ended, Error> {
+) -> Result<Status, Error> {
     use tokio::signal::unix::{SignalKind, signal};
     let other = |e: std::io::Error| Error::Other(e.to_string());
     let mut raw = None;
@@ -389,24 +379,15 @@ async fn follow(
         }));
     }
     let mut resized = signal(SignalKind::window_change()).map_err(other)?;
-    let mut forwarded = Vec::new();
-    for (kind, number) in [
-        (SignalKind::interrupt(), 2),
-        (SignalKind::terminate(), 15),
-        (SignalKind::hangup(), 1),
-        (SignalKind::quit(), 3),
-    ] {
-        forwarded.push((signal(kind).map_err(other)?, number));
-    }
+    let mut forwarded = kapsule_terminal::Forwarded::catch().map_err(other)?;
     let ended = loop {
-        let any_signal = first(&mut forwarded);
         tokio::select! {
             exited = exits.next() => {
                 let Some(exited) = exited else {
                     break Err(Error::Other("lost the host's session bus while the command ran".into()));
                 };
                 match exited.args() {
-                    Ok(args) if args.pid == pid => break Ok(Ended::from_wait_status(args.exit_status)),
+                    Ok(args) if args.pid == pid => break Ok(ended(args.exit_status)),
                     _ => continue,
                 }
             }
@@ -415,8 +396,8 @@ async fn follow(
                     kapsule_terminal::copy_window_size(std::io::stdin(), master);
                 }
             }
-            number = any_signal => {
-                let _ = helper.host_command_signal(pid, number, true).await;
+            number = forwarded.next() => {
+                let _ = helper.host_command_signal(pid, number.unsigned_abs(), true).await;
             }
         }
     };
@@ -427,19 +408,6 @@ async fn follow(
     }
     drop(raw);
     ended
-}
-
-/// The number of the first of `signals` to arrive.
-async fn first(signals: &mut [(tokio::signal::unix::Signal, u32)]) -> u32 {
-    std::future::poll_fn(|cx| {
-        for (signal, number) in signals.iter_mut() {
-            if signal.poll_recv(cx).is_ready() {
-                return std::task::Poll::Ready(*number);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 #[cfg(test)]
@@ -480,11 +448,11 @@ mod tests {
 
     #[test]
     fn wait_statuses_decode_as_waitpid_macros_do() {
-        assert_eq!(Ended::from_wait_status(0), Ended::Exited(0));
-        assert_eq!(Ended::from_wait_status(7 << 8), Ended::Exited(7));
-        assert_eq!(Ended::from_wait_status(2), Ended::Killed(2));
+        assert_eq!(ended(0), Status::Exited(0));
+        assert_eq!(ended(7 << 8), Status::Exited(7));
+        assert_eq!(ended(2), Status::Killed(2));
         // Killed by SIGSEGV with a core dump (0x80).
-        assert_eq!(Ended::from_wait_status(0x80 | 11), Ended::Killed(11));
+        assert_eq!(ended(0x80 | 11), Status::Killed(11));
     }
 
     #[test]

@@ -22,8 +22,8 @@ fn main() {
         Err(e) => Err(kapsule_host_exec::Error::Other(e.to_string())),
     };
     match result {
-        Ok(kapsule_host_exec::Ended::Exited(code)) => std::process::exit(code),
-        Ok(kapsule_host_exec::Ended::Killed(signal)) => {
+        Ok(kapsule_dbus::session::Status::Exited(code)) => std::process::exit(code),
+        Ok(kapsule_dbus::session::Status::Killed(signal)) => {
             kapsule_sys::reset_and_raise(signal);
             std::process::exit(128 + signal);
         }

@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 
@@ -124,11 +124,7 @@ fn supervise(mut child: std::process::Child, pidfd: OwnedFd, channel: UnixStream
         }
     }
     let status = match child.wait() {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => Status::Exited(code),
-            (None, Some(signal)) => Status::Killed(signal),
-            (None, None) => Status::Exited(1),
-        },
+        Ok(status) => Status::from(status),
         Err(e) => {
             eprintln!("kapsule-nsenter: cannot wait for the session: {e}");
             Status::Exited(1)

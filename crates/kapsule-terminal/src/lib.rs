@@ -2,7 +2,8 @@
 //! container) and `kapsule-host-exec` (the pty's other side is a process on the host): the
 //! user's terminal in raw mode while the session lasts, so every key (Ctrl-C included) reaches
 //! the far side's line discipline; keyboard bytes pumped into the pty master, its output pumped
-//! to the screen; window sizes copied across.
+//! to the screen; window sizes copied across; and the signals a user sends the local side
+//! ([`Forwarded`]), which it passes on to the command it stands for.
 //!
 //! The pumps are blocking loops on threads: a terminal's `read` cannot be cancelled, and the
 //! keyboard pump is simply left behind when the session ends (the process exits soon after).
@@ -98,6 +99,41 @@ pub fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
         Mode::empty(),
     )?;
     Ok((master, other))
+}
+
+/// The signals a user sends a command in the foreground (Ctrl-C, Ctrl-\\, `kill`, a closed
+/// terminal), caught so that the local side can pass them on instead of dying of them.
+#[derive(Debug)]
+pub struct Forwarded(Vec<(tokio::signal::unix::Signal, i32)>);
+
+impl Forwarded {
+    /// Catches SIGINT, SIGTERM, SIGHUP and SIGQUIT from now on (needs a tokio runtime).
+    pub fn catch() -> std::io::Result<Forwarded> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut caught = Vec::new();
+        for (kind, number) in [
+            (SignalKind::interrupt(), 2),
+            (SignalKind::terminate(), 15),
+            (SignalKind::hangup(), 1),
+            (SignalKind::quit(), 3),
+        ] {
+            caught.push((signal(kind)?, number));
+        }
+        Ok(Forwarded(caught))
+    }
+
+    /// The number of the next signal that arrives.
+    pub async fn next(&mut self) -> i32 {
+        std::future::poll_fn(|cx| {
+            for (signal, number) in &mut self.0 {
+                if signal.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(*number);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -313,29 +313,13 @@ fn read_status(channel: UnixStream) -> Result<Status> {
 
 /// Without a terminal: the command has our fds; we only pass on the signals a user sends us.
 async fn forward_signals(channel: UnixStream) -> Result<Status> {
-    use tokio::signal::unix::{SignalKind, signal};
     let reader = channel.try_clone()?;
     let mut status = tokio::task::spawn_blocking(move || read_status(reader));
-    let mut streams = Vec::new();
-    for (kind, number) in [
-        (SignalKind::interrupt(), 2),
-        (SignalKind::terminate(), 15),
-        (SignalKind::hangup(), 1),
-        (SignalKind::quit(), 3),
-    ] {
-        streams.push((signal(kind)?, number));
-    }
+    let mut signals = kapsule_terminal::Forwarded::catch()?;
     loop {
-        let wait_signal = futures_util::future::select_all(streams.iter_mut().map(|(stream, number)| {
-            let number = *number;
-            Box::pin(async move {
-                stream.recv().await;
-                number
-            })
-        }));
         tokio::select! {
             done = &mut status => return done?,
-            (number, _, _) = wait_signal => {
+            number = signals.next() => {
                 let mut writer = &channel;
                 let _ = writer.write_all(signal_line(number).as_bytes());
             }
