@@ -192,15 +192,9 @@ pub async fn export_app(
     })?;
     let target = places.applications().join(format!("kapsule.{container}.{id}"));
     check_ours_or_absent(&target, &desktop::marker(container))?;
-    // Refused before anything is written.
-    entry
-        .export(container, &id, kapsule, None)
-        .map_err(|reason| Error::BadEntry {
-            path: path.clone(),
-            reason,
-        })?;
-    // Icons first: the entry names the icon only if one was copied.
-    let mut files = Vec::new();
+    // The icon's files are read and placed first: the entry names the copied icon only if one
+    // will be there. Nothing is written until the entry is known to export.
+    let mut icons = Vec::new();
     let mut icon_name = None;
     if let Some(icon) = entry.icon() {
         let found = if icon.starts_with('/') {
@@ -211,23 +205,17 @@ pub async fn export_app(
             guest.icon_files(icon).await?
         };
         let base = icon.rsplit('/').next().unwrap_or(icon);
-        let base = base
-            .strip_suffix(".png")
-            .or_else(|| base.strip_suffix(".svg"))
-            .or_else(|| base.strip_suffix(".svgz"))
-            .or_else(|| base.strip_suffix(".xpm"))
+        let base = icons::EXTENSIONS
+            .iter()
+            .find_map(|e| base.strip_suffix(&format!(".{e}")))
             .unwrap_or(base);
         let name = format!("kapsule.{container}.{base}");
         for file in icons::choose(&found) {
             let bytes = guest.read(&file.path).await?;
-            let Some(target) = icon_target(&places.icons(), &file, &name, &bytes) else {
-                continue;
-            };
-            write_file(&target, &bytes, 0o644)?;
-            if !files.contains(&target) {
-                files.push(target);
+            if let Some(target) = icon_target(&places.icons(), &file, &name, &bytes) {
+                icons.push((target, bytes));
+                icon_name = Some(name.clone());
             }
-            icon_name = Some(name.clone());
         }
     }
     let exported = entry
@@ -236,6 +224,13 @@ pub async fn export_app(
             path: path.clone(),
             reason,
         })?;
+    let mut files = Vec::new();
+    for (icon, bytes) in icons {
+        write_file(&icon, &bytes, 0o644)?;
+        if !files.contains(&icon) {
+            files.push(icon);
+        }
+    }
     write_file(&target, exported.as_bytes(), 0o644)?;
     files.insert(0, target);
     Ok(Export {
@@ -294,16 +289,20 @@ pub fn export_menu_entry(places: &Places, container: &str, kapsule: &str) -> Res
     })
 }
 
+/// Whether the desktop entry at `path` carries `marker` (it is this container's, by Kapsule).
+fn carries_marker(path: &Path, marker: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|text| text.lines().any(|l| l.trim() == marker))
+}
+
 /// Refuses to replace a file that does not carry `marker` (someone else's).
 fn check_ours_or_absent(target: &Path, marker: &str) -> Result<()> {
-    match std::fs::read_to_string(target) {
-        Ok(text) if text.lines().any(|l| l.trim() == marker) => Ok(()),
-        Ok(_) | Err(_) if target.exists() => Err(Error::Refused(format!(
+    if target.exists() && !carries_marker(target, marker) {
+        return Err(Error::Refused(format!(
             "{} exists and was not written by kapsule export for this container",
             target.display()
-        ))),
-        _ => Ok(()),
+        )));
     }
+    Ok(())
 }
 
 /// Removes the files of `export` that are still Kapsule's (an entry or wrapper someone replaced
@@ -317,9 +316,7 @@ pub fn remove_files(export: &Export, container: &str) -> Vec<PathBuf> {
                 let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 let prefix = format!("kapsule.{container}.");
                 name.starts_with(&prefix)
-                    && (!name.ends_with(".desktop")
-                        || std::fs::read_to_string(file)
-                            .is_ok_and(|t| t.lines().any(|l| l.trim() == desktop::marker(container))))
+                    && (!name.ends_with(".desktop") || carries_marker(file, &desktop::marker(container)))
             }
         };
         if ours && std::fs::remove_file(file).is_ok() {
