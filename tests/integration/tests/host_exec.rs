@@ -56,6 +56,34 @@ impl Drop for SessionHelper {
     }
 }
 
+/// A container of the test user's, made with `options`, and their desktop session with the
+/// helper on its bus; the container goes first when it drops.
+struct Scene {
+    _guard: InstanceGuard,
+    _helper: SessionHelper,
+    desktop: FakeDesktop,
+    test: DaemonTest,
+    name: String,
+}
+
+impl Scene {
+    async fn start(what: &str, options: std::collections::HashMap<String, zbus::OwnedVariant>) -> Scene {
+        let test = daemon_test().await;
+        let desktop = FakeDesktop::start(&test_user()).await;
+        let helper = SessionHelper::start(&desktop);
+        let name = unique_name(what);
+        let guard = InstanceGuard(name.clone());
+        test.create(&name, options).await;
+        Scene {
+            _guard: guard,
+            _helper: helper,
+            desktop,
+            test,
+            name,
+        }
+    }
+}
+
 /// `kapsule enter NAME -- ARGS` as the user in the desktop session, from their home.
 fn enter(test: &DaemonTest, desktop: &FakeDesktop, name: &str, args: &[&str]) -> Command {
     let mut command = desktop.user.kapsule(&test.bus);
@@ -93,13 +121,10 @@ impl Drop for HostMarker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_commands_run_on_the_host_as_the_user_with_everything_they_were_given() {
-    let test = daemon_test().await;
-    let user = test_user();
-    let desktop = FakeDesktop::start(&user).await;
-    let _helper = SessionHelper::start(&desktop);
-    let name = unique_name("hostexec");
-    let _guard = InstanceGuard(name.clone());
-    test.create(&name, Default::default()).await;
+    let Scene {
+        test, desktop, name, ..
+    } = &Scene::start("hostexec", Default::default()).await;
+    let user = &desktop.user;
     let marker = HostMarker::new();
     let marker_path = marker.0.to_str().unwrap();
 
@@ -112,7 +137,7 @@ async fn host_commands_run_on_the_host_as_the_user_with_everything_they_were_giv
          kapsule-host-exec cat {marker_path}; echo; cat /proc/sys/kernel/hostname; kapsule-host-exec cat /etc/hostname; \
          kapsule-host-exec id -un"
     );
-    let out = output(enter(&test, &desktop, &name, &["sh", "-c", &script])).await;
+    let out = output(enter(test, desktop, name, &["sh", "-c", &script])).await;
     let host_name = std::fs::read_to_string("/etc/hostname").unwrap();
     assert_ne!(host_name.trim(), name);
     assert_eq!(
@@ -128,17 +153,17 @@ async fn host_commands_run_on_the_host_as_the_user_with_everything_they_were_giv
 
     // Arguments exactly as given, stdin, the environment and the exit status.
     let out = output(enter(
-        &test,
-        &desktop,
-        &name,
+        test,
+        desktop,
+        name,
         &["kapsule-host-exec", "printf", "%s|", "a b", "", "*", "$HOME"],
     ))
     .await;
     assert_eq!(text(&out.stdout), "a b||*|$HOME|", "{}", text(&out.stderr));
     let mut piped = enter(
-        &test,
-        &desktop,
-        &name,
+        test,
+        desktop,
+        name,
         &[
             "sh",
             "-c",
@@ -156,18 +181,12 @@ async fn host_commands_run_on_the_host_as_the_user_with_everything_they_were_giv
     // directory only the container has becomes the home.
     let script =
         "kapsule-host-exec pwd; d=$(mktemp -d /tmp/kt-container-only.XXXXXX) && cd \"$d\" && kapsule-host-exec pwd";
-    let out = output(enter(&test, &desktop, &name, &["sh", "-c", script])).await;
+    let out = output(enter(test, desktop, name, &["sh", "-c", script])).await;
     let home = user.home.display();
     assert_eq!(text(&out.stdout), format!("{home}\n{home}\n"), "{}", text(&out.stderr));
 
     // A command the host does not have: the shell's 127 and one line.
-    let out = output(enter(
-        &test,
-        &desktop,
-        &name,
-        &["kapsule-host-exec", "kt-no-such-command"],
-    ))
-    .await;
+    let out = output(enter(test, desktop, name, &["kapsule-host-exec", "kt-no-such-command"])).await;
     assert_eq!(out.status.code(), Some(127));
     let err = text(&out.stderr);
     assert!(
@@ -177,27 +196,23 @@ async fn host_commands_run_on_the_host_as_the_user_with_everything_they_were_giv
 
     // Linked under another name, it runs that name on the host.
     let script = format!("ln -sf /usr/local/bin/kapsule-host-exec /tmp/cat && /tmp/cat {marker_path}");
-    let out = output(enter(&test, &desktop, &name, &["sh", "-c", &script])).await;
+    let out = output(enter(test, desktop, name, &["sh", "-c", &script])).await;
     assert_eq!(text(&out.stdout), marker.1, "{}", text(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_and_terminals_reach_the_host_command() {
-    let test = daemon_test().await;
-    let user = test_user();
-    let desktop = FakeDesktop::start(&user).await;
-    let _helper = SessionHelper::start(&desktop);
-    let name = unique_name("hostexec-tty");
-    let _guard = InstanceGuard(name.clone());
-    test.create(&name, Default::default()).await;
+    let Scene {
+        test, desktop, name, ..
+    } = &Scene::start("hostexec-tty", Default::default()).await;
 
     // Without a terminal: SIGINT to kapsule (what Ctrl-C in a shell pipeline does) reaches the
     // host command, which dies of it, and so do we.
     let sleeper = format!("sleep {}", 5000 + std::process::id() % 1000);
     let mut command = enter(
-        &test,
-        &desktop,
-        &name,
+        test,
+        desktop,
+        name,
         &[
             "kapsule-host-exec",
             "sh",
@@ -233,7 +248,7 @@ async fn ctrl_c_and_terminals_reach_the_host_command() {
     // With a terminal (script gives kapsule one, 37 rows by 91 columns): the host command has a
     // terminal of its own on stdin and stdout, of that size, and its exit status comes back.
     let inner = "kapsule-host-exec sh -c 'test -t 0 && test -t 1 && echo both-terminals; stty size; exit 3'";
-    let seen = under_script(&test, &desktop, &name, inner).await;
+    let seen = under_script(test, desktop, name, inner).await;
     assert!(seen.contains("both-terminals\n37 91\n"), "{seen:?}");
     assert!(seen.contains("status 3"), "{seen:?}");
 
@@ -242,7 +257,7 @@ async fn ctrl_c_and_terminals_reach_the_host_command() {
     // (A background job's stdin is /dev/null in a shell without job control: hence /dev/tty.)
     let inner = "(sleep 1; stty rows 20 cols 50 < /dev/tty) & \
                  kapsule-host-exec sh -c 'trap \\\"stty size; exit 0\\\" WINCH; echo waiting; while :; do sleep 0.1; done'";
-    let seen = under_script(&test, &desktop, &name, inner).await;
+    let seen = under_script(test, desktop, name, inner).await;
     assert!(seen.contains("waiting\n20 50\n"), "{seen:?}");
     assert!(seen.contains("status 0"), "{seen:?}");
 
@@ -358,18 +373,11 @@ async fn it_runs_without_any_c_library_and_says_why_when_it_cannot_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_mode_container_says_the_host_is_out_of_reach() {
-    let test = daemon_test().await;
-    let user = test_user();
-    let desktop = FakeDesktop::start(&user).await;
-    let _helper = SessionHelper::start(&desktop);
-    let name = unique_name("hostexec-session");
-    let _guard = InstanceGuard(name.clone());
-    test.create(
-        &name,
-        kapsule_integration_tests::options(vec![("session_mode", zbus::Variant::Bool(true))]),
-    )
-    .await;
-    let out = output(enter(&test, &desktop, &name, &["kapsule-host-exec", "true"])).await;
+    let session_mode = kapsule_integration_tests::options(vec![("session_mode", zbus::Variant::Bool(true))]);
+    let Scene {
+        test, desktop, name, ..
+    } = &Scene::start("hostexec-session", session_mode).await;
+    let out = output(enter(test, desktop, name, &["kapsule-host-exec", "true"])).await;
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert_eq!(
