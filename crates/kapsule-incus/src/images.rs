@@ -17,7 +17,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::client::{Body, Client, decode_envelope, enc, expect_operation};
 use crate::error::{Error, Result};
-use crate::models::{Image, ImageAlias, InstanceSource, Operation};
+use crate::models::{ConfigMap, Image, ImageAlias, InstanceSource, Operation};
 
 /// An upload may be large and the disk slow; the request ends when Incus has the bytes, and the
 /// unpacking is then an operation with its own wait.
@@ -73,6 +73,14 @@ impl Client {
         Ok(())
     }
 
+    /// Sets (adds or replaces) image properties, leaving the others as they are; an empty value
+    /// removes that property (PATCH: Incus merges).
+    pub async fn patch_image_properties(&self, fingerprint: &str, properties: &ConfigMap) -> Result<()> {
+        let path = format!("/1.0/images/{}", enc(fingerprint));
+        self.call_and_settle(Method::PATCH, &path, &json!({ "properties": properties }))
+            .await
+    }
+
     /// Starts deleting an image.
     pub async fn delete_image(&self, fingerprint: &str) -> Result<Operation> {
         let path = format!("/1.0/images/{}", enc(fingerprint));
@@ -109,6 +117,18 @@ impl Client {
         rootfs: UploadFile,
         sent: Option<tokio::sync::watch::Sender<u64>>,
     ) -> Result<ImageUpload> {
+        self.import_image_with(metadata, rootfs, sent, &ConfigMap::new()).await
+    }
+
+    /// [`Client::import_image`], the image made with these `properties` besides its metadata's
+    /// own (a journal entry, for one: they are there from the moment the image exists).
+    pub async fn import_image_with(
+        &self,
+        metadata: UploadFile,
+        rootfs: UploadFile,
+        sent: Option<tokio::sync::watch::Sender<u64>>,
+        properties: &ConfigMap,
+    ) -> Result<ImageUpload> {
         let boundary = format!("kapsule-{:016x}", boundary_seed());
         let part_head = |name: &str, file: &UploadFile| {
             let filename = file.name.replace(['"', '\r', '\n'], "");
@@ -142,11 +162,20 @@ impl Client {
             .chain(rootfs.stream().map_ok(tap))
             .chain(stream::iter([Ok(tail)]));
         let body: Body = BodyExt::boxed(StreamBody::new(chunks.map_ok(Frame::data)));
-        let headers = [
+        // Incus reads extra properties as a query string in this header.
+        let properties = properties
+            .iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut headers = vec![
             ("content-type", format!("multipart/form-data; boundary={boundary}")),
             ("content-length", length.to_string()),
             ("x-incus-public", "false".to_owned()),
         ];
+        if !properties.is_empty() {
+            headers.push(("x-incus-properties", properties));
+        }
         let path = "/1.0/images";
         let raw = self
             .send(Method::POST, path, &headers, body, Some(UPLOAD_TIMEOUT))

@@ -220,6 +220,16 @@ impl Operation {
         self.status_code >= 200
     }
 
+    /// True when the operation works on instance `name` (its resources name it).
+    pub fn touches_instance(&self, name: &str) -> bool {
+        let wanted = format!("/1.0/instances/{}", crate::client::enc(name));
+        self.resources.as_ref().is_some_and(|resources| {
+            resources
+                .get("instances")
+                .is_some_and(|paths| paths.iter().any(|p| p.split('?').next() == Some(wanted.as_str())))
+        })
+    }
+
     /// A string field of the operation's metadata (`download_progress`, `fingerprint`, ...).
     pub fn metadata_str(&self, key: &str) -> Option<&str> {
         self.metadata.as_ref()?.get(key)?.as_str()

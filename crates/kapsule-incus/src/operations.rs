@@ -18,6 +18,17 @@ impl Client {
         self.get_json(&format!("/1.0/operations/{}", enc(id))).await
     }
 
+    /// The operations Incus is running or about to run, of every kind.
+    pub async fn running_operations(&self) -> Result<Vec<Operation>> {
+        // `{"running": [...], "pending": [...], "success": [...], ...}`, a list per status.
+        let mut by_status: std::collections::BTreeMap<String, Vec<Operation>> =
+            self.get_json("/1.0/operations?recursion=1").await?;
+        Ok(["running", "pending"]
+            .into_iter()
+            .flat_map(|status| by_status.remove(status).unwrap_or_default())
+            .collect())
+    }
+
     /// Waits until the operation ends, at most `timeout` (`None`: as long as it takes).
     ///
     /// Returns the final operation on success. A failed operation gives
