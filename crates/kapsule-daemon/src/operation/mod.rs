@@ -55,7 +55,7 @@ impl Failure {
 /// own message (`PUT /1.0/instances/dev/state: …`).
 impl From<kapsule_incus::Error> for Failure {
     fn from(e: kapsule_incus::Error) -> Self {
-        Failure::Failed(e.to_string())
+        Failure::Failed(crate::error::readable(&e.to_string()))
     }
 }
 
