@@ -32,6 +32,10 @@ struct Args {
     /// incusd sees it). For tests that must not touch the machine's network.
     #[arg(long, value_name = "PATH", env = "KAPSULE_NETWORK_NAMESPACE")]
     network_namespace: Option<std::path::PathBuf>,
+    /// The Incus storage pool new containers' root disks are made in (default: `default`, the
+    /// pool kapsule-init makes).
+    #[arg(long, value_name = "NAME", env = "KAPSULE_STORAGE_POOL")]
+    storage_pool: Option<String>,
     /// Also serve peer-to-peer D-Bus on a Unix socket bound at this path (tests, development;
     /// under systemd, kapsule-daemon.socket passes the socket instead). A stale socket there is
     /// replaced; anything else there is an error.
@@ -80,6 +84,7 @@ fn main() {
         network_namespace: args.network_namespace,
         config_files: None,
         incus_cache: None,
+        storage_pool: args.storage_pool,
     };
     let bus = match (args.session, args.address) {
         (_, Some(address)) => kapsule_daemon::Bus::Address(address),

@@ -1,5 +1,6 @@
 //! Layer 7: the daemon as a service: builds each layer's handles, serves the objects on the bus
-//! and the daemon's socket, takes the name, and runs until it is told to stop or is idle.
+//! and the daemon's socket, takes the name, recovers what an earlier daemon left unfinished, and
+//! runs until it is told to stop or is idle.
 
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use crate::host::settings::{Bus, Settings};
 use crate::identity::link::{Authority, Link};
 use crate::operation::Operations;
 use crate::operation::clients::Clients;
-use crate::pipeline::Daemon;
+use crate::pipeline::{Daemon, recovery};
 
 /// How the daemon runs as a service.
 #[derive(Debug, Default)]
@@ -111,9 +112,10 @@ async fn start(bus: Bus, settings: Settings) -> anyhow::Result<(Connection, Surf
         containers: containers.clone(),
         clients: Clients::new(connection.clone()),
         setup_locks: Default::default(),
+        recovered: Default::default(),
     });
     let surface = Surface {
-        daemon,
+        daemon: daemon.clone(),
         operations: Operations::new(activity.clone()),
         authority: Authority::Polkit(connection.clone()),
     };
@@ -131,5 +133,7 @@ async fn start(bus: Bus, settings: Settings) -> anyhow::Result<(Connection, Surf
         .map_err(|e| anyhow::anyhow!("cannot own {BUS_NAME}: {e}"))?;
     log::info!("serving {BUS_NAME} on the {bus:?} bus");
     hostsync::watch(containers);
+    // What a daemon before this one left unfinished (it was killed, or the machine stopped).
+    recovery::at_start(&daemon).await;
     Ok((connection, surface))
 }

@@ -248,7 +248,10 @@ pub(crate) async fn sync_all(containers: &Containers) {
             return;
         }
     };
-    for instance in instances.iter().filter(|i| meta::is_kapsule(i) && meta::is_running(i)) {
+    // A container being made or removed is not touched: a create syncs its container as its
+    // last step, and a removal needs nothing.
+    let settled = |i: &&Instance| meta::is_kapsule(i) && meta::is_running(i) && meta::pending(i).is_none();
+    for instance in instances.iter().filter(settled) {
         log_lines(&instance.name, sync_container(containers, instance, &config).await);
     }
 }

@@ -6,6 +6,7 @@ use kapsule_dbus::{ContainerInfo, Error};
 use kapsule_incus::models::Instance;
 
 use crate::container::Containers;
+use crate::host::journal::{self, Entry, Work};
 use crate::identity::authority::Action;
 
 /// Every Kapsule container carries config keys under this prefix (the original daemon's too).
@@ -13,6 +14,28 @@ pub(crate) const META_PREFIX: &str = "user.kapsule.";
 
 /// The uid of the user who created a container (their containers are theirs to enter).
 pub(crate) const OWNER_KEY: &str = "user.kapsule.owner";
+
+/// The journal entry of a create or delete under way (or abandoned): written with the instance,
+/// cleared as the last step (see `host/journal.rs`).
+pub(crate) const PENDING_KEY: &str = "user.kapsule.pending";
+
+/// The journal entry `instance` carries, if any.
+pub(crate) fn pending(instance: &Instance) -> Option<Entry> {
+    let value = instance.config.get(PENDING_KEY)?;
+    let entry = Entry::parse(value);
+    if entry.is_none() {
+        log::warn!(
+            "{}: {PENDING_KEY} is not an entry of this daemon: {value:?}",
+            instance.name
+        );
+    }
+    entry
+}
+
+/// True when `instance` carries an entry nobody will finish: it is to be recovered.
+pub(crate) fn is_abandoned(instance: &Instance) -> bool {
+    pending(instance).is_some_and(|e| e.is_abandoned(&journal::instance_key(&instance.name)))
+}
 
 /// True when `uid` may use `instance` as their own: they created it, or, in a container made by
 /// the original daemon (which recorded no owner), they were set up in it.
@@ -55,10 +78,12 @@ pub(crate) fn container_info(instance: &Instance) -> ContainerInfo {
     } else {
         "Default"
     };
-    let status = if instance.status.is_empty() {
-        "Unknown".to_owned()
-    } else {
-        instance.status.clone()
+    // Work under way shows: a container being made is not one to use yet.
+    let status = match pending(instance) {
+        Some(entry) if entry.work == Work::Create && !is_abandoned(instance) => "Creating".to_owned(),
+        Some(_) => "Removing".to_owned(),
+        None if instance.status.is_empty() => "Unknown".to_owned(),
+        None => instance.status.clone(),
     };
     ContainerInfo {
         name: instance.name.clone(),
@@ -218,6 +243,26 @@ mod tests {
         );
         assert!(is_kapsule(&i));
         assert!(!is_kapsule(&Instance::default()));
+    }
+
+    #[tokio::test]
+    async fn work_under_way_shows_in_the_status() {
+        let mut i = Instance {
+            name: "meta-journal-test".into(),
+            status: "Running".into(),
+            ..Default::default()
+        };
+        i.config.insert(PENDING_KEY.into(), Entry::new(Work::Create).value());
+        let held = journal::hold(&journal::instance_key(&i.name)).await;
+        assert_eq!(container_info(&i).status, "Creating");
+        assert!(!is_abandoned(&i));
+        drop(held);
+        // Nobody at it any more: it is being removed (by recovery).
+        assert_eq!(container_info(&i).status, "Removing");
+        assert!(is_abandoned(&i));
+        i.config.insert(PENDING_KEY.into(), "not an entry".into());
+        assert!(pending(&i).is_none() && !is_abandoned(&i), "junk is left alone");
+        assert_eq!(container_info(&i).status, "Running");
     }
 
     #[test]

@@ -7,9 +7,6 @@ use kapsule_incus::models::{ConfigMap, Devices};
 use crate::container::Containers;
 use crate::identity::account::Account;
 
-/// The storage pool containers' root disks live in (kapsule-init creates it).
-const POOL: &str = "default";
-
 /// `security.*` and the `user.kapsule.*` metadata (the original daemon's keys, so containers it
 /// made are read the same way).
 pub(crate) fn config(options: &CreateOptions) -> ConfigMap {
@@ -48,12 +45,12 @@ pub(crate) fn device(pairs: &[(&str, &str)]) -> ConfigMap {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
-/// The root disk, the GPU when asked for and present, and the host filesystem.
-pub(crate) fn devices(options: &CreateOptions, gpu_present: bool) -> Devices {
+/// The root disk (in `pool`), the GPU when asked for and present, and the host filesystem.
+pub(crate) fn devices(options: &CreateOptions, gpu_present: bool, pool: &str) -> Devices {
     let mut devices = Devices::new();
     devices.insert(
         "root".into(),
-        device(&[("type", "disk"), ("path", "/"), ("pool", POOL)]),
+        device(&[("type", "disk"), ("path", "/"), ("pool", pool)]),
     );
     // Incus refuses to start a container whose gpu device finds no GPU, so it is only added when
     // the host has one.
@@ -222,17 +219,17 @@ mod tests {
     #[test]
     fn devices_follow_options_and_hardware() {
         let o = defaults();
-        let d = devices(&o, false);
+        let d = devices(&o, false, "default");
         assert_eq!(
             d.keys().collect::<Vec<_>>(),
             ["hostfs", "root"],
             "no gpu device without a GPU"
         );
         assert_eq!(d["hostfs"]["propagation"], "rslave");
-        assert!(devices(&o, true).contains_key("gpu"));
+        assert!(devices(&o, true, "default").contains_key("gpu"));
         let mut o = defaults();
         o.host_rootfs = false;
         o.gpu = false;
-        assert_eq!(devices(&o, true).keys().collect::<Vec<_>>(), ["root"]);
+        assert_eq!(devices(&o, true, "default").keys().collect::<Vec<_>>(), ["root"]);
     }
 }

@@ -41,6 +41,7 @@ async fn serve(incus: FakeIncus, allowed: &[&'static str]) -> Served {
         containers,
         clients: Clients::default(),
         setup_locks: Default::default(),
+        recovered: Default::default(),
     });
     let surface = Surface {
         daemon: daemon.clone(),

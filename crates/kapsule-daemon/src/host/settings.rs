@@ -45,6 +45,9 @@ pub struct Settings {
     /// `/var/cache/incus`. A refresh drops the index of the server it asks about, so it sees
     /// what the server has now.
     pub incus_cache: Option<std::path::PathBuf>,
+    /// The Incus storage pool new containers' root disks are made in; default `default`, the
+    /// pool kapsule-init makes (tests give a small one to fill).
+    pub storage_pool: Option<String>,
 }
 
 impl Settings {
@@ -75,6 +78,11 @@ impl Settings {
     /// Incus's cache directory.
     pub(crate) fn incus_cache_dir(&self) -> std::path::PathBuf {
         self.incus_cache.clone().unwrap_or_else(|| "/var/cache/incus".into())
+    }
+
+    /// The storage pool of new containers' root disks.
+    pub(crate) fn storage_pool(&self) -> &str {
+        self.storage_pool.as_deref().unwrap_or("default")
     }
 
     /// The network namespace new containers share.

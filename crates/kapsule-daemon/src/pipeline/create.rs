@@ -12,16 +12,17 @@ use kapsule_incus::models::{Image, InstanceSource, InstancesPost};
 use zbus::DBusError as _;
 use zbus::OwnedVariant;
 
-use crate::container::meta::{OWNER_KEY, validate_name};
+use crate::container::meta::{self, OWNER_KEY, PENDING_KEY, validate_name};
 use crate::container::{fixups, hostsync, spec};
 use crate::error::incus_error;
+use crate::host::journal::{self, Entry, Work};
 use crate::identity::account::expand_home;
 use crate::identity::caller::{Caller, Missing, config_for};
 use crate::image::pull::{pull, pulled_from};
 use crate::image::remotes::{Remote, Remotes};
-use crate::operation::incus::{INCUS_WAIT, run_incus_operation};
+use crate::operation::incus::run_incus_operation;
 use crate::operation::{Failure, MessageKind, Reporter};
-use crate::pipeline::Daemon;
+use crate::pipeline::{Daemon, recovery};
 
 /// A create request that passed every check.
 #[derive(Debug)]
@@ -35,6 +36,8 @@ pub(crate) struct Plan {
     pub options: CreateOptions,
     /// The user creating it, recorded as its owner.
     pub owner: Caller,
+    /// What recovery did to a container of this name a killed daemon left, said first.
+    pub recovered: Option<String>,
 }
 
 /// Where the container's image comes from.
@@ -71,7 +74,17 @@ pub(crate) async fn plan(
         image
     };
     let client = options::from_dbus(client_options)?;
+    let mut recovered = None;
     match daemon.containers.incus.get_instance(name).await {
+        // What a killed daemon's create or delete of this name left goes first.
+        Ok(instance) if meta::is_kapsule(&instance) && meta::is_abandoned(&instance) => {
+            recovered = recovery::recover_container(daemon, name).await?;
+        }
+        Ok(instance) if meta::is_kapsule(&instance) && meta::pending(&instance).is_some() => {
+            return Err(Error::AlreadyExists(format!(
+                "Container '{name}' already exists (it is being created or removed)"
+            )));
+        }
         Ok(_) => return Err(Error::AlreadyExists(format!("Container '{name}' already exists"))),
         Err(e) if e.is_not_found() => {}
         Err(e) => return Err(incus_error(e)),
@@ -90,6 +103,7 @@ pub(crate) async fn plan(
         client,
         options,
         owner: owner.clone(),
+        recovered,
     })
 }
 
@@ -202,9 +216,17 @@ fn image_default_options(image: &Image) -> BTreeMap<String, options::OptionValue
 
 /// The operation's work: pull the image if it is not local, create, start, fix up; on failure
 /// or cancellation, remove the container that was made (a pulled image stays: the next create
-/// from it needs no download).
+/// from it needs no download). Journaled (`host/journal.rs`): the instance is made with an entry
+/// that the last step clears, so a container whose create a killed daemon did not finish is
+/// known and removed by the next one.
 pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) -> Result<String, Failure> {
     let name = plan.name.clone();
+    let _hold = journal::hold(&journal::instance_key(&name)).await;
+    if let Some(what) = &plan.recovered {
+        reporter
+            .warn(&format!("An earlier container '{name}' was removed first: {what}"))
+            .await;
+    }
     let image = match &plan.image {
         ImageSource::Local(image) => (**image).clone(),
         ImageSource::Pull {
@@ -269,6 +291,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
     let session_mode = plan.options.session_mode;
     let mut config = spec::config(&plan.options);
     config.insert(OWNER_KEY.into(), plan.owner.uid.to_string());
+    config.insert(PENDING_KEY.into(), Entry::new(Work::Create).value());
     let raw = spec::raw_lxc(
         &plan.options,
         &daemon.containers.settings.network_namespace_path(),
@@ -279,7 +302,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
         name: name.clone(),
         source: InstanceSource::local_fingerprint(image.fingerprint.clone()),
         config,
-        devices: spec::devices(&plan.options, gpu),
+        devices: spec::devices(&plan.options, gpu, daemon.containers.settings.storage_pool()),
         profiles: Vec::new(),
         kind: "container".into(),
         start: true,
@@ -294,6 +317,11 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
         }
         fixups::apply(&daemon.containers, reporter, &name, session_mode).await?;
         hostsync::report(reporter, hostsync::sync_one(&daemon.containers, &name).await).await;
+        if reporter.is_cancelled() {
+            return Err(Failure::Cancelled);
+        }
+        // The last step: from here on the container is done.
+        recovery::clear_container_entry(daemon, &name).await?;
         Ok(())
     }
     .await;
@@ -319,31 +347,11 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
 }
 
 /// Removes a container the pipeline made but could not finish. Errors are logged: the failure the
-/// client sees is the one that caused this.
+/// client sees is the one that caused this, and the container's journal entry stays, so the
+/// container is removed when it is next looked at.
 async fn remove_half_made(daemon: &Daemon, name: &str) {
-    let Ok(instance) = daemon.containers.incus.get_instance(name).await else {
-        return;
-    };
     log::info!("removing the half-made container {name}");
-    if instance.status == "Running" {
-        match daemon
-            .containers
-            .incus
-            .stop_instance(name, true, std::time::Duration::from_secs(30))
-            .await
-        {
-            Ok(op) => {
-                let _ = daemon.containers.incus.wait_operation(&op.id, INCUS_WAIT).await;
-            }
-            Err(e) => log::warn!("could not stop {name}: {e}"),
-        }
-    }
-    match daemon.containers.incus.delete_instance(name).await {
-        Ok(op) => {
-            if let Err(e) = daemon.containers.incus.wait_operation(&op.id, INCUS_WAIT).await {
-                log::warn!("could not delete {name}: {e}");
-            }
-        }
-        Err(e) => log::warn!("could not delete {name}: {e}"),
+    if let Err(e) = recovery::remove_instance(daemon, name).await {
+        log::warn!("could not remove the half-made container {name} (it is retried when it is next looked at): {e}");
     }
 }

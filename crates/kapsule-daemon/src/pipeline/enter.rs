@@ -19,7 +19,7 @@ use crate::identity::account::Account;
 use crate::identity::authority::Requester;
 use crate::identity::caller::{Caller, config_for};
 use crate::operation::Notes;
-use crate::pipeline::{Daemon, lifecycle, setup_user};
+use crate::pipeline::{Daemon, lifecycle, recovery, setup_user};
 
 /// Variables of the caller's environment a session does not inherit: shell bookkeeping, the
 /// host's name and colours, and PATH (the image's profile sets its own).
@@ -140,7 +140,7 @@ pub(crate) async fn resolve_name(daemon: &Daemon, caller: &Caller, name: &str) -
 /// The caller must be allowed to enter it (see [`meta::enter_action`]).
 pub(crate) async fn prepare(daemon: &Daemon, who: &Requester, name: &str) -> Result<(Account, Wants), Error> {
     let caller = &who.caller;
-    let instance = meta::get_kapsule_container(&daemon.containers, name).await?;
+    let instance = recovery::settled(daemon, name).await?;
     who.authorize(meta::enter_action(&instance, caller.uid), &[("container", name)])
         .await?;
     lifecycle::ensure_running(daemon, None, &instance)

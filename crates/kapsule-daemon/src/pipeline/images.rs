@@ -4,16 +4,17 @@ use std::path::{Path, PathBuf};
 
 use kapsule_dbus::Error;
 use kapsule_dbus::image::{ImageRef, is_fingerprint};
-use kapsule_incus::models::{Image, ImageUpdateSource};
+use kapsule_incus::models::{ConfigMap, Image, ImageUpdateSource};
 use kapsule_incus::{ImageUpload, UploadFile};
 
 use crate::container::Containers;
+use crate::host::journal::{self, Entry, Work};
 use crate::identity::caller::Caller;
 use crate::image::pull::{forget_index, mib, pulled_from, short, source_server};
 use crate::image::remotes::Remotes;
 use crate::operation::incus::{INCUS_WAIT, run_incus_operation};
 use crate::operation::{Failure, MessageKind, Reporter};
-use crate::pipeline::Daemon;
+use crate::pipeline::{Daemon, recovery};
 
 /// Checks a local alias (or fingerprint), with the message a client sees.
 fn check_local_alias(alias: &str) -> Result<(), Error> {
@@ -132,7 +133,9 @@ async fn open_first(caller: &Caller, dir: &Path, names: &[&str], what: &str) -> 
 
 /// Uploads the image, then points the alias at it. An image that was already in the store is
 /// reused; an image the alias pointed to before is removed once nothing names it. Cancelled or
-/// failed, the import leaves the store as it was.
+/// failed, the import leaves the store as it was. Journaled (`host/journal.rs`): the image is
+/// uploaded with an entry that the last step clears, so one a killed daemon left without its
+/// alias is removed by the next one.
 pub(crate) async fn import(daemon: &Daemon, reporter: &Reporter, plan: ImportPlan) -> Result<String, Failure> {
     let ImportPlan {
         alias,
@@ -152,6 +155,8 @@ pub(crate) async fn import(daemon: &Daemon, reporter: &Reporter, plan: ImportPla
     let upload = upload_with_progress(&daemon.containers, reporter, metadata, rootfs, total).await?;
     let fingerprint = upload.fingerprint.clone();
     let short = short(&fingerprint).to_owned();
+    // Before Incus has made the image: from its first moment on, its entry is this import's.
+    let _hold = journal::hold(&journal::image_key(&fingerprint)).await;
 
     reporter.info("Unpacking the image").await;
     let outcome = tokio::select! {
@@ -185,7 +190,14 @@ pub(crate) async fn import(daemon: &Daemon, reporter: &Reporter, plan: ImportPla
         },
     };
 
-    match point_alias(&daemon.containers, reporter, &alias, &fingerprint).await {
+    let pointed = async {
+        point_alias(daemon, reporter, &alias, &fingerprint).await?;
+        // The last step (for an image the store had already, too: an import a killed daemon left
+        // unfinished may have made it).
+        recovery::clear_image_entry(daemon, &fingerprint).await?;
+        Ok::<(), Failure>(())
+    };
+    match pointed.await {
         Ok(()) => Ok(format!("Image '{alias}' imported ({short})")),
         Err(e) => {
             if created {
@@ -207,7 +219,10 @@ async fn upload_with_progress(
 ) -> Result<ImageUpload, Failure> {
     let progress = reporter.progress_start("Uploading image", 100).await;
     let (sent_tx, mut sent) = tokio::sync::watch::channel(0u64);
-    let upload = containers.incus.import_image(metadata, rootfs, Some(sent_tx));
+    let entry = ConfigMap::from([(recovery::IMAGE_PENDING_KEY.to_owned(), Entry::new(Work::Import).value())]);
+    let upload = containers
+        .incus
+        .import_image_with(metadata, rootfs, Some(sent_tx), &entry);
     tokio::pin!(upload);
     let mut reported = 0;
     let mut counting = true;
@@ -248,13 +263,10 @@ async fn upload_with_progress(
 }
 
 /// Makes `alias` name `fingerprint`, in one step when it named another image (so it never names
-/// nothing), and removes that other image if no alias is left on it.
-async fn point_alias(
-    containers: &Containers,
-    reporter: &Reporter,
-    alias: &str,
-    fingerprint: &str,
-) -> Result<(), Failure> {
+/// nothing), and removes that other image if no alias is left on it (journaled too: a daemon
+/// killed between the two leaves an entry on the old image, and the next one removes it).
+async fn point_alias(daemon: &Daemon, reporter: &Reporter, alias: &str, fingerprint: &str) -> Result<(), Failure> {
+    let containers = &daemon.containers;
     match containers.incus.get_image_alias(alias).await {
         Ok(existing) if existing.target == fingerprint => Ok(()),
         Ok(existing) => {
@@ -264,16 +276,40 @@ async fn point_alias(
                     short(&existing.target)
                 ))
                 .await;
-            containers.incus.retarget_image_alias(alias, fingerprint).await?;
-            match containers.incus.get_image(&existing.target).await {
-                Ok(old) if old.aliases.is_empty() => {
-                    let op = containers.incus.delete_image(&old.fingerprint).await?;
-                    run_incus_operation(&containers.incus, reporter, op).await?;
-                    reporter
-                        .info(&format!("Removed the old image {}", short(&old.fingerprint)))
-                        .await;
+            let _hold = journal::hold(&journal::image_key(&existing.target)).await;
+            let entry = ConfigMap::from([(
+                recovery::IMAGE_PENDING_KEY.to_owned(),
+                Entry::new(Work::Release).value(),
+            )]);
+            containers
+                .incus
+                .patch_image_properties(&existing.target, &entry)
+                .await?;
+            if let Err(e) = containers.incus.retarget_image_alias(alias, fingerprint).await {
+                let _ = recovery::clear_image_entry(daemon, &existing.target).await;
+                return Err(e.into());
+            }
+            // The alias names the new image: the import is done, whatever happens to the old
+            // one (its entry stays if it cannot be removed now, so it is removed later).
+            let old = &existing.target;
+            let released = async {
+                match containers.incus.get_image(old).await {
+                    Ok(image) if image.aliases.is_empty() => {
+                        let op = containers.incus.delete_image(old).await?;
+                        run_incus_operation(&containers.incus, reporter, op).await?;
+                        reporter.info(&format!("Removed the old image {}", short(old))).await;
+                    }
+                    Ok(_) => recovery::clear_image_entry(daemon, old).await?,
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.into()),
                 }
-                _ => {}
+                Ok::<(), Failure>(())
+            };
+            if let Err(e) = released.await {
+                log::warn!(
+                    "image {old}: not removed after its alias moved (retried later): {}",
+                    e.message()
+                );
             }
             Ok(())
         }

@@ -4,22 +4,25 @@
 use std::time::Duration;
 
 use kapsule_dbus::Error;
-use kapsule_incus::models::Instance;
+use kapsule_incus::models::{ConfigMap, Instance};
 
 use crate::container::hostsync;
-use crate::container::meta::{get_kapsule_container, is_running};
+use crate::container::meta::{PENDING_KEY, is_running};
+use crate::host::journal::{self, Entry, Work};
 use crate::operation::incus::{INCUS_WAIT, run_incus_operation};
 use crate::operation::{Failure, MessageKind, Reporter};
 use crate::pipeline::Daemon;
+use crate::pipeline::recovery::{self, settled};
 
-/// Before `StartContainer` and `StopContainer`: the container exists and is Kapsule's.
+/// Before `StartContainer` and `StopContainer`: the container exists, is Kapsule's and no work is
+/// under way on it.
 pub(crate) async fn check_exists(daemon: &Daemon, name: &str) -> Result<(), Error> {
-    get_kapsule_container(&daemon.containers, name).await.map(drop)
+    settled(daemon, name).await.map(drop)
 }
 
 /// Before `DeleteContainer`: the container exists, and is not running unless `force`.
 pub(crate) async fn check_delete(daemon: &Daemon, name: &str, force: bool) -> Result<(), Error> {
-    let instance = get_kapsule_container(&daemon.containers, name).await?;
+    let instance = settled(daemon, name).await?;
     if is_running(&instance) && !force {
         return Err(Error::Failed(format!(
             "Container '{name}' is running; stop it first or use force"
@@ -30,7 +33,7 @@ pub(crate) async fn check_delete(daemon: &Daemon, name: &str, force: bool) -> Re
 
 /// `StartContainer`'s work.
 pub(crate) async fn start(daemon: &Daemon, reporter: &Reporter, name: &str) -> Result<String, Failure> {
-    let instance = get_kapsule_container(&daemon.containers, name).await?;
+    let instance = settled(daemon, name).await?;
     if is_running(&instance) {
         reporter.warn(&format!("Container '{name}' is already running")).await;
         return Ok(String::new());
@@ -81,7 +84,7 @@ pub(crate) async fn ensure_running(
 
 /// `StopContainer`'s work.
 pub(crate) async fn stop(daemon: &Daemon, reporter: &Reporter, name: &str, force: bool) -> Result<String, Failure> {
-    let instance = get_kapsule_container(&daemon.containers, name).await?;
+    let instance = settled(daemon, name).await?;
     if !is_running(&instance) {
         reporter.warn(&format!("Container '{name}' is not running")).await;
         return Ok(String::new());
@@ -96,25 +99,41 @@ pub(crate) async fn stop(daemon: &Daemon, reporter: &Reporter, name: &str, force
     Ok(format!("Container '{name}' stopped"))
 }
 
-/// `DeleteContainer`'s work.
+/// `DeleteContainer`'s work. Journaled (`host/journal.rs`): from the stop on, a daemon killed
+/// before the end leaves an entry, and the next one finishes the removal.
 pub(crate) async fn delete(daemon: &Daemon, reporter: &Reporter, name: &str, force: bool) -> Result<String, Failure> {
-    let instance = get_kapsule_container(&daemon.containers, name).await?;
-    if is_running(&instance) {
-        if !force {
-            return Err(Failure::Failed(format!(
-                "Container '{name}' is running; stop it first or use force"
-            )));
-        }
-        reporter.info("Stopping the container first").await;
-        let op = daemon
-            .containers
-            .incus
-            .stop_instance(name, true, Duration::from_secs(30))
-            .await?;
-        run_incus_operation(&daemon.containers.incus, reporter, op).await?;
+    let instance = settled(daemon, name).await?;
+    if is_running(&instance) && !force {
+        return Err(Failure::Failed(format!(
+            "Container '{name}' is running; stop it first or use force"
+        )));
     }
-    let op = daemon.containers.incus.delete_instance(name).await?;
-    run_incus_operation(&daemon.containers.incus, reporter, op).await?;
+    let _hold = journal::hold(&journal::instance_key(name)).await;
+    let entry = ConfigMap::from([(PENDING_KEY.to_owned(), Entry::new(Work::Delete).value())]);
+    daemon.containers.incus.patch_instance_config(name, &entry).await?;
+    let removed = async {
+        if is_running(&instance) {
+            reporter.info("Stopping the container first").await;
+            let op = daemon
+                .containers
+                .incus
+                .stop_instance(name, true, Duration::from_secs(30))
+                .await?;
+            run_incus_operation(&daemon.containers.incus, reporter, op).await?;
+        }
+        let op = daemon.containers.incus.delete_instance(name).await?;
+        run_incus_operation(&daemon.containers.incus, reporter, op).await?;
+        Ok::<(), Failure>(())
+    }
+    .await;
+    if let Err(failure) = removed {
+        // The client hears that the removal failed: the container stays, without the entry.
+        if let Err(e) = recovery::clear_container_entry(daemon, name).await {
+            log::warn!("container {name}: cannot clear the journal entry of a failed removal: {e}");
+        }
+        daemon.clients.containers_changed().await;
+        return Err(failure);
+    }
     daemon.clients.containers_changed().await;
     Ok(format!("Container '{name}' removed"))
 }

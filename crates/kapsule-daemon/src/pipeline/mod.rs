@@ -16,14 +16,17 @@ pub(crate) mod images;
 pub(crate) mod lifecycle;
 /// `ListContainers`, `GetContainerInfo`, `IsUserSetup`, `ListImages`, `GetConfig`.
 pub(crate) mod queries;
+/// Work a killed daemon left unfinished: found and recovered.
+pub(crate) mod recovery;
 /// `SetupUser`, and the setup on a first enter.
 pub(crate) mod setup_user;
 
 /// What every pipeline works with: the container layer's handles, the clients told about
-/// changes, and the pipelines' own locks.
+/// changes, the pipelines' own locks, and what recovery did.
 #[derive(Debug)]
 pub(crate) struct Daemon {
     pub(crate) containers: Arc<Containers>,
     pub(crate) clients: Clients,
     pub(crate) setup_locks: setup_user::SetupLocks,
+    pub(crate) recovered: recovery::Recovered,
 }

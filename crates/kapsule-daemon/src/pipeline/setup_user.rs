@@ -34,7 +34,7 @@ use crate::identity::account::{Account, expand_home, requested_account};
 use crate::identity::authority::{Action, Requester};
 use crate::identity::caller::{FsIdentity, Missing};
 use crate::operation::{Failure, Notes, Reporter};
-use crate::pipeline::{Daemon, lifecycle};
+use crate::pipeline::{Daemon, lifecycle, recovery};
 
 /// One lock per container for user setups, which rewrite its user database.
 #[derive(Debug, Default)]
@@ -73,7 +73,7 @@ pub(crate) struct Plan {
 /// one's own container is entering it; anyone else, or anywhere else, managing), and the account
 /// is the host's own account of that uid.
 pub(crate) async fn plan(daemon: &Daemon, who: &Requester, request: Request) -> Result<Plan, Error> {
-    let instance = meta::get_kapsule_container(&daemon.containers, &request.container).await?;
+    let instance = recovery::settled(daemon, &request.container).await?;
     let action = if who.caller.uid == request.uid {
         meta::enter_action(&instance, request.uid)
     } else {

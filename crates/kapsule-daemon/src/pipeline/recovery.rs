@@ -1,0 +1,245 @@
+//! Recovery of work a daemon did not finish (see `host/journal.rs` for the entries): at the
+//! daemon's start, and whenever a container or image with an abandoned entry is looked at (Incus
+//! may finish an operation of a killed daemon after the next daemon started, so the start alone
+//! cannot find everything).
+//!
+//! What is done with each is fixed, so that every outcome is one a user was told or asked for:
+//! - a create: the container is removed (its client was told the create failed);
+//! - a delete: the removal is finished (it was asked for);
+//! - an import: the image is removed unless an alias names it (then the import had finished but
+//!   for clearing its entry);
+//! - an image an import moved its alias away from: removed unless an alias names it.
+//!
+//! What was done is logged, and said to the next caller who asks about that container.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kapsule_dbus::Error;
+use kapsule_incus::models::{ConfigMap, Image, Instance};
+
+use crate::container::meta::{self, PENDING_KEY};
+use crate::error::incus_error;
+use crate::host::journal::{self, Entry, Work};
+use crate::operation::incus::INCUS_WAIT;
+use crate::pipeline::Daemon;
+
+/// The image property of an import's journal entry.
+pub(crate) const IMAGE_PENDING_KEY: &str = "kapsule.pending";
+
+/// How long recovery waits for an Incus operation a killed daemon started on a container.
+const OPERATION_WAIT: Duration = Duration::from_secs(300);
+
+/// What recovery did to containers, by name, until a caller asks about one.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered(Mutex<HashMap<String, String>>);
+
+impl Recovered {
+    fn record(&self, name: &str, what: String) {
+        self.0.lock().expect("recovered").insert(name.to_owned(), what);
+    }
+
+    /// What was done to `name`, said once.
+    pub(crate) fn take(&self, name: &str) -> Option<String> {
+        self.0.lock().expect("recovered").remove(name)
+    }
+}
+
+/// The Kapsule container `name` for a caller who asks about it: one with an abandoned entry is
+/// recovered first (and then does not exist: the error says why). Work under way is returned as
+/// it is (`list` and `info` show it); [`settled`] refuses it.
+pub(crate) async fn container(daemon: &Daemon, name: &str) -> Result<Instance, Error> {
+    match meta::get_kapsule_container(&daemon.containers, name).await {
+        Ok(instance) if meta::is_abandoned(&instance) => {
+            recover_container(daemon, name).await?;
+        }
+        Ok(instance) => return Ok(instance),
+        Err(Error::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    match meta::get_kapsule_container(&daemon.containers, name).await {
+        Err(Error::NotFound(message)) => Err(Error::NotFound(match daemon.recovered.take(name) {
+            Some(what) => format!("{message}: {what}"),
+            None => message,
+        })),
+        found => found,
+    }
+}
+
+/// [`container`], refusing one that work is under way on.
+pub(crate) async fn settled(daemon: &Daemon, name: &str) -> Result<Instance, Error> {
+    let instance = container(daemon, name).await?;
+    match meta::pending(&instance).map(|e| e.work) {
+        None => Ok(instance),
+        Some(Work::Create) => Err(Error::Failed(format!(
+            "Container '{name}' is still being created; try again when that has finished"
+        ))),
+        Some(_) => Err(Error::Failed(format!("Container '{name}' is being removed"))),
+    }
+}
+
+/// Recovers container `name` if its entry is abandoned (checked again once it is held: another
+/// recovery may have finished it meanwhile). Returns what it did.
+pub(crate) async fn recover_container(daemon: &Daemon, name: &str) -> Result<Option<String>, Error> {
+    let key = journal::instance_key(name);
+    let _hold = journal::hold(&key).await;
+    let _busy = daemon.containers.activity.hold();
+    let instance = match daemon.containers.incus.get_instance(name).await {
+        Ok(instance) => instance,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(incus_error(e)),
+    };
+    let Some(entry) = meta::pending(&instance).filter(Entry::is_abandoned_held) else {
+        return Ok(None);
+    };
+    // A killed daemon's Incus operation (the create itself, a stop) may still run: it ends first.
+    wait_for_operations(daemon, name).await;
+    let what = match entry.work {
+        Work::Create => "its creation was interrupted (the daemon stopped), so what was made of it was removed",
+        _ => "its removal was interrupted (the daemon stopped) and has been finished",
+    };
+    log::warn!("container {name}: {what} (journal: {})", entry.value());
+    remove_instance(daemon, name).await.map_err(|e| {
+        Error::Failed(format!(
+            "Container '{name}' was left half-made or half-removed by an interrupted operation, and removing it failed: {e}"
+        ))
+    })?;
+    daemon.recovered.record(name, what.to_owned());
+    daemon.clients.containers_changed().await;
+    Ok(Some(what.to_owned()))
+}
+
+/// Waits until no Incus operation works on container `name`.
+async fn wait_for_operations(daemon: &Daemon, name: &str) {
+    let incus = &daemon.containers.incus;
+    let Ok(running) = incus.running_operations().await else {
+        return;
+    };
+    for op in running.iter().filter(|op| op.touches_instance(name)) {
+        log::info!(
+            "container {name}: waiting for Incus's '{}' ({}) to end",
+            op.description,
+            op.id
+        );
+        let _ = incus.wait_operation(&op.id, Some(OPERATION_WAIT)).await;
+    }
+}
+
+/// Stops (forcibly: there is nothing to keep) and deletes the instance; gone already is fine.
+pub(crate) async fn remove_instance(daemon: &Daemon, name: &str) -> Result<(), kapsule_incus::Error> {
+    let incus = &daemon.containers.incus;
+    let instance = match incus.get_instance(name).await {
+        Ok(instance) => instance,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if meta::is_running(&instance) {
+        let op = incus.stop_instance(name, true, Duration::from_secs(30)).await?;
+        incus.wait_operation(&op.id, INCUS_WAIT).await?;
+    }
+    match incus.delete_instance(name).await {
+        Ok(op) => incus.wait_operation(&op.id, INCUS_WAIT).await.map(drop),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the journal entry of finished work on container `name`.
+pub(crate) async fn clear_container_entry(daemon: &Daemon, name: &str) -> Result<(), kapsule_incus::Error> {
+    let config = ConfigMap::from([(PENDING_KEY.to_owned(), String::new())]);
+    daemon.containers.incus.patch_instance_config(name, &config).await
+}
+
+/// The image's journal entry, if any.
+pub(crate) fn image_entry(image: &Image) -> Option<Entry> {
+    Entry::parse(image.properties.get(IMAGE_PENDING_KEY)?)
+}
+
+/// Removes the journal entry of finished work on image `fingerprint`.
+pub(crate) async fn clear_image_entry(daemon: &Daemon, fingerprint: &str) -> Result<(), kapsule_incus::Error> {
+    let properties = ConfigMap::from([(IMAGE_PENDING_KEY.to_owned(), String::new())]);
+    daemon
+        .containers
+        .incus
+        .patch_image_properties(fingerprint, &properties)
+        .await
+}
+
+/// Recovers image `fingerprint` if its entry is abandoned: an image an alias names is kept (its
+/// entry cleared), any other removed.
+pub(crate) async fn recover_image(daemon: &Daemon, fingerprint: &str) -> Result<(), kapsule_incus::Error> {
+    let key = journal::image_key(fingerprint);
+    let _hold = journal::hold(&key).await;
+    let _busy = daemon.containers.activity.hold();
+    let incus = &daemon.containers.incus;
+    let image = match incus.get_image(fingerprint).await {
+        Ok(image) => image,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let Some(entry) = image_entry(&image).filter(Entry::is_abandoned_held) else {
+        return Ok(());
+    };
+    if image.aliases.is_empty() {
+        log::warn!(
+            "image {fingerprint}: an interrupted {} left it without an alias: removing it (journal: {})",
+            if entry.work == Work::Import {
+                "import"
+            } else {
+                "import over its alias"
+            },
+            entry.value()
+        );
+        let op = incus.delete_image(fingerprint).await?;
+        incus.wait_operation(&op.id, INCUS_WAIT).await.map(drop)
+    } else {
+        log::info!("image {fingerprint}: an interrupted import had finished but for its journal entry: cleared");
+        clear_image_entry(daemon, fingerprint).await
+    }
+}
+
+/// Recovers every image whose entry is abandoned, in the background.
+pub(crate) fn spawn_images(daemon: &Arc<Daemon>, images: &[Image]) {
+    for image in images {
+        let key = journal::image_key(&image.fingerprint);
+        if image_entry(image).is_some_and(|e| e.is_abandoned(&key)) {
+            let daemon = daemon.clone();
+            let fingerprint = image.fingerprint.clone();
+            tokio::spawn(async move {
+                if let Err(e) = recover_image(&daemon, &fingerprint).await {
+                    log::warn!("image {fingerprint}: recovery failed: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// Recovers every container with an abandoned entry, in the background.
+pub(crate) fn spawn_containers(daemon: &Arc<Daemon>, instances: &[Instance]) {
+    for instance in instances
+        .iter()
+        .filter(|i| meta::is_kapsule(i) && meta::is_abandoned(i))
+    {
+        let daemon = daemon.clone();
+        let name = instance.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = recover_container(&daemon, &name).await {
+                log::warn!("container {name}: recovery failed: {e}");
+            }
+        });
+    }
+}
+
+/// At the daemon's start: everything a killed daemon left unfinished.
+pub(crate) async fn at_start(daemon: &Arc<Daemon>) {
+    let incus = &daemon.containers.incus;
+    match incus.list_instances().await {
+        Ok(instances) => spawn_containers(daemon, &instances),
+        Err(e) => log::warn!("cannot look for unfinished containers: {e}"),
+    }
+    match incus.list_images().await {
+        Ok(images) => spawn_images(daemon, &images),
+        Err(e) => log::warn!("cannot look for unfinished image imports: {e}"),
+    }
+}
