@@ -86,6 +86,30 @@ apt_mirror() {
     die "no apt source for '$suite' found in /etc/apt; cannot derive the Debian mirror"
 }
 
+# Starts incusd in the background (recorded in $KAPSULE_TEST_RUN/incusd.pid) and waits until it is
+# ready, unless one answers already.
+start_incusd() {
+    mkdir -p "$KAPSULE_TEST_RUN"
+    if incus_up; then
+        log "incusd is already running"
+        return 0
+    fi
+    local incusd=/usr/libexec/incus/incusd
+    [ -x "$incusd" ] || die "$incusd not found; is incus-base installed?"
+    log "starting incusd"
+    # setsid: incusd must not die with the shell that started it, nor get its terminal's signals.
+    # A fixed PATH, as systemd gives services: what incusd runs (LXC hooks among them) must not
+    # depend on the shell that started the environment.
+    setsid env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        "$incusd" --group root ${KAPSULE_INCUSD_DEBUG:+--debug} --logfile "$KAPSULE_TEST_RUN/incusd.log" \
+        </dev/null >"$KAPSULE_TEST_RUN/incusd.out" 2>&1 &
+    echo $! >"$KAPSULE_TEST_RUN/incusd.pid"
+    if ! incus admin waitready --timeout=60; then
+        tail -n 20 "$KAPSULE_TEST_RUN/incusd.log" "$KAPSULE_TEST_RUN/incusd.out" >&2 || true
+        die "incusd did not become ready within 60 s"
+    fi
+}
+
 # True when incusd answers on its socket.
 incus_up() {
     [ -S "$INCUS_SOCKET" ] && incus query /1.0 >/dev/null 2>&1

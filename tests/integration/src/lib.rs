@@ -87,7 +87,7 @@ impl Drop for InstanceGuard {
 }
 
 /// True while a running or pending Incus operation names `resource` (e.g. `/1.0/instances/x`).
-fn incus_is_busy_with(resource: &str) -> bool {
+pub fn incus_is_busy_with(resource: &str) -> bool {
     let Ok(out) = Command::new("incus")
         .args(["query", "/1.0/operations?recursion=1"])
         .output()
@@ -308,6 +308,7 @@ pub fn test_settings() -> kapsule_daemon::Settings {
         // The machine's own /etc/kapsule is not the tests' business.
         config_files: Some(Vec::new()),
         incus_cache: None,
+        storage_pool: None,
     }
 }
 
@@ -331,10 +332,23 @@ pub async fn daemon_process(
     zbus::Connection,
     kapsule_dbus::ManagerProxy<'static>,
 ) {
+    daemon_process_with(bus, &[]).await
+}
+
+/// [`daemon_process`] with more arguments for the daemon.
+pub async fn daemon_process_with(
+    bus: &PrivateBus,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    zbus::Connection,
+    kapsule_dbus::ManagerProxy<'static>,
+) {
     let mut daemon = Command::new(workspace_binary("kapsule-daemon"))
         .args(["--address", &bus.address])
         .arg("--network-namespace")
         .arg(test_network_namespace())
+        .args(args)
         .spawn()
         .unwrap();
     let client = bus.connect().await;
