@@ -752,10 +752,32 @@ impl DaemonTest {
         &self,
         call: impl std::future::Future<Output = zbus::Result<zbus::OwnedObjectPath>>,
     ) -> Vec<String> {
-        let mut signals = kapsule_signals(&self.client).await;
-        let path = call.await.unwrap();
-        collect_operation_signals(&mut signals, path.as_str()).await
+        follow(&self.client, call).await
     }
+}
+
+/// Runs an operation-starting call made on `client` and returns every signal of the operation it
+/// started (subscribed before the call, so none is missed).
+pub async fn follow(
+    client: &zbus::Connection,
+    call: impl std::future::Future<Output = zbus::Result<zbus::OwnedObjectPath>>,
+) -> Vec<String> {
+    let mut signals = kapsule_signals(client).await;
+    let path = call.await.unwrap();
+    collect_operation_signals(&mut signals, path.as_str()).await
+}
+
+/// Waits until Incus has ended every operation on instance `name` (a killed daemon's create goes
+/// on in Incus without it), at most two minutes.
+pub async fn incus_done_with(name: &str) {
+    let resource = format!("/1.0/instances/{name}");
+    for _ in 0..1200 {
+        if !incus_is_busy_with(&resource) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("Incus still works on {name} after 120 s");
 }
 
 /// Runs `sh -c script` as root in the container; returns the exit code and stdout (stderr is

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use kapsule_integration_tests::{
-    InstanceGuard, PrivateBus, collect_operation_signals, daemon_process, env, incus_is_busy_with, kapsule_signals,
+    InstanceGuard, PrivateBus, collect_operation_signals, daemon_process, env, incus_done_with, kapsule_signals,
     test_user, unique_name,
 };
 
@@ -20,17 +20,6 @@ fn restart_incusd() {
         "restarting incusd: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-async fn incus_idle_for(name: &str) {
-    let resource = format!("/1.0/instances/{name}");
-    for _ in 0..1200 {
-        if !incus_is_busy_with(&resource) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("Incus still works on {name} after 120 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +56,7 @@ async fn a_create_across_an_incus_restart_is_whole_or_gone_and_works_again() {
         restart_incusd();
         let seen = collect_operation_signals(&mut signals, path.as_str()).await;
         let last = seen.last().unwrap().clone();
-        incus_idle_for(&name).await;
+        incus_done_with(&name).await;
         let info = manager.get_container_info(&name).await;
         if last == "Completed(true, \"\")" {
             let info = info.unwrap();

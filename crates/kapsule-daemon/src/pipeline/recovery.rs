@@ -100,11 +100,18 @@ pub(crate) async fn recover_container(daemon: &Daemon, name: &str) -> Result<Opt
         _ => "its removal was interrupted (the daemon stopped) and has been finished",
     };
     log::warn!("container {name}: {what} (journal: {})", entry.value());
-    remove_instance(daemon, name).await.map_err(|e| {
-        Error::Failed(format!(
-            "Container '{name}' was left half-made or half-removed by an interrupted operation, and removing it failed: {e}"
-        ))
-    })?;
+    if let Err(e) = remove_instance(daemon, name).await {
+        // Another daemon on this Incus (a test's, say) may have recovered it at the same time.
+        match daemon.containers.incus.get_instance(name).await {
+            Err(gone) if gone.is_not_found() => log::info!("container {name}: removed meanwhile by someone else"),
+            _ => {
+                return Err(Error::Failed(format!(
+                    "Container '{name}' was left half-made or half-removed by an interrupted operation, and removing it failed: {}",
+                    crate::error::readable(&e.to_string())
+                )));
+            }
+        }
+    }
     daemon.recovered.record(name, what.to_owned());
     daemon.clients.containers_changed().await;
     Ok(Some(what.to_owned()))
@@ -191,8 +198,15 @@ pub(crate) async fn recover_image(daemon: &Daemon, fingerprint: &str) -> Result<
             },
             entry.value()
         );
-        let op = incus.delete_image(fingerprint).await?;
-        incus.wait_operation(&op.id, INCUS_WAIT).await.map(drop)
+        let removed = async {
+            let op = incus.delete_image(fingerprint).await?;
+            incus.wait_operation(&op.id, INCUS_WAIT).await.map(drop)
+        };
+        match removed.await {
+            // Removed meanwhile by another daemon on this Incus is as good.
+            Err(e) if !incus.get_image(fingerprint).await.is_err_and(|e| e.is_not_found()) => Err(e),
+            _ => Ok(()),
+        }
     } else {
         log::info!("image {fingerprint}: an interrupted import had finished but for its journal entry: cleared");
         clear_image_entry(daemon, fingerprint).await
