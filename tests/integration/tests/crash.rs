@@ -1,10 +1,12 @@
 //! Crash consistency: the daemon, run as its own process as in production, is killed with SIGKILL
 //! at points spread over a create, a first enter's user setup, an image import and a delete
 //! (fractions of the operation's measured length, so the kills land in the daemon's own steps and
-//! inside Incus's operations alike). After each kill the state Incus holds is read (with the
-//! killed daemon's Incus operation left to end), a new daemon starts, and what a user sees must be
-//! whole: the work done, or not there at all, and the next create, enter or import of the same
-//! name works. Each test prints the states it found (`--no-capture` shows them).
+//! inside Incus's operations alike, and points anchored to the operation's messages for stages
+//! too short for the spread to find reliably). After each kill the state Incus holds is read (with
+//! the killed daemon's Incus operation left to end), a new daemon starts, and what a user sees
+//! must be whole: the work done, or not there at all, and the next create, enter or import of the
+//! same name works. Each test prints the states it found (`--success-output final` shows them;
+//! `docs/TESTING.md` has a run's figures).
 //!
 //! Also: sessions outlive a daemon killed under them, and a create that fills its storage pool
 //! fails with a clear error and leaves nothing.
