@@ -96,7 +96,9 @@ pub(crate) async fn recover_container(daemon: &Daemon, name: &str) -> Result<Opt
     // A killed daemon's Incus operation (the create itself, a stop) may still run: it ends first.
     wait_for_operations(daemon, name).await;
     let what = match entry.work {
-        Work::Create => "its creation was interrupted (the daemon stopped), so what was made of it was removed",
+        Work::Create => {
+            "its creation was interrupted (the daemon stopped, or Incus went away), so what was made of it was removed"
+        }
         _ => "its removal was interrupted (the daemon stopped) and has been finished",
     };
     log::warn!("container {name}: {what} (journal: {})", entry.value());
