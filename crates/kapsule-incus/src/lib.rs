@@ -27,6 +27,7 @@ mod instances;
 pub mod models;
 mod operations;
 mod server;
+mod snapshots;
 mod storage;
 
 #[cfg(fuzzing)]

@@ -110,6 +110,12 @@ pub struct InstanceSource {
     /// PEM certificate to pin for `server`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// For `copy`: the instance copied, or `instance/snapshot`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// For `copy`: the instance alone, without its snapshots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_only: Option<bool>,
 }
 
 impl InstanceSource {
@@ -131,6 +137,19 @@ impl InstanceSource {
         }
     }
 
+    /// A copy of instance `name`, or of its snapshot `snapshot`, without the source's snapshots.
+    pub fn copy(name: &str, snapshot: Option<&str>) -> Self {
+        InstanceSource {
+            kind: "copy".into(),
+            source: Some(match snapshot {
+                Some(snapshot) => format!("{name}/{snapshot}"),
+                None => name.to_owned(),
+            }),
+            instance_only: Some(true),
+            ..Default::default()
+        }
+    }
+
     /// An image on a simplestreams server, by alias, optionally pinning the server's
     /// certificate (PEM).
     pub fn simplestreams(server: impl Into<String>, alias: impl Into<String>, certificate: Option<String>) -> Self {
@@ -144,6 +163,22 @@ impl InstanceSource {
             ..Default::default()
         }
     }
+}
+
+/// One snapshot of an instance (`GET /1.0/instances/<name>/snapshots?recursion=1`). Its name
+/// is the snapshot's own, without the instance's name in front.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Snapshot {
+    pub name: String,
+    pub created_at: String,
+    /// When Incus removes it on its own (`snapshots.expiry`); Kapsule sets none.
+    pub expires_at: Option<String>,
+    pub stateful: bool,
+    /// The instance's config when the snapshot was taken.
+    pub config: ConfigMap,
+    /// Bytes the snapshot holds apart from the instance, where the pool can say (-1 otherwise).
+    pub size: i64,
 }
 
 /// `GET /1.0/instances/<name>/state`.
