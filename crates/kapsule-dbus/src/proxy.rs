@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use zbus::{OwnedObjectPath, OwnedVariant, proxy};
 
-use crate::{ContainerInfo, EnterCommand};
+use crate::{ContainerInfo, EnterCommand, SnapshotInfo};
 
 /// `org.kde.kapsule.Manager`.
 #[proxy(
@@ -62,6 +62,13 @@ pub trait Manager {
     fn delete_container(&self, name: &str, force: bool) -> zbus::Result<OwnedObjectPath>;
     fn start_container(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn stop_container(&self, name: &str, force: bool) -> zbus::Result<OwnedObjectPath>;
+    fn list_snapshots(&self, name: &str) -> zbus::Result<Vec<SnapshotInfo>>;
+    fn create_snapshot(&self, name: &str, snapshot: &str) -> zbus::Result<OwnedObjectPath>;
+    fn delete_snapshot(&self, name: &str, snapshot: &str) -> zbus::Result<OwnedObjectPath>;
+    fn restore_snapshot(&self, name: &str, snapshot: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reset_container(&self, name: &str, image: &str) -> zbus::Result<OwnedObjectPath>;
+    fn upgrade_container(&self, name: &str, options: HashMap<String, OwnedVariant>) -> zbus::Result<OwnedObjectPath>;
+    fn clone_container(&self, source: &str, name: &str, snapshot: &str) -> zbus::Result<OwnedObjectPath>;
 }
 
 /// `org.kde.kapsule.Operation`.

@@ -36,6 +36,18 @@ pub struct EnterCommand {
     pub command: Vec<String>,
 }
 
+/// One snapshot of a container, as `ListSnapshots` lists them (`a(ssb)`, oldest first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct SnapshotInfo {
+    /// The snapshot's name (without the container's).
+    pub name: String,
+    /// When it was taken, ISO 8601 with an offset.
+    pub created: String,
+    /// True for a snapshot Kapsule took on its own (before an upgrade); those are pruned to the
+    /// last few, the user's never.
+    pub automatic: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +57,6 @@ mod tests {
     fn each_reply_is_one_struct_on_the_wire() {
         assert_eq!(ContainerInfo::SIGNATURE.to_string(), "(sssss)");
         assert_eq!(EnterCommand::SIGNATURE.to_string(), "(bsas)");
+        assert_eq!(SnapshotInfo::SIGNATURE.to_string(), "(ssb)");
     }
 }

@@ -83,6 +83,84 @@ pub enum Command {
         #[arg(long, short)]
         force: bool,
     },
+    /// Take a snapshot of a container's files; list or remove its snapshots.
+    ///
+    /// `kapsule snapshot NAME [SNAPSHOT]` takes one, running or not (instant and
+    /// copy-on-write on btrfs). `kapsule restore NAME SNAPSHOT` goes back to it.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Snapshot {
+        #[command(subcommand)]
+        command: Option<SnapshotCommand>,
+        /// The container.
+        #[arg(required = true)]
+        name: Option<String>,
+        /// The snapshot's name (default: the date and time, e.g. 20261204-153012).
+        snapshot: Option<String>,
+    },
+    /// Make a container as it was at one of its snapshots: its files, options and devices.
+    ///
+    /// A running container is stopped (its sessions end) and started again; you are asked
+    /// first on a terminal.
+    Restore {
+        name: String,
+        snapshot: String,
+        /// Do not ask (needed without a terminal when the container runs).
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Make a container anew from its image, as if just created with the same options.
+    ///
+    /// Its own files are replaced: installed packages, changes in /etc, /usr, /var, and the
+    /// home too when it is not the host's (--no-mount-home). Your host home and custom mounts
+    /// are untouched; its name, owner, options and snapshots stay; users are set up again on
+    /// their next enter. You are asked first on a terminal.
+    Reset {
+        name: String,
+        /// Reset from this local image instead of the one it was made from (needed when that
+        /// one is gone).
+        #[arg(long, short)]
+        image: Option<String>,
+        /// Do not ask (needed without a terminal).
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Create a container as a copy of another, as it is now or at one of its snapshots.
+    ///
+    /// The copy is yours, with the same options, its own host name and machine ID; the source
+    /// is only read and keeps running if it runs.
+    Clone {
+        /// The container to copy.
+        source: String,
+        /// Name of the new container.
+        name: String,
+        /// Copy the source as it was at this snapshot.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Make no "NAME (Kapsule)" terminal entry in your menu.
+        #[arg(long)]
+        no_menu_entry: bool,
+    },
+    /// Upgrade containers' packages, each with its own package manager.
+    ///
+    /// apt, dnf, pacman, zypper, apk or xbps, after the image's /.kapsule/upgrade when it has
+    /// one; their output is shown as it comes. A stopped container is started for it and stopped
+    /// again. On btrfs a snapshot is taken first, and `kapsule restore` goes back to it. With
+    /// several containers, one that fails does not stop the others; the exit status says
+    /// whether all were upgraded.
+    Upgrade {
+        /// The containers to upgrade.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        names: Vec<String>,
+        /// Every container.
+        #[arg(long, short)]
+        all: bool,
+        /// Only those that are running (stopped ones are skipped).
+        #[arg(long)]
+        running: bool,
+        /// Take no snapshot first.
+        #[arg(long)]
+        no_snapshot: bool,
+    },
     /// Put a container's apps in your menu and its commands on your PATH (or take them back).
     ///
     /// Apps keep their icons (copied into your icon theme) and run in the container as you,
@@ -124,6 +202,20 @@ pub enum Command {
     /// Print a shell completion script.
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// List a container's snapshots, oldest first.
+    #[command(visible_alias = "ls")]
+    List {
+        name: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove a snapshot.
+    #[command(visible_alias = "delete")]
+    Rm { name: String, snapshot: String },
 }
 
 #[derive(Subcommand, Debug)]

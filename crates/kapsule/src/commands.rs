@@ -3,10 +3,10 @@
 use anyhow::{Context, Result, anyhow, bail};
 use comfy_table::{Table, presets::NOTHING};
 use kapsule_dbus::session::Status;
-use kapsule_dbus::{ContainerInfo, ManagerProxy};
+use kapsule_dbus::{ContainerInfo, ManagerProxy, SnapshotInfo};
 use zbus::Connection;
 
-use crate::cli::{Cli, Command, Format, ImageCommand};
+use crate::cli::{Cli, Command, Format, ImageCommand, SnapshotCommand};
 use crate::daemon::{connect, explain};
 use crate::follow::operation;
 
@@ -55,6 +55,81 @@ async fn run_command(connection: &Connection, manager: &ManagerProxy<'_>, comman
             }
             Ok(())
         }
+        Command::Snapshot {
+            command: Some(SnapshotCommand::List { name, format }),
+            ..
+        } => {
+            let snapshots = manager.list_snapshots(&name).await.map_err(explain)?;
+            print_snapshots(&name, &snapshots, format);
+            Ok(())
+        }
+        Command::Snapshot {
+            command: Some(SnapshotCommand::Rm { name, snapshot }),
+            ..
+        } => operation(connection, manager.delete_snapshot(&name, &snapshot)).await,
+        Command::Snapshot {
+            command: None,
+            name,
+            snapshot,
+        } => {
+            let name = name.context("a container name is required")?;
+            operation(
+                connection,
+                manager.create_snapshot(&name, snapshot.as_deref().unwrap_or("")),
+            )
+            .await
+        }
+        Command::Restore { name, snapshot, yes } => {
+            let container = manager.get_container_info(&name).await.map_err(explain)?;
+            if container.status == "Running" {
+                confirm(
+                    &format!(
+                        "'{name}' is running: it is stopped (its sessions end), made as it was at snapshot \
+                         '{snapshot}' (what changed since is lost), and started again."
+                    ),
+                    yes,
+                )?;
+            }
+            operation(connection, manager.restore_snapshot(&name, &snapshot)).await
+        }
+        Command::Reset { name, image, yes } => {
+            manager.get_container_info(&name).await.map_err(explain)?;
+            confirm(
+                &format!(
+                    "Resetting '{name}' replaces its own files with a fresh copy of its image: installed \
+                     packages, changes in /etc, /usr and /var, and its home if it is not your host home, \
+                     are lost. Your host home, custom mounts and its snapshots are kept."
+                ),
+                yes,
+            )?;
+            operation(
+                connection,
+                manager.reset_container(&name, image.as_deref().unwrap_or("")),
+            )
+            .await
+        }
+        Command::Clone {
+            source,
+            name,
+            snapshot,
+            no_menu_entry,
+        } => {
+            operation(
+                connection,
+                manager.clone_container(&source, &name, snapshot.as_deref().unwrap_or("")),
+            )
+            .await?;
+            if !no_menu_entry {
+                crate::exports::menu_entry_for_new(manager, &name).await;
+            }
+            Ok(())
+        }
+        Command::Upgrade {
+            names,
+            all,
+            running,
+            no_snapshot,
+        } => upgrade(connection, manager, names, all, running, no_snapshot).await,
         Command::Start { name } => operation(connection, manager.start_container(&name)).await,
         Command::Stop { name, force } => operation(connection, manager.stop_container(&name, force)).await,
         Command::Rm { name, force } => {
@@ -342,6 +417,123 @@ fn print_containers(containers: &[ContainerInfo], format: Format) {
             }
             write_out(&table.to_string());
         }
+    }
+}
+
+/// `kapsule upgrade`: each container in turn, one's failure reported and the others upgraded;
+/// then, for several, what became of each, and an error when any failed.
+async fn upgrade(
+    connection: &Connection,
+    manager: &ManagerProxy<'_>,
+    names: Vec<String>,
+    all: bool,
+    running: bool,
+    no_snapshot: bool,
+) -> Result<()> {
+    let mut containers = if all {
+        manager.list_containers().await.map_err(explain)?
+    } else {
+        let mut found = Vec::new();
+        for name in &names {
+            found.push(manager.get_container_info(name).await.map_err(explain)?);
+        }
+        found
+    };
+    if all {
+        containers.sort();
+    }
+    let (skipped, containers): (Vec<_>, Vec<_>) =
+        containers.into_iter().partition(|c| running && c.status != "Running");
+    let options = || {
+        let mut options = std::collections::HashMap::new();
+        if no_snapshot {
+            options.insert("snapshot".to_owned(), zbus::OwnedVariant::from(false));
+        }
+        options
+    };
+    if let ([only], []) = (containers.as_slice(), skipped.as_slice()) {
+        return operation(connection, manager.upgrade_container(&only.name, options())).await;
+    }
+    if let ([], [only]) = (containers.as_slice(), skipped.as_slice()) {
+        eprintln!("Skipped '{}': it is not running", only.name);
+        return Ok(());
+    }
+    let (mut upgraded, mut failed) = (Vec::new(), Vec::new());
+    for container in &containers {
+        let name = container.name.as_str();
+        eprintln!("── {name}");
+        match operation(connection, manager.upgrade_container(name, options())).await {
+            Ok(()) => upgraded.push(name),
+            Err(e) => {
+                eprintln!("✗ {e:#}");
+                failed.push(name);
+            }
+        }
+    }
+    eprintln!("── Upgraded: {}", list_or_none(&upgraded));
+    if !skipped.is_empty() {
+        let names: Vec<&str> = skipped.iter().map(|c| c.name.as_str()).collect();
+        eprintln!("   Skipped (not running): {}", names.join(", "));
+    }
+    if !failed.is_empty() {
+        eprintln!("   Failed: {}", failed.join(", "));
+        bail!("{} of {} upgrades failed", failed.len(), containers.len());
+    }
+    Ok(())
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn print_snapshots(name: &str, snapshots: &[SnapshotInfo], format: Format) {
+    match format {
+        Format::Json => {
+            let rows: Vec<serde_json::Value> = snapshots
+                .iter()
+                .map(|s| serde_json::json!({"name": s.name, "created": s.created, "automatic": s.automatic}))
+                .collect();
+            write_out(&serde_json::Value::Array(rows).to_string());
+        }
+        Format::Table => {
+            if snapshots.is_empty() {
+                eprintln!("'{name}' has no snapshots. Take one with: kapsule snapshot {name}");
+                return;
+            }
+            let mut table = Table::new();
+            table.load_style(NOTHING).set_header(["NAME", "CREATED", "TAKEN BY"]);
+            for s in snapshots {
+                let created = s.created.get(..19).unwrap_or(&s.created).replace('T', " ");
+                let by = if s.automatic { "kapsule" } else { "you" };
+                table.add_row([s.name.as_str(), &created, by]);
+            }
+            write_out(&table.to_string());
+        }
+    }
+}
+
+/// Says what is about to happen and asks to go on, on a terminal; without one, goes on only with
+/// `--yes` (a script must say so).
+fn confirm(what: &str, yes: bool) -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        bail!("{what}\nNot done: there is no terminal to ask on; add --yes to go on");
+    }
+    eprint!("{what}\nGo on? [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim().to_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        bail!("Nothing was changed")
     }
 }
 

@@ -4,7 +4,8 @@
 //! fork inside: a few milliseconds instead of about 60.
 //!
 //! The command gets `input` on its stdin (or nothing), its output is discarded and the start of
-//! its error output kept for messages. It runs through root's login shell with the helper's
+//! its error output kept for messages; or ([`run_as_root_reporting`]) each line of its output is
+//! passed on as it comes (an upgrade's package manager), the end of it kept. It runs through root's login shell with the helper's
 //! PATH, as a session does, and `LANG=C.UTF-8`, as `incus exec` gave the original daemon's
 //! scripts. If it outlives its time limit, or the caller gives up on it (a
 //! cancelled create), the session channel closes and the helper hangs it up (SIGHUP), as a
@@ -19,9 +20,12 @@ use kapsule_nsenter::EnterRequest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::container::Containers;
+use crate::operation::{MessageKind, Notes};
 
 /// How much of a command's error output is kept.
 const KEEP_STDERR: usize = 64 * 1024;
+/// How much of the end of a reported command's output is kept.
+const KEEP_TAIL: usize = 4 * 1024;
 /// How long the rest of the error output is waited for once the command ended (a process it
 /// left behind may hold the pipe open).
 const STDERR_GRACE: Duration = Duration::from_millis(500);
@@ -57,41 +61,18 @@ pub(crate) async fn run_as_root(
     input: &[u8],
     limit: Duration,
 ) -> Result<Ran, Error> {
-    let what = |e: &dyn std::fmt::Display| Error::Failed(format!("{} in '{name}': {e}", command.join(" ")));
-    let init = crate::container::init::container_init(containers, name).await?;
-    let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| what(&e));
-    let null = || {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map(OwnedFd::from)
-            .map_err(|e| what(&e))
-    };
+    let what = |e: &dyn std::fmt::Display| failed(name, command, e);
     let (stdin, feeder) = if input.is_empty() {
-        (null()?, None)
+        (null().map_err(|e| what(&e))?, None)
     } else {
-        let (read, write) = pipe()?;
+        let (read, write) = pipe().map_err(|e| what(&e))?;
         let sender = tokio::net::unix::pipe::Sender::from_owned_fd(write).map_err(|e| what(&e))?;
         (read, Some(sender))
     };
-    let (stderr_read, stderr_write) = pipe()?;
+    let (stderr_read, stderr_write) = pipe().map_err(|e| what(&e))?;
     let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr_read).map_err(|e| what(&e))?;
-    let request = EnterRequest {
-        user: "root".into(),
-        uid: 0,
-        gid: 0,
-        command: command.iter().map(|&a| a.to_owned()).collect(),
-        environment: vec![("LANG".into(), "C.UTF-8".into())],
-        working_directory: "/".into(),
-        working_directory_required: false,
-        terminal: None,
-    };
-    // The helper gets its own copies; ours are closed once it has them, so the pipes end when
-    // the command (and what it left behind) closes them.
-    let (channel, _) =
-        crate::container::nsenter::start_helper(containers, name, init, request, vec![stdin, null()?, stderr_write])
-            .await?;
+    let stdout = null().map_err(|e| what(&e))?;
+    let channel = start(containers, name, command, vec![stdin, stdout, stderr_write]).await?;
     // Aborted when dropped: a command that outlives the wait (or whose caller gave up) does not
     // leave the reader behind.
     let mut collect = AbortOnDrop(tokio::spawn(read_keeping(stderr, KEEP_STDERR)));
@@ -102,15 +83,7 @@ pub(crate) async fn run_as_root(
             let _ = sender.write_all(&input).await;
         }
     };
-    let status = async {
-        channel.set_nonblocking(true)?;
-        let mut line = String::new();
-        tokio::io::BufReader::new(tokio::net::UnixStream::from_std(channel)?)
-            .read_line(&mut line)
-            .await?;
-        Status::parse(&line).ok_or_else(|| std::io::Error::other("it ended without a status (its helper died)"))
-    };
-    let status = match tokio::time::timeout(limit, async { tokio::join!(feed, status).1 }).await {
+    let status = match tokio::time::timeout(limit, async { tokio::join!(feed, read_status(channel)).1 }).await {
         Ok(status) => status.map_err(|e| what(&e))?,
         Err(_) => return Err(what(&format!("still running after {limit:?}; hung up"))),
     };
@@ -119,6 +92,129 @@ pub(crate) async fn run_as_root(
         _ => Vec::new(),
     };
     Ok(Ran { status, stderr })
+}
+
+/// Runs `command` as root in running container `name` (nothing on its stdin), passing each line
+/// of its output (stdout and stderr, as a terminal shows them) to `notes` as it comes, for at
+/// most `limit`. [`Ran::stderr`] keeps the end of that output, for a failure's message.
+pub(crate) async fn run_as_root_reporting(
+    containers: &Containers,
+    name: &str,
+    command: &[&str],
+    limit: Duration,
+    notes: Notes<'_>,
+) -> Result<Ran, Error> {
+    let what = |e: &dyn std::fmt::Display| failed(name, command, e);
+    let (read, write) = pipe().map_err(|e| what(&e))?;
+    let output = tokio::net::unix::pipe::Receiver::from_owned_fd(read).map_err(|e| what(&e))?;
+    let stderr = write.try_clone().map_err(|e| what(&e))?;
+    let channel = start(
+        containers,
+        name,
+        command,
+        vec![null().map_err(|e| what(&e))?, write, stderr],
+    )
+    .await?;
+    let mut lines = tokio::io::BufReader::new(output);
+    let mut tail = Vec::new();
+    let status = read_status(channel);
+    tokio::pin!(status);
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut ended: Option<Status> = None;
+    let mut line = Vec::new();
+    loop {
+        // Once the command ended, what it left behind may hold the pipe: a short grace.
+        let until = match ended {
+            Some(_) => tokio::time::Instant::now() + STDERR_GRACE,
+            None => deadline,
+        };
+        tokio::select! {
+            got = status.as_mut(), if ended.is_none() => ended = Some(got.map_err(|e| what(&e))?),
+            read = lines.read_until(b'\n', &mut line) => {
+                match read {
+                    Ok(0) | Err(_) => {
+                        if ended.is_none() {
+                            let got = tokio::time::timeout_at(deadline, status.as_mut()).await;
+                            ended = Some(got.map_err(|_| what(&format!("still running after {limit:?}; hung up")))?.map_err(|e| what(&e))?);
+                        }
+                        break;
+                    }
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line);
+                        // Progress redrawn with carriage returns: its last state.
+                        let shown = text.trim_end().rsplit('\r').next().unwrap_or_default();
+                        if !shown.is_empty() {
+                            notes.say(MessageKind::Dim, shown).await;
+                        }
+                        tail.extend_from_slice(&line);
+                        if tail.len() > 2 * KEEP_TAIL {
+                            tail.drain(..tail.len() - KEEP_TAIL);
+                        }
+                        line.clear();
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(until) => match ended {
+                Some(_) => break,
+                None => return Err(what(&format!("still running after {limit:?}; hung up"))),
+            },
+        }
+    }
+    if tail.len() > KEEP_TAIL {
+        tail.drain(..tail.len() - KEEP_TAIL);
+    }
+    let status = ended.ok_or_else(|| what(&"it ended without a status"))?;
+    Ok(Ran { status, stderr: tail })
+}
+
+fn failed(name: &str, command: &[&str], e: &dyn std::fmt::Display) -> Error {
+    Error::Failed(format!("{} in '{name}': {e}", command.join(" ")))
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+fn null() -> std::io::Result<OwnedFd> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+}
+
+/// Starts `command` as root in `name` through the session helper with these standard streams
+/// (the helper gets its own copies; ours are closed once it has them, so the pipes end when the
+/// command, and what it left behind, close them). Returns the session channel.
+async fn start(
+    containers: &Containers,
+    name: &str,
+    command: &[&str],
+    stdio: Vec<OwnedFd>,
+) -> Result<std::os::unix::net::UnixStream, Error> {
+    let init = crate::container::init::container_init(containers, name).await?;
+    let request = EnterRequest {
+        user: "root".into(),
+        uid: 0,
+        gid: 0,
+        command: command.iter().map(|&a| a.to_owned()).collect(),
+        environment: vec![("LANG".into(), "C.UTF-8".into())],
+        working_directory: "/".into(),
+        working_directory_required: false,
+        terminal: None,
+    };
+    let (channel, _) = crate::container::nsenter::start_helper(containers, name, init, request, stdio).await?;
+    Ok(channel)
+}
+
+/// The status the session channel says when the command ended.
+async fn read_status(channel: std::os::unix::net::UnixStream) -> std::io::Result<Status> {
+    channel.set_nonblocking(true)?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(tokio::net::UnixStream::from_std(channel)?)
+        .read_line(&mut line)
+        .await?;
+    Status::parse(&line).ok_or_else(|| std::io::Error::other("it ended without a status (its helper died)"))
 }
 
 /// A task aborted when its handle goes.

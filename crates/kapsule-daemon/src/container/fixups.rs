@@ -15,7 +15,7 @@ use crate::container::Containers;
 use crate::container::error::Error;
 use crate::container::files::ContainerFiles;
 use crate::container::files::{IfMissing, edit_file};
-use crate::operation::{Failure, MessageKind, Reporter};
+use crate::operation::{Failure, MessageKind, Notes};
 
 /// Where an image keeps the scripts to run once when a container is made from it.
 pub(crate) const INIT_DIR: &str = "/.kapsule/init";
@@ -48,7 +48,7 @@ const CAP_SETUID: u32 = 7;
 /// podman's default cgroup manager.
 pub(crate) async fn apply(
     containers: &Containers,
-    reporter: &Reporter,
+    notes: Notes<'_>,
     name: &str,
     session_mode: bool,
 ) -> Result<(), Failure> {
@@ -64,7 +64,7 @@ pub(crate) async fn apply(
         .with_root(|root| root.symlink("/etc/systemd/system/systemd-networkd-wait-online.service", "/dev/null"))
         .await;
     if let Err(e) = masked {
-        reporter
+        notes
             .warn(&format!("Could not mask systemd-networkd-wait-online: {}", e.reason()))
             .await;
     }
@@ -76,24 +76,55 @@ pub(crate) async fn apply(
     })
     .await
     {
-        reporter
+        notes
             .warn(&format!("Could not add '{name}' to /etc/hosts: {}", e.message()))
             .await;
     }
-    run_init_scripts(containers, &files, reporter).await?;
+    run_init_scripts(containers, &files, notes).await?;
     if let Err(e) = set_id_map_capabilities(&files).await {
-        reporter
+        notes
             .warn(&format!(
                 "Could not set file capabilities on newuidmap/newgidmap (rootless podman may fail): {e}"
             ))
             .await;
     }
     if !session_mode && let Err(e) = write_podman_drop_in(&files).await {
-        reporter
+        notes
             .warn(&format!("Could not write the rootless podman drop-in: {}", e.reason()))
             .await;
     }
     Ok(())
+}
+
+/// A copy of container `old` named `new`: `new` in `/etc/hosts` in place of `old` (a warning if
+/// that cannot be done; the copy works without it).
+pub(crate) async fn rename(containers: &Containers, notes: Notes<'_>, old: &str, new: &str) {
+    let edited = match ContainerFiles::open(containers, new).await {
+        Ok(files) => edit_file(
+            &files,
+            "/etc/hosts",
+            IfMissing::Create(Meta::new(0, 0, 0o644)),
+            |hosts| {
+                let without = hosts_without_name(hosts, old);
+                hosts_with_name(&without, new).or((without != hosts).then_some(without))
+            },
+        )
+        .await
+        .map_err(|e| e.message().to_owned()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = edited {
+        notes.warn(&format!("Could not put '{new}' in /etc/hosts: {e}")).await;
+    }
+}
+
+/// `hosts` without the `127.0.1.1 <name>` line [`hosts_with_name`] adds.
+pub(crate) fn hosts_without_name(hosts: &str, name: &str) -> String {
+    hosts
+        .lines()
+        .filter(|line| line.split_whitespace().collect::<Vec<_>>() != ["127.0.1.1", name])
+        .map(|line| format!("{line}\n"))
+        .collect()
 }
 
 /// `hosts` with a `127.0.1.1 <name>` line (Debian's convention for the own name) added, unless
@@ -120,7 +151,7 @@ pub(crate) fn hosts_with_name(hosts: &str, name: &str) -> Option<String> {
 
 /// Runs every entry of the image's `/.kapsule/init/` as root, in name order, one at a time.
 /// A failing script is a warning with its exit code and error output; only a cancel stops them.
-async fn run_init_scripts(containers: &Containers, files: &ContainerFiles, reporter: &Reporter) -> Result<(), Failure> {
+async fn run_init_scripts(containers: &Containers, files: &ContainerFiles, notes: Notes<'_>) -> Result<(), Failure> {
     let name = files.name();
     let mut scripts = match files.with_root(|root| root.list(INIT_DIR)).await {
         Ok(Some(scripts)) => scripts,
@@ -129,27 +160,23 @@ async fn run_init_scripts(containers: &Containers, files: &ContainerFiles, repor
             return Ok(());
         }
         Err(e) => {
-            reporter.warn(&format!("Cannot list {INIT_DIR}: {}", e.reason())).await;
+            notes.warn(&format!("Cannot list {INIT_DIR}: {}", e.reason())).await;
             return Ok(());
         }
     };
     scripts.sort();
     for script in scripts {
         let path = format!("{INIT_DIR}/{script}");
-        reporter.say(MessageKind::Dim, &format!("Running {path}")).await;
+        notes.say(MessageKind::Dim, &format!("Running {path}")).await;
         let command = [path.as_str()];
         let ran = tokio::select! {
             ran = crate::container::exec::run_as_root(containers, name, &command, b"", INIT_SCRIPT_TIMEOUT) => ran,
-            () = reporter.cancelled() => return Err(Failure::Cancelled),
+            () = notes.cancelled() => return Err(Failure::Cancelled),
         };
         match ran {
             Ok(ran) if ran.success() => {}
-            Ok(ran) => {
-                reporter
-                    .warn(&init_script_failure(&path, ran.code(), &ran.stderr))
-                    .await
-            }
-            Err(e) => reporter.warn(&format!("{path} failed: {e}")).await,
+            Ok(ran) => notes.warn(&init_script_failure(&path, ran.code(), &ran.stderr)).await,
+            Err(e) => notes.warn(&format!("{path} failed: {e}")).await,
         }
     }
     Ok(())
@@ -318,6 +345,18 @@ mod tests {
             hosts_with_name("", "dev").as_deref(),
             Some("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\tdev\n")
         );
+    }
+
+    #[test]
+    fn a_copy_loses_the_sources_own_line_only() {
+        let source = "127.0.0.1\tlocalhost\n127.0.1.1\tdev\n10.0.0.1 dev\n127.0.1.1 box dev\n";
+        assert_eq!(
+            hosts_without_name(source, "dev"),
+            "127.0.0.1\tlocalhost\n10.0.0.1 dev\n127.0.1.1 box dev\n",
+            "only the line hosts_with_name adds goes; the user's own lines stay"
+        );
+        let copy = hosts_without_name(source, "dev");
+        assert!(hosts_with_name(&copy, "dev2").unwrap().ends_with("127.0.1.1\tdev2\n"));
     }
 
     #[test]

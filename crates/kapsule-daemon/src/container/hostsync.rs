@@ -287,18 +287,18 @@ pub(crate) fn log_lines(name: &str, lines: Vec<Synced>) {
 }
 
 /// Tells an operation's client what [`sync_container`] said.
-pub(crate) async fn report(reporter: &crate::operation::Reporter, lines: Vec<Synced>) {
+pub(crate) async fn report(notes: crate::operation::Notes<'_>, lines: Vec<Synced>) {
     for line in lines {
         match line {
             Ok(line) => {
-                reporter
+                notes
                     .say(
                         crate::operation::MessageKind::Dim,
                         &format!("Host configuration: {line}"),
                     )
                     .await
             }
-            Err(line) => reporter.warn(&format!("Host configuration: {line}")).await,
+            Err(line) => notes.warn(&format!("Host configuration: {line}")).await,
         }
     }
 }

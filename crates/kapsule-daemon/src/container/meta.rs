@@ -81,6 +81,7 @@ pub(crate) fn container_info(instance: &Instance) -> ContainerInfo {
     // Work under way shows: a container being made is not one to use yet.
     let status = match pending(instance) {
         Some(entry) if entry.work == Work::Create && !is_abandoned(instance) => "Creating".to_owned(),
+        Some(entry) if entry.work == Work::Reset => "Resetting".to_owned(),
         Some(_) => "Removing".to_owned(),
         None if instance.status.is_empty() => "Unknown".to_owned(),
         None => instance.status.clone(),
@@ -96,7 +97,7 @@ pub(crate) fn container_info(instance: &Instance) -> ContainerInfo {
 
 /// Incus says `2026-11-22T00:22:55.197237729Z`; clients were given Python's
 /// `2026-11-22T00:22:55.197237+00:00`. Keep microseconds and spell the offset out.
-fn iso8601_with_offset(incus: &str) -> String {
+pub(crate) fn iso8601_with_offset(incus: &str) -> String {
     let Some(base) = incus.strip_suffix('Z') else {
         return incus.to_owned();
     };
@@ -129,6 +130,31 @@ pub(crate) fn validate_name(name: &str) -> Result<(), Error> {
     }
     if name.ends_with('-') {
         return bad("it must not end with '-'");
+    }
+    Ok(())
+}
+
+/// The names of snapshots Kapsule takes on its own begin with this; a user's may not.
+pub(crate) const AUTOMATIC_SNAPSHOT_PREFIX: &str = "auto-";
+
+/// Kapsule's rules for snapshot names (stricter than Incus's, which allow anything but `/`): 1 to
+/// 63 characters of ASCII letters, digits, `.`, `_` and `-`, not starting with `.` or `-`, so a
+/// name is safe on a command line and in a path.
+pub(crate) fn validate_snapshot_name(name: &str) -> Result<(), Error> {
+    let bad = |why: &str| {
+        Err(Error::InvalidArgument(format!(
+            "Invalid snapshot name {}: {why}",
+            kapsule_dbus::quote(name)
+        )))
+    };
+    if name.is_empty() || name.len() > 63 {
+        return bad("it must be 1 to 63 characters long");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return bad("only letters, digits, '.', '_' and '-' are allowed");
+    }
+    if name.starts_with(['.', '-']) {
+        return bad("it must not start with '.' or '-'");
     }
     Ok(())
 }
@@ -190,6 +216,19 @@ impl Wants {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_names_are_plain_words() {
+        for good in ["before-upgrade", "20261204-003215", "v1.2_rc", "a"] {
+            assert!(validate_snapshot_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a/b", "..", ".hidden", "-x", "a b", "é", &"x".repeat(64)] {
+            let Err(Error::InvalidArgument(message)) = validate_snapshot_name(bad) else {
+                panic!("{bad:?} was accepted");
+            };
+            assert!(message.starts_with("Invalid snapshot name"), "{message}");
+        }
+    }
 
     #[test]
     fn names_follow_incus_rules() {

@@ -1,7 +1,8 @@
 //! Layer 4, one container seen from the host: what its Incus instance says, what Incus is asked
 //! to make, its init, its files, commands run in it as root, its boot, the fixups a new one gets,
 //! the desktop's sockets and the host's configuration in it. Nothing here knows about D-Bus
-//! callers; an operation's `Reporter` is the only thing of the layers above it sees.
+//! callers; an operation's `Reporter` (or `Notes`, where there may be none) is the only thing of the layers
+//! above it sees.
 
 use std::sync::Arc;
 
@@ -28,6 +29,8 @@ pub(crate) mod init;
 pub(crate) mod meta;
 /// Starting the session helper in a container.
 pub(crate) mod nsenter;
+/// A container's files made anew from an image.
+pub(crate) mod rebuild;
 /// The desktop's sockets inside a container.
 pub(crate) mod sockets;
 /// What Incus is asked to make: config, devices, raw.lxc.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use kapsule_dbus::{ContainerInfo, EnterCommand, Error};
+use kapsule_dbus::{ContainerInfo, EnterCommand, Error, SnapshotInfo};
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, interface};
@@ -17,7 +17,9 @@ use crate::container::meta;
 use crate::identity::authority::{Action, Requester};
 use crate::identity::link::Link;
 use crate::operation::{Failure, OperationInfo, Operations, Reporter};
-use crate::pipeline::{Daemon, create, enter, images, lifecycle, queries, setup_user};
+use crate::pipeline::{
+    Daemon, clone, create, enter, images, lifecycle, queries, reset, setup_user, snapshots, upgrade,
+};
 
 /// The manager object: one on the bus, one per client of the daemon's socket.
 #[derive(Debug)]
@@ -321,6 +323,149 @@ impl Manager {
         })
         .await
     }
+
+    /// The container's snapshots, oldest first, as `(name, created, automatic)`.
+    async fn list_snapshots(&self, name: String) -> Result<Vec<SnapshotInfo>, Error> {
+        snapshots::list(&self.daemon, &name).await
+    }
+
+    /// Takes a snapshot of the container's files (running or not). An empty `snapshot` names it
+    /// by the date and time.
+    async fn create_snapshot(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        name: String,
+        snapshot: String,
+    ) -> Result<OwnedObjectPath, Error> {
+        let who = managing_existing(&self.daemon, &self.link, connection, &header, &name).await?;
+        let snapshot = snapshots::plan_take(&self.daemon, &name, &snapshot).await?;
+        let info = OperationInfo {
+            kind: "snapshot",
+            description: format!("Taking snapshot '{snapshot}' of {name}"),
+            target: name.clone(),
+        };
+        self.operation(&who, info, move |daemon, reporter| async move {
+            snapshots::take(&daemon, &reporter, &name, &snapshot).await
+        })
+        .await
+    }
+
+    /// Removes one of the container's snapshots.
+    async fn delete_snapshot(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        name: String,
+        snapshot: String,
+    ) -> Result<OwnedObjectPath, Error> {
+        let who = managing_existing(&self.daemon, &self.link, connection, &header, &name).await?;
+        snapshots::check_snapshot(&self.daemon, &name, &snapshot).await?;
+        let info = OperationInfo {
+            kind: "delete_snapshot",
+            description: format!("Removing snapshot '{snapshot}' of {name}"),
+            target: name.clone(),
+        };
+        self.operation(&who, info, move |daemon, reporter| async move {
+            snapshots::delete(&daemon, &reporter, &name, &snapshot).await
+        })
+        .await
+    }
+
+    /// Makes the container as it was at a snapshot: its files, config and devices. A running
+    /// container is stopped first and started again after (its sessions end).
+    async fn restore_snapshot(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        name: String,
+        snapshot: String,
+    ) -> Result<OwnedObjectPath, Error> {
+        let who = managing_existing(&self.daemon, &self.link, connection, &header, &name).await?;
+        snapshots::check_snapshot(&self.daemon, &name, &snapshot).await?;
+        let info = OperationInfo {
+            kind: "restore_snapshot",
+            description: format!("Restoring {name} to snapshot '{snapshot}'"),
+            target: name.clone(),
+        };
+        self.operation(&who, info, move |daemon, reporter| async move {
+            snapshots::restore(&daemon, &reporter, &name, &snapshot).await
+        })
+        .await
+    }
+
+    /// Makes the container anew from an image: the one it was made from (`image` empty) or a
+    /// local one. Its own files are replaced (the host home and custom mounts are not); its
+    /// name, owner, options and snapshots stay; users are set up again when they next enter. A
+    /// running container is stopped first (its sessions end) and started again.
+    async fn reset_container(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        name: String,
+        image: String,
+    ) -> Result<OwnedObjectPath, Error> {
+        let who = managing_existing(&self.daemon, &self.link, connection, &header, &name).await?;
+        let plan = reset::plan(&self.daemon, &name, &image).await?;
+        let info = OperationInfo {
+            kind: "reset",
+            description: format!("Resetting container: {name}"),
+            target: name,
+        };
+        self.operation(&who, info, move |daemon, reporter| async move {
+            reset::run(&daemon, &reporter, plan).await
+        })
+        .await
+    }
+
+    /// Upgrades the container's packages with its own package manager (after the image's
+    /// `/.kapsule/upgrade`, if it has one), each line of their output a message of the operation.
+    /// A stopped container is started for it and stopped again. Where the storage pool makes
+    /// snapshots cheap, an automatic one is taken first (option `snapshot`, a boolean, default
+    /// true); the last few automatic ones are kept.
+    async fn upgrade_container(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<OwnedObjectPath, Error> {
+        let who = managing_existing(&self.daemon, &self.link, connection, &header, &name).await?;
+        let plan = upgrade::plan(&self.daemon, &name, &options).await?;
+        let info = OperationInfo {
+            kind: "upgrade",
+            description: format!("Upgrading container: {name}"),
+            target: name,
+        };
+        self.operation(&who, info, move |daemon, reporter| async move {
+            upgrade::run(&daemon, &reporter, plan).await
+        })
+        .await
+    }
+
+    /// Creates container `name` as a copy of `source` (as it is now, or at `snapshot`), owned by
+    /// the caller, with its own host name and machine ID, and starts it. `source` is only read.
+    async fn clone_container(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        source: String,
+        name: String,
+        snapshot: String,
+    ) -> Result<OwnedObjectPath, Error> {
+        meta::validate_name(&name)?;
+        let who = managing_existing(&self.daemon, &self.link, connection, &header, &source).await?;
+        let plan = clone::plan(&self.daemon, &source, &name, &snapshot, &who.caller).await?;
+        let info = OperationInfo {
+            kind: "clone",
+            description: format!("Cloning {source} as {name}"),
+            target: name,
+        };
+        self.operation(&who, info, move |daemon, reporter| async move {
+            clone::run(&daemon, &reporter, plan).await
+        })
+        .await
+    }
 }
 
 /// The requester of a call that manages container `name`, once polkit said they may. The name is
@@ -334,6 +479,31 @@ async fn managing(link: &Link, connection: &Connection, header: &Header<'_>, nam
         header,
         Action::ManageContainer,
         &[("container", name)],
+    )
+    .await
+}
+
+/// [`managing`] for a method on an existing container: polkit's rules see its owner too (the
+/// `owner` detail: the uid that created it, empty when it records none), so a site's rule can
+/// let people manage their own containers without a password and ask about anyone else's.
+async fn managing_existing(
+    daemon: &Daemon,
+    link: &Link,
+    connection: &Connection,
+    header: &Header<'_>,
+    name: &str,
+) -> Result<Requester, Error> {
+    meta::validate_name(name)?;
+    let owner = match daemon.containers.incus.get_instance(name).await {
+        Ok(instance) => instance.config.get(meta::OWNER_KEY).cloned().unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    Requester::authorized(
+        link,
+        connection,
+        header,
+        Action::ManageContainer,
+        &[("container", name), ("owner", &owner)],
     )
     .await
 }

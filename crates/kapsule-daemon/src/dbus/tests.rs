@@ -104,6 +104,13 @@ fn incus() -> FakeIncus {
         ("GET", "/1.0/instances/dev") => (200, sync(dev())),
         ("GET", "/1.0/instances/foreign") => (200, sync(foreign())),
         ("GET", "/1.0/images?recursion=1") => (200, sync(json!([]))),
+        ("GET", "/1.0/instances/dev/snapshots?recursion=1") => (
+            200,
+            sync(json!([
+                {"name": "auto-20261201-100000", "created_at": "2026-12-01T10:00:00.5Z", "stateful": false, "config": {}},
+                {"name": "before", "created_at": "2026-11-30T09:00:00Z", "stateful": false, "config": {}}
+            ])),
+        ),
         ("PUT", "/1.0/instances/dev/state") => (
             202,
             json!({"type": "async", "status": "Operation created", "status_code": 100,
@@ -147,6 +154,20 @@ async fn reads_answer_with_the_declared_types_and_named_errors() {
     is(m.get_container_info("Not A Name").await, |e| {
         matches!(e, Error::InvalidArgument(_))
     });
+    let snapshots = m.list_snapshots("dev").await.unwrap();
+    let listed: Vec<(&str, &str, bool)> = snapshots
+        .iter()
+        .map(|s| (s.name.as_str(), s.created.as_str(), s.automatic))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("before", "2026-11-30T09:00:00+00:00", false),
+            ("auto-20261201-100000", "2026-12-01T10:00:00.500000+00:00", true)
+        ],
+        "oldest first, Kapsule's own marked"
+    );
+    is(m.list_snapshots("foreign").await, |e| matches!(e, Error::NotFound(_)));
     assert!(m.is_user_setup("dev", 1000).await.unwrap());
     assert!(!m.is_user_setup("dev", 1001).await.unwrap());
     assert_eq!(m.list_images().await.unwrap(), "[]");
@@ -182,6 +203,38 @@ async fn changes_are_refused_before_any_work_when_the_authority_says_no() {
     let uid = rustix::process::getuid().as_raw().wrapping_add(1);
     is(m.setup_user("dev", uid, uid, "someone", "/home/someone").await, refused);
     assert_eq!(served.incus.requests(), ["GET /1.0/instances/dev"]);
+    // So is every change of an existing container: its owner is read for polkit's rules.
+    is(m.create_snapshot("dev", "s").await, refused);
+    is(m.delete_snapshot("dev", "s").await, refused);
+    is(m.restore_snapshot("dev", "s").await, refused);
+    is(m.reset_container("dev", "").await, refused);
+    is(m.clone_container("dev", "copy", "").await, refused);
+    let requests = served.incus.requests();
+    assert!(requests.iter().all(|r| r == "GET /1.0/instances/dev"), "{requests:?}");
+    assert!(
+        m.list_operations().await.unwrap().is_empty(),
+        "no operation was started"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_snapshot_and_clone_names_are_refused_before_incus_is_asked_about_them() {
+    let served = serve(incus(), &["org.kde.kapsule.manage-container"]).await;
+    let m = &served.manager;
+    let invalid = |e: &Error| matches!(e, Error::InvalidArgument(_));
+    for bad in ["a/b", "..", "-x", ""] {
+        if !bad.is_empty() {
+            is(m.create_snapshot("dev", bad).await, invalid);
+        }
+        is(m.delete_snapshot("dev", bad).await, invalid);
+        is(m.restore_snapshot("dev", bad).await, invalid);
+    }
+    let e = is(m.create_snapshot("dev", "auto-mine").await, invalid);
+    assert!(e.contains("snapshots Kapsule takes itself"), "{e}");
+    is(m.clone_container("dev", "9copy", "").await, invalid);
+    is(m.reset_container("Not A Name", "").await, invalid);
+    let requests = served.incus.requests();
+    assert!(requests.iter().all(|r| r == "GET /1.0/instances/dev"), "{requests:?}");
     assert!(
         m.list_operations().await.unwrap().is_empty(),
         "no operation was started"

@@ -23,6 +23,8 @@ pub(crate) enum Work {
     Create,
     /// A container being removed: abandoned, the removal is finished.
     Delete,
+    /// A container being made anew from an image: abandoned, the reset is done again.
+    Reset,
     /// An image being imported: abandoned, it is removed unless an alias names it already.
     Import,
     /// An image an alias was moved away from: abandoned, it is removed unless an alias names it.
@@ -34,13 +36,14 @@ impl Work {
         match self {
             Work::Create => "create",
             Work::Delete => "delete",
+            Work::Reset => "reset",
             Work::Import => "import",
             Work::Release => "release",
         }
     }
 
     fn from_word(word: &str) -> Option<Work> {
-        [Work::Create, Work::Delete, Work::Import, Work::Release]
+        [Work::Create, Work::Delete, Work::Reset, Work::Import, Work::Release]
             .into_iter()
             .find(|w| w.word() == word)
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use kapsule_incus::Client;
 
-use crate::operation::{Failure, Reporter};
+use crate::operation::{Failure, Notes, Reporter};
 
 /// How long an operation waits for Incus before giving up.
 pub(crate) const INCUS_WAIT: Option<Duration> = Some(Duration::from_secs(600));
@@ -25,5 +25,17 @@ pub(crate) async fn run_incus_operation(
             let _ = incus.wait_operation(&op.id, INCUS_WAIT).await;
             Err(Failure::Cancelled)
         }
+    }
+}
+
+/// [`run_incus_operation`] where there may be no operation (recovery): then it is only waited for.
+pub(crate) async fn run_noted(
+    incus: &Client,
+    notes: Notes<'_>,
+    op: kapsule_incus::models::Operation,
+) -> Result<kapsule_incus::models::Operation, Failure> {
+    match notes.0 {
+        Some(reporter) => run_incus_operation(incus, reporter, op).await,
+        None => incus.wait_operation(&op.id, INCUS_WAIT).await.map_err(Failure::from),
     }
 }

@@ -384,12 +384,27 @@ impl Operations {
     }
 }
 
-/// Where messages of a setup go: an operation's client, or only the log (a setup done on the
-/// way into a container has nobody to show them to).
+/// Where messages of a step go: an operation's client, or only the log (a setup done on the way
+/// into a container, or recovery, has nobody to show them to).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Notes<'a>(pub Option<&'a Reporter>);
 
 impl Notes<'_> {
+    pub(crate) async fn say(&self, kind: MessageKind, text: &str) {
+        match self.0 {
+            Some(r) => r.say(kind, text).await,
+            None => log::info!("{text}"),
+        }
+    }
+
+    /// Resolves when the operation's client cancels; never without an operation.
+    pub(crate) async fn cancelled(&self) {
+        match self.0 {
+            Some(r) => r.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+
     pub(crate) async fn info(&self, text: &str) {
         match self.0 {
             Some(r) => r.info(text).await,

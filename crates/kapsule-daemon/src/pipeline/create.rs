@@ -21,7 +21,7 @@ use crate::identity::caller::{Caller, Missing, config_for};
 use crate::image::pull::{pull, pulled_from};
 use crate::image::remotes::{Remote, Remotes};
 use crate::operation::incus::run_incus_operation;
-use crate::operation::{Failure, MessageKind, Reporter};
+use crate::operation::{Failure, MessageKind, Notes, Reporter};
 use crate::pipeline::{Daemon, recovery};
 
 /// A create request that passed every check.
@@ -74,21 +74,7 @@ pub(crate) async fn plan(
         image
     };
     let client = options::from_dbus(client_options)?;
-    let mut recovered = None;
-    match daemon.containers.incus.get_instance(name).await {
-        // What a killed daemon's create or delete of this name left goes first.
-        Ok(instance) if meta::is_kapsule(&instance) && meta::is_abandoned(&instance) => {
-            recovered = recovery::recover_container(daemon, name).await?;
-        }
-        Ok(instance) if meta::is_kapsule(&instance) && meta::pending(&instance).is_some() => {
-            return Err(Error::AlreadyExists(format!(
-                "Container '{name}' already exists (it is being created or removed)"
-            )));
-        }
-        Ok(_) => return Err(Error::AlreadyExists(format!("Container '{name}' already exists"))),
-        Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(incus_error(e)),
-    }
+    let recovered = check_free(daemon, name).await?;
     let source = resolve_image(daemon, image).await?;
     let image_defaults = match &source {
         ImageSource::Local(image) => image_default_options(image),
@@ -105,6 +91,27 @@ pub(crate) async fn plan(
         owner: owner.clone(),
         recovered,
     })
+}
+
+/// Checks that no instance is called `name`, recovering first what a killed daemon's create or
+/// delete of this name left. Returns what recovery did, to be said to the client.
+pub(crate) async fn check_free(daemon: &Daemon, name: &str) -> Result<Option<String>, Error> {
+    match daemon.containers.incus.get_instance(name).await {
+        Ok(instance) if meta::is_kapsule(&instance) && meta::is_abandoned(&instance) => {
+            let recovered = recovery::recover_container(daemon, name).await?;
+            // A reset is recovered by doing it again: the container is still there.
+            match daemon.containers.incus.get_instance(name).await {
+                Err(e) if e.is_not_found() => Ok(recovered),
+                _ => Err(Error::AlreadyExists(format!("Container '{name}' already exists"))),
+            }
+        }
+        Ok(instance) if meta::is_kapsule(&instance) && meta::pending(&instance).is_some() => Err(Error::AlreadyExists(
+            format!("Container '{name}' already exists (work is under way on it)"),
+        )),
+        Ok(_) => Err(Error::AlreadyExists(format!("Container '{name}' already exists"))),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(incus_error(e)),
+    }
 }
 
 /// The container gets read and write access to each custom mount (as root, in a privileged
@@ -315,8 +322,12 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
         if reporter.is_cancelled() {
             return Err(Failure::Cancelled);
         }
-        fixups::apply(&daemon.containers, reporter, &name, session_mode).await?;
-        hostsync::report(reporter, hostsync::sync_one(&daemon.containers, &name).await).await;
+        fixups::apply(&daemon.containers, Notes(Some(reporter)), &name, session_mode).await?;
+        hostsync::report(
+            Notes(Some(reporter)),
+            hostsync::sync_one(&daemon.containers, &name).await,
+        )
+        .await;
         if reporter.is_cancelled() {
             return Err(Failure::Cancelled);
         }
@@ -349,7 +360,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
 /// Removes a container the pipeline made but could not finish. Errors are logged: the failure the
 /// client sees is the one that caused this, and the container's journal entry stays, so the
 /// container is removed when it is next looked at.
-async fn remove_half_made(daemon: &Daemon, name: &str) {
+pub(crate) async fn remove_half_made(daemon: &Daemon, name: &str) {
     log::info!("removing the half-made container {name}");
     if let Err(e) = recovery::remove_instance(daemon, name).await {
         log::warn!("could not remove the half-made container {name} (it is retried when it is next looked at): {e}");

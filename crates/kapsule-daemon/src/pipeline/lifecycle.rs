@@ -10,7 +10,7 @@ use crate::container::hostsync;
 use crate::container::meta::{PENDING_KEY, is_running};
 use crate::host::journal::{self, Entry, Work};
 use crate::operation::incus::{INCUS_WAIT, run_incus_operation};
-use crate::operation::{Failure, MessageKind, Reporter};
+use crate::operation::{Failure, MessageKind, Notes, Reporter};
 use crate::pipeline::Daemon;
 use crate::pipeline::recovery::{self, settled};
 
@@ -49,7 +49,11 @@ pub(crate) async fn start(daemon: &Daemon, reporter: &Reporter, name: &str) -> R
     let op = daemon.containers.incus.start_instance(name).await?;
     run_incus_operation(&daemon.containers.incus, reporter, op).await?;
     // The host's timezone or DNS may have changed while it was stopped.
-    hostsync::report(reporter, hostsync::sync_instance(&daemon.containers, &instance).await).await;
+    hostsync::report(
+        Notes(Some(reporter)),
+        hostsync::sync_instance(&daemon.containers, &instance).await,
+    )
+    .await;
     daemon.clients.containers_changed().await;
     Ok(format!("Container '{name}' started"))
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use crate::container::Containers;
 use crate::operation::clients::Clients;
 
+/// `CloneContainer`.
+pub(crate) mod clone;
 /// `CreateContainer`.
 pub(crate) mod create;
 /// `Enter` and `PrepareEnter`.
@@ -18,8 +20,14 @@ pub(crate) mod lifecycle;
 pub(crate) mod queries;
 /// Work a killed daemon left unfinished: found and recovered.
 pub(crate) mod recovery;
+/// `ResetContainer`.
+pub(crate) mod reset;
 /// `SetupUser`, and the setup on a first enter.
 pub(crate) mod setup_user;
+/// `ListSnapshots`, `CreateSnapshot`, `DeleteSnapshot`, `RestoreSnapshot`.
+pub(crate) mod snapshots;
+/// `UpgradeContainer`.
+pub(crate) mod upgrade;
 
 /// What every pipeline works with: the container layer's handles, the clients told about
 /// changes, the pipelines' own locks, and what recovery did.

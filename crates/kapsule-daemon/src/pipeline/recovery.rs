@@ -6,6 +6,8 @@
 //! What is done with each is fixed, so that every outcome is one a user was told or asked for:
 //! - a create: the container is removed (its client was told the create failed);
 //! - a delete: the removal is finished (it was asked for);
+//! - a reset: it is done again from the image it named (it was asked for, and the container's own
+//!   files may be half replaced);
 //! - an import: the image is removed unless an alias names it (then the import had finished but
 //!   for clearing its entry);
 //! - an image an import moved its alias away from: removed unless an alias names it.
@@ -19,11 +21,16 @@ use std::time::Duration;
 use kapsule_dbus::Error;
 use kapsule_incus::models::{ConfigMap, Image, Instance};
 
-use crate::container::meta::{self, PENDING_KEY};
+use crate::container::meta::{self, PENDING_KEY, Wants};
+use crate::container::rebuild::rebuild;
 use crate::error::incus_error;
 use crate::host::journal::{self, Entry, Work};
+use crate::operation::Notes;
 use crate::operation::incus::INCUS_WAIT;
 use crate::pipeline::Daemon;
+
+/// The image a reset under way makes the container from (cleared with the journal entry).
+pub(crate) const RESET_IMAGE_KEY: &str = "user.kapsule.reset-image";
 
 /// The image property of an import's journal entry.
 pub(crate) const IMAGE_PENDING_KEY: &str = "kapsule.pending";
@@ -75,6 +82,9 @@ pub(crate) async fn settled(daemon: &Daemon, name: &str) -> Result<Instance, Err
         Some(Work::Create) => Err(Error::Failed(format!(
             "Container '{name}' is still being created; try again when that has finished"
         ))),
+        Some(Work::Reset) => Err(Error::Failed(format!(
+            "Container '{name}' is being reset; try again when that has finished"
+        ))),
         Some(_) => Err(Error::Failed(format!("Container '{name}' is being removed"))),
     }
 }
@@ -95,6 +105,11 @@ pub(crate) async fn recover_container(daemon: &Daemon, name: &str) -> Result<Opt
     };
     // A killed daemon's Incus operation (the create itself, a stop) may still run: it ends first.
     wait_for_operations(daemon, name).await;
+    if entry.work == Work::Reset {
+        let what = finish_reset(daemon, &instance).await?;
+        daemon.clients.containers_changed().await;
+        return Ok(Some(what));
+    }
     let what = match entry.work {
         Work::Create => {
             "its creation was interrupted (the daemon stopped, or Incus went away), so what was made of it was removed"
@@ -117,6 +132,23 @@ pub(crate) async fn recover_container(daemon: &Daemon, name: &str) -> Result<Opt
     daemon.recovered.record(name, what.to_owned());
     daemon.clients.containers_changed().await;
     Ok(Some(what.to_owned()))
+}
+
+/// A reset a killed daemon left, done again from the image it named.
+async fn finish_reset(daemon: &Daemon, instance: &Instance) -> Result<String, Error> {
+    let name = instance.name.as_str();
+    log::warn!("container {name}: a reset was interrupted; doing it again");
+    let fingerprint = instance.config.get(RESET_IMAGE_KEY).cloned().unwrap_or_default();
+    let session_mode = Wants::of(instance).session_mode;
+    let done = rebuild(&daemon.containers, Notes(None), name, &fingerprint, session_mode).await;
+    clear_reset_entry(daemon, name).await.map_err(incus_error)?;
+    match done {
+        Ok(()) => Ok("its reset was interrupted (the daemon stopped) and has been done again".to_owned()),
+        Err(failure) => Err(Error::Failed(format!(
+            "Container '{name}' was left half-reset by an interrupted reset, and resetting it again failed: {} (`kapsule reset {name}` tries again)",
+            failure.message()
+        ))),
+    }
 }
 
 /// Waits until no Incus operation works on container `name`.
@@ -157,6 +189,15 @@ pub(crate) async fn remove_instance(daemon: &Daemon, name: &str) -> Result<(), k
 /// Removes the journal entry of finished work on container `name`.
 pub(crate) async fn clear_container_entry(daemon: &Daemon, name: &str) -> Result<(), kapsule_incus::Error> {
     let config = ConfigMap::from([(PENDING_KEY.to_owned(), String::new())]);
+    daemon.containers.incus.patch_instance_config(name, &config).await
+}
+
+/// Removes a reset's journal entry and the image it named.
+pub(crate) async fn clear_reset_entry(daemon: &Daemon, name: &str) -> Result<(), kapsule_incus::Error> {
+    let config = ConfigMap::from([
+        (PENDING_KEY.to_owned(), String::new()),
+        (RESET_IMAGE_KEY.to_owned(), String::new()),
+    ]);
     daemon.containers.incus.patch_instance_config(name, &config).await
 }
 

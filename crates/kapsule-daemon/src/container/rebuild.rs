@@ -1,0 +1,40 @@
+//! A container's root file system made anew from an image: what `kapsule reset` does, and what
+//! recovery finishes for a reset a killed daemon left. The container is stopped (forcibly: its
+//! files are about to be replaced), Incus rebuilds it (its config, devices and snapshots stay),
+//! it is started, and it gets what a new container gets (`fixups`) and the host's settings.
+
+use std::time::Duration;
+
+use kapsule_incus::models::InstanceSource;
+
+use crate::container::meta::is_running;
+use crate::container::{Containers, fixups, hostsync};
+use crate::operation::incus::run_noted;
+use crate::operation::{Failure, Notes};
+
+/// Rebuilds container `name` from the local image `fingerprint` and starts it.
+pub(crate) async fn rebuild(
+    containers: &Containers,
+    notes: Notes<'_>,
+    name: &str,
+    fingerprint: &str,
+    session_mode: bool,
+) -> Result<(), Failure> {
+    let incus = &containers.incus;
+    if is_running(&incus.get_instance(name).await?) {
+        notes.info("Stopping the container").await;
+        let op = incus.stop_instance(name, true, Duration::from_secs(30)).await?;
+        run_noted(incus, notes, op).await?;
+    }
+    notes.info("Making its files anew from the image").await;
+    let op = incus
+        .rebuild_instance(name, &InstanceSource::local_fingerprint(fingerprint))
+        .await?;
+    run_noted(incus, notes, op).await?;
+    notes.info("Starting it").await;
+    let op = incus.start_instance(name).await?;
+    run_noted(incus, notes, op).await?;
+    fixups::apply(containers, notes, name, session_mode).await?;
+    hostsync::report(notes, hostsync::sync_one(containers, name).await).await;
+    Ok(())
+}
