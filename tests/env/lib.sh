@@ -15,6 +15,8 @@ KAPSULE_TEST_RUN=${KAPSULE_TEST_RUN:-/run/kapsule-test}
 # The alias every test creates containers from.
 KAPSULE_TEST_IMAGE=${KAPSULE_TEST_IMAGE:-kapsule-test}
 KAPSULE_TEST_OS_IMAGE=${KAPSULE_TEST_OS_IMAGE:-kapsule-test-os}
+# A btrfs storage pool beside `default` (dir), as KDE Linux has: the undo tests run on both.
+KAPSULE_TEST_BTRFS_POOL=${KAPSULE_TEST_BTRFS_POOL:-kapsule-btrfs}
 # A plain, non-root user for the tests that call as someone else (up.sh creates it).
 KAPSULE_TEST_USER=${KAPSULE_TEST_USER:-kapsule-tester}
 # A second plain user, whom no polkit rule favours (up.sh creates it).

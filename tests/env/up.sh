@@ -4,7 +4,7 @@
 #      source) and the tools the tests use;
 #   2. starts incusd in the background and waits until it is ready;
 #   3. creates a `dir` storage pool and a default profile with only a root disk: no network bridge,
-#      so the machine's network is never touched;
+#      so the machine's network is never touched; and a btrfs pool beside it, in a loop file;
 #   4. builds (or reuses) the test image and imports it under the alias $KAPSULE_TEST_IMAGE, and
 #      the booted-system test's OS image (the test image plus Incus) as $KAPSULE_TEST_OS_IMAGE;
 #   5. creates the test users, installs the polkit actions and rules, loads kernel modules and
@@ -21,7 +21,8 @@ require_root
 # flatpak: its flatpak-session-helper is what kapsule-host-exec talks to on the user's session bus.
 # desktop-file-utils: desktop-file-validate checks the menu entries `kapsule export` writes.
 # file: tells whether the program placed in containers is static.
-HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux iproute2 kmod busybox-static systemd squashfs-tools openssl xz-utils qt6-base-dev cmake g++ flatpak desktop-file-utils file)
+# btrfs-progs: Incus's btrfs driver runs mkfs.btrfs and btrfs (the btrfs pool; first_boot.rs).
+HOST_PACKAGES=(incus-base incus-client debootstrap zstd jq dbus polkitd libxml2-utils shellcheck util-linux tmux iproute2 kmod busybox-static systemd squashfs-tools openssl xz-utils qt6-base-dev cmake g++ flatpak desktop-file-utils file btrfs-progs)
 
 install_packages() {
     local suite missing=() p
@@ -58,6 +59,14 @@ configure_incus() {
     if ! incus storage show default >/dev/null 2>&1; then
         log "creating storage pool 'default' (dir)"
         incus storage create default dir >/dev/null
+    fi
+    # KDE Linux's file system is btrfs, where kapsule-init makes a btrfs pool: snapshots and copies
+    # are copy-on-write there, and the undo tests run on it as well as on `dir`. Incus makes the
+    # file system itself, in a sparse loop file under /var/lib/incus/disks/ that it mounts while it
+    # runs: no disk or partition of the machine is touched.
+    if ! incus storage show "$KAPSULE_TEST_BTRFS_POOL" >/dev/null 2>&1; then
+        log "creating storage pool '$KAPSULE_TEST_BTRFS_POOL' (btrfs in a loop file)"
+        incus storage create "$KAPSULE_TEST_BTRFS_POOL" btrfs size=8GiB >/dev/null
     fi
     # A root disk in the default profile for hand-made `incus launch`; Kapsule itself creates
     # containers with `profiles: []` and its own devices. No NIC: no bridge is ever created.
@@ -161,6 +170,7 @@ export INCUS_SOCKET=$INCUS_SOCKET
 export KAPSULE_TEST_IMAGE=$KAPSULE_TEST_IMAGE
 export KAPSULE_TEST_IMAGE_DIR=$("$KAPSULE_ROOT/images/debian/build.sh")
 export KAPSULE_TEST_OS_IMAGE=$KAPSULE_TEST_OS_IMAGE
+export KAPSULE_TEST_BTRFS_POOL=$KAPSULE_TEST_BTRFS_POOL
 export KAPSULE_TEST_USER=$KAPSULE_TEST_USER
 export KAPSULE_TEST_OTHER_USER=$KAPSULE_TEST_OTHER_USER
 export KAPSULE_TEST_NETNS=/run/netns/$KAPSULE_TEST_NETNS_NAME

@@ -65,6 +65,17 @@ pub fn unique_name(what: &str) -> String {
     )
 }
 
+/// The btrfs storage pool of the test environment (`tests/env/up.sh` makes it beside the `dir`
+/// pool `default`), or a panic saying how to make it.
+pub async fn btrfs_pool(env: &TestEnv) -> String {
+    let pool = std::env::var("KAPSULE_TEST_BTRFS_POOL").unwrap_or_else(|_| "kapsule-btrfs".into());
+    match env.incus.get_storage_pool(&pool).await {
+        Ok(found) => assert_eq!(found.driver, "btrfs", "the pool '{pool}' is not btrfs"),
+        Err(e) => panic!("the btrfs pool '{pool}' does not exist ({e}); run tests/env/up.sh"),
+    }
+    pool
+}
+
 /// Deletes the instance when dropped, whether the test passed or panicked.
 #[derive(Debug)]
 pub struct InstanceGuard(pub String);

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use kapsule_integration_tests::{
-    DaemonTest, ImageGuard, InstanceGuard, TestUser, daemon_test, kapsule_signals, test_user, tiny_image_files,
+    DaemonTest, ImageGuard, InstanceGuard, TestUser, daemon_test, kapsule_signals, sh, test_user, tiny_image_files,
     unique_name,
 };
 
@@ -606,6 +606,44 @@ async fn every_reply_and_signal_carries_the_declared_signature() {
         "{message}"
     );
 
+    // Undo: a snapshot taken, listed, restored, cloned from, removed; the container reset.
+    let copy = unique_name("wire-copy");
+    let _copy = InstanceGuard(copy.clone());
+    let snapshot = (name.as_str(), "wire");
+    let (_, taken) = operation(&test, &mut declared, &mut signals, "CreateSnapshot", &snapshot).await;
+    assert!(taken, "CreateSnapshot");
+    let listed = call(&test, "ListSnapshots", &(name.as_str(),)).await.unwrap();
+    declared.reply(MANAGER_IF, "ListSnapshots", &listed);
+    let listed: Vec<(String, String, bool)> = listed.body().deserialize().unwrap();
+    assert_eq!(listed.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["wire"]);
+    let (_, restored) = operation(&test, &mut declared, &mut signals, "RestoreSnapshot", &snapshot).await;
+    assert!(restored, "RestoreSnapshot");
+    let clone = (name.as_str(), copy.as_str(), "wire");
+    let (_, cloned) = operation(&test, &mut declared, &mut signals, "CloneContainer", &clone).await;
+    assert!(cloned, "CloneContainer");
+    let (_, removed) = operation(&test, &mut declared, &mut signals, "DeleteSnapshot", &snapshot).await;
+    assert!(removed, "DeleteSnapshot");
+    // An upgrade with no apt source (the test network reaches no mirror): nothing to do, done.
+    let (code, out) = sh(
+        &test.env.incus,
+        &name,
+        "rm -rf /etc/apt/sources.list /etc/apt/sources.list.d",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let upgrade = (name.as_str(), &no_options);
+    let (_, upgraded) = operation(&test, &mut declared, &mut signals, "UpgradeContainer", &upgrade).await;
+    assert!(upgraded, "UpgradeContainer");
+    let (_, reset) = operation(
+        &test,
+        &mut declared,
+        &mut signals,
+        "ResetContainer",
+        &(name.as_str(), ""),
+    )
+    .await;
+    assert!(reset, "ResetContainer");
+
     // Stop, start again, refuse to delete it running (no force), kill it, delete it.
     let gently = (name.as_str(), false);
     let (_, done) = operation(&test, &mut declared, &mut signals, "StopContainer", &gently).await;
@@ -627,7 +665,42 @@ async fn every_reply_and_signal_carries_the_declared_signature() {
     assert!(done, "DeleteContainer");
 
     // Expected failures: each a named error whose body is its message.
-    let refusals: [(&str, zbus::Result<zbus::Message>, &str); 12] = [
+    let refusals: [(&str, zbus::Result<zbus::Message>, &str); 19] = [
+        (
+            "UpgradeContainer",
+            call(&test, "UpgradeContainer", &(missing.as_str(), &no_options)).await,
+            "NotFound",
+        ),
+        (
+            "ListSnapshots",
+            call(&test, "ListSnapshots", &(missing.as_str(),)).await,
+            "NotFound",
+        ),
+        (
+            "CreateSnapshot",
+            call(&test, "CreateSnapshot", &(missing.as_str(), "a/b")).await,
+            "InvalidArgument",
+        ),
+        (
+            "DeleteSnapshot",
+            call(&test, "DeleteSnapshot", &(missing.as_str(), "wire")).await,
+            "NotFound",
+        ),
+        (
+            "RestoreSnapshot",
+            call(&test, "RestoreSnapshot", &(missing.as_str(), "wire")).await,
+            "NotFound",
+        ),
+        (
+            "ResetContainer",
+            call(&test, "ResetContainer", &(missing.as_str(), "")).await,
+            "NotFound",
+        ),
+        (
+            "CloneContainer",
+            call(&test, "CloneContainer", &(missing.as_str(), "kt-wire-x", "")).await,
+            "NotFound",
+        ),
         (
             "GetContainerInfo",
             call(&test, "GetContainerInfo", &(missing.as_str(),)).await,

@@ -8,6 +8,9 @@
 //! same name works. Each test prints the states it found (`--success-output final` shows them;
 //! `docs/TESTING.md` has a run's figures).
 //!
+//! A reset and a clone (`undo.rs` has them whole) are killed the same way: a reset is done again
+//! whole when the container is next looked at, a clone is whole or gone, its source untouched.
+//!
 //! Also: sessions outlive a daemon killed under them, and a create that fills its storage pool
 //! fails with a clear error and leaves nothing.
 
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 use kapsule_dbus::ManagerProxy;
 use kapsule_integration_tests::{
     InstanceGuard, PrivateBus, TestEnv, container_request, daemon_process_with, env, follow, incus_done_with,
-    incus_is_busy_with, kapsule_signals, pack_image, test_user, unique_name,
+    incus_is_busy_with, kapsule_signals, pack_image, sh, test_user, unique_name,
 };
 
 /// The daemon as a process, and a client of it.
@@ -573,6 +576,140 @@ async fn a_delete_killed_anywhere_is_finished_or_not_begun() {
         );
     }
     report("delete", &found, &["done", "abandoned"]);
+}
+
+/// A running Kapsule container made directly in Incus (faster than a create), with a file of its
+/// own in `/opt/kt-own`.
+async fn make_container(env: &TestEnv, name: &str) {
+    let mut request = container_request(env, name, true);
+    request.config.insert("user.kapsule.owner".into(), "0".into());
+    request.config.insert("user.kapsule.host-rootfs".into(), "false".into());
+    let op = env.incus.create_instance(&request).await.unwrap();
+    env.incus
+        .wait_operation(&op.id, Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    let (code, out) = sh(&env.incus, name, "echo mine > /opt/kt-own").await;
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_killed_anywhere_is_done_again_whole() {
+    const KILLS: usize = 8;
+    let env = env().await;
+    let bus = PrivateBus::start();
+    let mut daemon = Daemon::start(&bus, &[]).await;
+    let name = unique_name("crash-reset");
+    let _guard = InstanceGuard(name.clone());
+    make_container(&env, &name).await;
+    let started = Instant::now();
+    let seen = daemon.follow(daemon.manager.reset_container(&name, "")).await;
+    assert_eq!(seen.last().unwrap(), "Completed(true, \"\")", "{seen:?}");
+    let length = started.elapsed();
+
+    let mut found = BTreeMap::new();
+    for k in 0..KILLS {
+        let name = unique_name("crash-reset");
+        let _guard = InstanceGuard(name.clone());
+        make_container(&env, &name).await;
+        let at = kill_point(length, k, KILLS);
+        let label = Kill::At(at)
+            .reach(&daemon, daemon.manager.reset_container(&name, ""))
+            .await;
+        daemon.kill();
+        incus_done_with(&name).await;
+        // With an entry the container may be stopped; without one the reset did not begin or
+        // finished, and it runs.
+        let state = match pending(&env, &name).await.expect("a reset never removes the container") {
+            Some(_) => "abandoned",
+            None if sh(&env.incus, &name, "test -e /opt/kt-own").await.0 == 0 => "not begun",
+            None => "done",
+        };
+        *found.entry(state).or_insert(0) += 1;
+        daemon = Daemon::start(&bus, &[]).await;
+        // Looked at, an abandoned reset is done again before the answer.
+        let info = daemon.manager.get_container_info(&name).await;
+        let info = info.unwrap_or_else(|e| panic!("kill at {label} ({state}): {e}"));
+        assert_eq!(info.status, "Running", "kill at {label} ({state})");
+        let instance = env.incus.get_instance(&name).await.unwrap();
+        assert!(
+            !instance.config.contains_key("user.kapsule.pending")
+                && !instance.config.contains_key("user.kapsule.reset-image"),
+            "kill at {label} ({state}): {:?}",
+            instance.config
+        );
+        let (code, out) = sh(
+            &env.incus,
+            &name,
+            "test -d /.kapsule && ! test -e /opt/kt-own || echo no",
+        )
+        .await;
+        if state != "not begun" {
+            assert_eq!(
+                (code, out.as_str()),
+                (0, ""),
+                "kill at {label} ({state}): reset, and fixed up"
+            );
+        }
+    }
+    report("reset", &found, &["done", "abandoned"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_killed_anywhere_is_whole_or_gone() {
+    const KILLS: usize = 8;
+    let env = env().await;
+    let bus = PrivateBus::start();
+    let mut daemon = Daemon::start(&bus, &[]).await;
+    let source = unique_name("crash-clone");
+    let _source = InstanceGuard(source.clone());
+    make_container(&env, &source).await;
+    let copy = unique_name("crash-clone");
+    let _copy = InstanceGuard(copy.clone());
+    let started = Instant::now();
+    let seen = daemon.follow(daemon.manager.clone_container(&source, &copy, "")).await;
+    assert_eq!(seen.last().unwrap(), "Completed(true, \"\")", "{seen:?}");
+    let length = started.elapsed();
+
+    let mut found = BTreeMap::new();
+    for k in 0..KILLS {
+        let copy = unique_name("crash-clone");
+        let _guard = InstanceGuard(copy.clone());
+        let at = kill_point(length, k, KILLS);
+        let label = Kill::At(at)
+            .reach(&daemon, daemon.manager.clone_container(&source, &copy, ""))
+            .await;
+        daemon.kill();
+        incus_done_with(&copy).await;
+        let state = match pending(&env, &copy).await {
+            None => "not begun",
+            Some(None) => "done",
+            Some(Some(_)) => "abandoned",
+        };
+        *found.entry(state).or_insert(0) += 1;
+        daemon = Daemon::start(&bus, &[]).await;
+        match daemon.manager.get_container_info(&copy).await {
+            Ok(info) => {
+                assert_eq!(state, "done", "kill at {label}");
+                assert_eq!(info.status, "Running");
+                let (code, out) = sh(&env.incus, &copy, "hostname; cat /opt/kt-own").await;
+                assert_eq!((code, out), (0, format!("{copy}\nmine\n")), "kill at {label}");
+            }
+            Err(e) => {
+                assert_ne!(state, "done", "kill at {label}: {e}");
+                assert_eq!(error_name(&e), "org.kde.kapsule.Error.NotFound", "kill at {label}: {e}");
+                assert!(
+                    pending(&env, &copy).await.is_none(),
+                    "kill at {label} ({state}): still in Incus"
+                );
+            }
+        }
+        // The source is only read: whatever happened to the copy, it runs on as it was.
+        let (code, out) = sh(&env.incus, &source, "cat /opt/kt-own").await;
+        assert_eq!((code, out.as_str()), (0, "mine\n"), "kill at {label}");
+        assert_eq!(env.incus.get_instance(&source).await.unwrap().status, "Running");
+    }
+    report("clone", &found, &["done", "abandoned"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,3 +151,79 @@ async fn a_failed_first_boot_leaves_no_stamp_and_says_why() {
     assert!(stamp.exists());
     assert!(env.incus.get_image_alias(&alias).await.is_ok());
 }
+
+/// A btrfs file system in a loop file, mounted on a temporary directory while it lives (as
+/// KDE Linux's `/var` is btrfs).
+struct BtrfsMount {
+    dir: tempfile::TempDir,
+}
+
+impl BtrfsMount {
+    fn new() -> BtrfsMount {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("btrfs.img");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).unwrap();
+        let run = |program: &str, args: &[&std::ffi::OsStr]| {
+            let out = Command::new(program).args(args).output().unwrap();
+            assert!(out.status.success(), "{program}: {}", said(&out));
+        };
+        // 256 MiB, sparse: mkfs.btrfs's smallest comfortable size.
+        std::fs::File::create(&image).unwrap().set_len(256 << 20).unwrap();
+        run("mkfs.btrfs", &["-q".as_ref(), image.as_os_str()]);
+        run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                image.as_os_str(),
+                mountpoint.as_os_str(),
+            ],
+        );
+        BtrfsMount { dir }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for BtrfsMount {
+    fn drop(&mut self) {
+        // The loop device goes with the mount (mount -o loop sets autoclear).
+        let _ = Command::new("umount").arg(self.path()).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_btrfs_the_pool_is_btrfs_and_containers_are_subvolumes_of_it() {
+    let env = env().await;
+    let btrfs = BtrfsMount::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stamp = dir.path().join("initialized");
+    let images = dir.path().join("images");
+    let storage = btrfs.path().join("kapsule");
+    let pool = unique_name("pool");
+    let out = init(&[], &stamp, &images, &pool, &storage);
+    let _pool = PoolGuard(pool.clone());
+    let text = said(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "Created storage pool '{pool}' (driver btrfs) at {}",
+            storage.display()
+        )),
+        "{text}"
+    );
+    let made = env.incus.get_storage_pool(&pool).await.unwrap();
+    assert_eq!(made.driver, "btrfs");
+    assert_eq!(made.config.get("source").map(String::as_str), storage.to_str());
+    // Incus made its pool a subvolume of the file system that was there: no loop file of its own.
+    let out = Command::new("btrfs")
+        .args(["subvolume", "show"])
+        .arg(&storage)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "not a subvolume: {}", said(&out));
+    assert!(!Path::new(&format!("/var/lib/incus/disks/{pool}.img")).exists());
+}
