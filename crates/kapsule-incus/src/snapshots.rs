@@ -40,7 +40,7 @@ impl Client {
     }
 
     /// Starts rebuilding a stopped instance: its root file system is replaced by a fresh one from
-    /// `source` (an image); config, devices and snapshots stay.
+    /// `source` (an image); config and devices stay. Incus 6.0 refuses an instance that has snapshots.
     pub async fn rebuild_instance(&self, name: &str, source: &InstanceSource) -> Result<Operation> {
         let path = format!("/1.0/instances/{}/rebuild", enc(name));
         let body = to_json(&format!("POST {path}"), &json!({ "source": source }))?;

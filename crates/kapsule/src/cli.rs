@@ -111,9 +111,11 @@ pub enum Command {
     /// Make a container anew from its image, as if just created with the same options.
     ///
     /// Its own files are replaced: installed packages, changes in /etc, /usr, /var, and the
-    /// home too when it is not the host's (--no-mount-home). Your host home and custom mounts
-    /// are untouched; its name, owner, options and snapshots stay; users are set up again on
-    /// their next enter. You are asked first on a terminal.
+    /// home too when it is not the host's (--no-mount-home), with the snapshots Kapsule took
+    /// before upgrades. Your host home and custom mounts are untouched; its name, owner and
+    /// options stay; users are set up again on their next enter. A container with snapshots
+    /// you took is not reset (remove them, or keep one with `kapsule clone --snapshot`). You are
+    /// asked first on a terminal.
     Reset {
         name: String,
         /// Reset from this local image instead of the one it was made from (needed when that

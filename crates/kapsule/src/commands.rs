@@ -98,7 +98,8 @@ async fn run_command(connection: &Connection, manager: &ManagerProxy<'_>, comman
                 &format!(
                     "Resetting '{name}' replaces its own files with a fresh copy of its image: installed \
                      packages, changes in /etc, /usr and /var, and its home if it is not your host home, \
-                     are lost. Your host home, custom mounts and its snapshots are kept."
+                     are lost, with the snapshots Kapsule took before upgrades. Your host home and \
+                     custom mounts are kept."
                 ),
                 yes,
             )?;

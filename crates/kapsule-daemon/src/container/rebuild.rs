@@ -1,13 +1,15 @@
 //! A container's root file system made anew from an image: what `kapsule reset` does, and what
 //! recovery finishes for a reset a killed daemon left. The container is stopped (forcibly: its
-//! files are about to be replaced), Incus rebuilds it (its config, devices and snapshots stay),
-//! it is started, and it gets what a new container gets (`fixups`) and the host's settings.
+//! files are about to be replaced), the snapshots Kapsule took itself are removed (Incus 6.0
+//! refuses to rebuild a container that has snapshots; a user's own make the reset refuse before
+//! it begins, see `pipeline/reset.rs`), Incus rebuilds it (its config and devices stay), it is
+//! started, and it gets what a new container gets (`fixups`) and the host's settings.
 
 use std::time::Duration;
 
 use kapsule_incus::models::InstanceSource;
 
-use crate::container::meta::is_running;
+use crate::container::meta::{AUTOMATIC_SNAPSHOT_PREFIX, is_running};
 use crate::container::{Containers, fixups, hostsync};
 use crate::operation::incus::run_noted;
 use crate::operation::{Failure, Notes};
@@ -25,6 +27,15 @@ pub(crate) async fn rebuild(
         notes.info("Stopping the container").await;
         let op = incus.stop_instance(name, true, Duration::from_secs(30)).await?;
         run_noted(incus, notes, op).await?;
+    }
+    for snapshot in incus.list_snapshots(name).await? {
+        if snapshot.name.starts_with(AUTOMATIC_SNAPSHOT_PREFIX) {
+            notes
+                .info(&format!("Removing the snapshot '{}' Kapsule took", snapshot.name))
+                .await;
+            let op = incus.delete_snapshot(name, &snapshot.name).await?;
+            run_noted(incus, notes, op).await?;
+        }
     }
     notes.info("Making its files anew from the image").await;
     let op = incus

@@ -396,8 +396,10 @@ impl Manager {
 
     /// Makes the container anew from an image: the one it was made from (`image` empty) or a
     /// local one. Its own files are replaced (the host home and custom mounts are not); its
-    /// name, owner, options and snapshots stay; users are set up again when they next enter. A
-    /// running container is stopped first (its sessions end) and started again.
+    /// name, owner and options stay; users are set up again when they next enter. A running
+    /// container is stopped first (its sessions end) and started again. The snapshots Kapsule
+    /// took before upgrades go with the old files; a container with snapshots the user took is
+    /// refused (Incus cannot rebuild it), with how to keep and remove them.
     async fn reset_container(
         &self,
         #[zbus(connection)] connection: &Connection,

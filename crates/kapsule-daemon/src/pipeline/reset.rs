@@ -2,8 +2,13 @@
 //!
 //! The container's own files (everything outside the host home and custom mounts) are replaced
 //! by a fresh copy of the image it was made from (Incus's `volatile.base_image`), or of another
-//! local image; its name, owner, options, devices and snapshots stay. Its users are set up again
-//! on their next enter, as in a new container.
+//! local image; its name, owner, options and devices stay. Its users are set up again on their
+//! next enter, as in a new container.
+//!
+//! Incus 6.0 cannot rebuild a container that has snapshots. The ones Kapsule took itself (before
+//! upgrades: points to go back to in the files now being replaced) are removed, and the client is
+//! told so first; a snapshot the user took is never removed by a reset: the reset is refused
+//! before any work, saying how to keep it (a clone of it) and how to remove it.
 //!
 //! Journaled (`host/journal.rs`): the entry, the image to reset to and the users' setup markers
 //! cleared go in one config change before anything else, and the entry is cleared last; a reset a
@@ -13,7 +18,7 @@
 use kapsule_dbus::Error;
 use kapsule_incus::models::{ConfigMap, Image};
 
-use crate::container::meta::{PENDING_KEY, Wants};
+use crate::container::meta::{AUTOMATIC_SNAPSHOT_PREFIX, PENDING_KEY, Wants};
 use crate::container::rebuild::rebuild;
 use crate::error::incus_error;
 use crate::host::journal::{self, Entry, Work};
@@ -28,6 +33,8 @@ pub(crate) struct Plan {
     pub image: Image,
     /// The image as the user knows it: its description, else its fingerprint's start.
     pub image_label: String,
+    /// The snapshots Kapsule took itself, removed by the reset.
+    pub automatic: Vec<String>,
 }
 
 /// Before `ResetContainer`: the container is settled and the image is in the local store. An
@@ -59,6 +66,24 @@ pub(crate) async fn plan(daemon: &Daemon, name: &str, image: &str) -> Result<Pla
     } else {
         images::resolve(daemon, image).await?
     };
+    let snapshots = daemon
+        .containers
+        .incus
+        .list_snapshots(name)
+        .await
+        .map_err(incus_error)?;
+    let (automatic, own): (Vec<_>, Vec<_>) = snapshots
+        .into_iter()
+        .map(|s| s.name)
+        .partition(|s| s.starts_with(AUTOMATIC_SNAPSHOT_PREFIX));
+    if let Some(first) = own.first() {
+        return Err(Error::Failed(format!(
+            "Container '{name}' has snapshots you took ({}), and a container with snapshots cannot be made anew; \
+             to keep one, make it a container of its own (kapsule clone {name} NEW --snapshot {first}), \
+             then remove them (kapsule snapshot rm {name} {first})",
+            own.join(", ")
+        )));
+    }
     let image_label = image
         .properties
         .get("description")
@@ -69,6 +94,7 @@ pub(crate) async fn plan(daemon: &Daemon, name: &str, image: &str) -> Result<Pla
         name: name.to_owned(),
         image,
         image_label,
+        automatic,
     })
 }
 
@@ -84,6 +110,14 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, plan: Plan) -> Res
             plan.image_label
         ))
         .await;
+    if !plan.automatic.is_empty() {
+        reporter
+            .warn(&format!(
+                "The snapshots Kapsule took before upgrades are removed with them: {}",
+                plan.automatic.join(", ")
+            ))
+            .await;
+    }
     let mut entry = ConfigMap::from([
         (PENDING_KEY.to_owned(), Entry::new(Work::Reset).value()),
         (RESET_IMAGE_KEY.to_owned(), plan.image.fingerprint.clone()),
