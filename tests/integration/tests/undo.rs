@@ -7,8 +7,8 @@
 use std::process::{Command, Output};
 
 use kapsule_integration_tests::{
-    DaemonTest, InstanceGuard, RemoveOnDrop, btrfs_pool, daemon_test_with, env, incus_state, options, other_user, sh,
-    test_settings, test_user, unique_name,
+    DaemonTest, InstanceGuard, RemoveOnDrop, Tmux, btrfs_pool, daemon_test_with, env, incus_state, kapsule_binary,
+    options, other_user, sh, test_settings, test_user, unique_name,
 };
 
 /// Where the test's containers live: the `dir` pool, or the btrfs pool (KDE Linux's file system,
@@ -121,6 +121,23 @@ async fn a_snapshot_brings_a_deleted_file_back_and_bad_requests_change_nothing(p
         "add --yes",
     );
     assert!(!exists(test, &name, "/opt/kt-file").await, "refused, yet restored");
+    // On a terminal it asks: no changes nothing.
+    let tmux = Tmux::new();
+    let line = format!(
+        "env KAPSULE_BUS_ADDRESS={} {} restore {name} before; echo exit=$?; sleep 60",
+        test.bus.address,
+        kapsule_binary().display()
+    );
+    tmux.run(&["new-session", "-d", "-x", "200", "-y", "30", "-s", "kt", &line]);
+    tmux.wait_for("Go on? [y/N]").await;
+    tmux.run(&["send-keys", "-t", "kt", "n", "Enter"]);
+    tmux.wait_for("exit=1").await;
+    let screen = tmux.run(&["capture-pane", "-p", "-t", "kt"]);
+    assert!(
+        screen.contains("'before' (what changed since is lost)") && screen.contains("Nothing was changed"),
+        "{screen}"
+    );
+    assert!(!exists(test, &name, "/opt/kt-file").await, "answered no, yet restored");
     let said = succeeded("restore", &kapsule(test, &["restore", &name, "before", "--yes"]).await);
     assert!(said.contains("as it was at snapshot 'before'"), "{said}");
     let (code, out) = sh(incus, &name, "cat /opt/kt-file").await;
@@ -233,7 +250,34 @@ async fn a_reset_makes_the_container_anew_and_keeps_the_host_home(pool: Pool) {
     );
     assert_eq!(incus_state(incus, &[&name]).await, before, "Incus changed");
 
+    // A snapshot of the user's: the reset refuses, says how to keep it, and changes nothing.
+    succeeded("snapshot", &kapsule(test, &["snapshot", &name, "mine"]).await);
+    let before = incus_state(incus, &[&name]).await;
+    failed(
+        "reset with a snapshot of the user's",
+        &kapsule(test, &["reset", &name, "--yes"]).await,
+        &format!(
+            "has snapshots you took (mine), and a container with snapshots cannot be made anew; to keep one, make it a container of its own (kapsule clone {name} NEW --snapshot mine)"
+        ),
+    );
+    assert_eq!(incus_state(incus, &[&name]).await, before, "Incus changed");
+    assert!(exists(test, &name, "/opt/kt-own").await, "refused, yet reset");
+    succeeded("snapshot rm", &kapsule(test, &["snapshot", "rm", &name, "mine"]).await);
+    // On btrfs an upgrade takes a snapshot of Kapsule's: the reset removes it, saying so.
+    if let Pool::Btrfs = pool {
+        let (code, out) = sh(incus, &name, "rm -rf /etc/apt/sources.list /etc/apt/sources.list.d").await;
+        assert_eq!(code, 0, "{out}");
+        succeeded("upgrade", &kapsule(test, &["upgrade", &name]).await);
+        assert_eq!(snapshot_names(test, &name).await.len(), 1, "an automatic snapshot");
+    }
     let said = succeeded("reset", &kapsule(test, &["reset", &name, "--yes"]).await);
+    if let Pool::Btrfs = pool {
+        assert!(
+            said.contains("The snapshots Kapsule took before upgrades are removed with them: auto-upgrade-"),
+            "{said}"
+        );
+        assert!(snapshot_names(test, &name).await.is_empty());
+    }
     assert!(
         said.contains("are replaced by a fresh copy of"),
         "what is lost is said: {said}"
