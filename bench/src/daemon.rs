@@ -269,7 +269,7 @@ pub(crate) async fn tiny_containers(
 /// boots can be lost (the signal arrives before systemd handles it) and waits out its timeout.
 /// Right after a start `systemctl` cannot connect yet ("Failed to connect to bus") and prints
 /// no state: it is asked again until it could ask.
-async fn booted(incus: &kapsule_incus::Client, name: &str) -> Result<()> {
+pub(crate) async fn booted(incus: &kapsule_incus::Client, name: &str) -> Result<()> {
     let request = kapsule_incus::ExecRequest::new(["systemctl", "is-system-running", "--wait"]);
     let started = Instant::now();
     loop {

@@ -26,6 +26,10 @@
 //! - create, stop, start and delete through the daemon vs the same done directly through Incus
 //!   with the configuration and devices the daemon gave the container.
 //!
+//! Undo (issue: "undo"), on the `dir` pool and on btrfs:
+//! - create, snapshot, restore, clone and reset through the daemon vs the same Incus calls made
+//!   directly.
+//!
 //! Everything runs as processes, as users run them: the release binaries, a daemon of its own on
 //! a private bus. Nothing is left behind.
 
@@ -33,6 +37,7 @@
 #![allow(clippy::print_stdout)]
 
 mod daemon;
+mod undo;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -142,7 +147,7 @@ fn run() -> Result<()> {
 
     // The tests' own private bus (a dbus-daemon any user may reach, with its own polkitd).
     let bus = kapsule_integration_tests::PrivateBus::start();
-    let main_daemon = Daemon::start(&bin, &bus.address, options.daemon_log.as_deref())?;
+    let main_daemon = Daemon::start(&bin, &bus.address, options.daemon_log.as_deref(), &[])?;
     let as_user = |args: &[&str]| -> Command {
         let mut c = user.command(bin.join("kapsule"));
         c.args(args)
@@ -302,6 +307,33 @@ fn run() -> Result<()> {
         options.lifecycle_trials,
     ))?;
     sections.push(("lifecycle (ms; Completed signal vs Incus operation done)", lifecycle));
+
+    // Undo on the `dir` pool (the serving daemon's) and on btrfs (a daemon of its own, told to
+    // make its containers there, as kapsule-init's btrfs pool on KDE Linux).
+    let mut undo_rows = rt.block_on(undo::undo(
+        &client,
+        &manager,
+        &incus,
+        &image,
+        &format!("kb-u{}", std::process::id()),
+        "dir",
+        options.lifecycle_trials,
+    ))?;
+    let btrfs_pool = std::env::var("KAPSULE_TEST_BTRFS_POOL").unwrap_or_else(|_| "kapsule-btrfs".into());
+    let btrfs_bus = kapsule_integration_tests::PrivateBus::start();
+    let _btrfs_daemon = Daemon::start(&bin, &btrfs_bus.address, None, &["--storage-pool", &btrfs_pool])?;
+    let btrfs_client = rt.block_on(btrfs_bus.connect());
+    let btrfs_manager = rt.block_on(kapsule_dbus::ManagerProxy::new(&btrfs_client))?;
+    undo_rows.extend(rt.block_on(undo::undo(
+        &btrfs_client,
+        &btrfs_manager,
+        &incus,
+        &image,
+        &format!("kb-b{}", std::process::id()),
+        "btrfs",
+        options.lifecycle_trials,
+    ))?);
+    sections.push(("undo (ms; Completed signal vs Incus calls done)", undo_rows));
     let busy_memory = daemon::memory(main_daemon.0.id())?;
 
     for (section, rows) in &sections {
@@ -524,7 +556,7 @@ fn machine() -> serde_json::Value {
 struct Daemon(std::process::Child);
 
 impl Daemon {
-    fn start(bin: &Path, address: &str, log: Option<&Path>) -> Result<Daemon> {
+    fn start(bin: &Path, address: &str, log: Option<&Path>, args: &[&str]) -> Result<Daemon> {
         let stderr = match log {
             Some(path) => {
                 Stdio::from(std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?)
@@ -537,6 +569,7 @@ impl Daemon {
             .args(["--address", address])
             .arg("--network-namespace")
             .arg(kapsule_integration_tests::test_network_namespace())
+            .args(args)
             .stderr(stderr)
             .spawn()?;
         let daemon = Daemon(child);
