@@ -87,6 +87,19 @@ fn dev() -> Value {
     })
 }
 
+/// A stopped Kapsule container made from an image that is no longer in the store.
+fn orphan() -> Value {
+    json!({
+        "name": "orphan", "status": "Stopped", "status_code": 102, "type": "container",
+        "created_at": "2026-11-22T00:22:55Z", "profiles": [], "devices": {},
+        "config": {
+            "image.description": "Debian 12",
+            "user.kapsule.owner": "1000",
+            "volatile.base_image": "4c2e0f8ab9d1e7c3b5a6f7e8d9c0b1a2f3e4d5c6b7a8f9e0d1c2b3a4f5e6d7c8"
+        }
+    })
+}
+
 /// An Incus instance that Kapsule did not make.
 fn foreign() -> Value {
     json!({"name": "foreign", "status": "Running", "status_code": 103, "type": "container", "config": {}, "profiles": [], "devices": {}})
@@ -103,6 +116,8 @@ fn incus() -> FakeIncus {
         ("GET", "/1.0/instances?recursion=1") => (200, sync(json!([dev(), foreign()]))),
         ("GET", "/1.0/instances/dev") => (200, sync(dev())),
         ("GET", "/1.0/instances/foreign") => (200, sync(foreign())),
+        ("GET", "/1.0/instances/orphan") => (200, sync(orphan())),
+        ("GET", "/1.0/instances/orphan/snapshots?recursion=1") => (200, sync(json!([]))),
         ("GET", "/1.0/images?recursion=1") => (200, sync(json!([]))),
         ("GET", "/1.0/instances/dev/snapshots?recursion=1") => (
             200,
@@ -239,6 +254,34 @@ async fn bad_snapshot_and_clone_names_are_refused_before_incus_is_asked_about_th
         m.list_operations().await.unwrap().is_empty(),
         "no operation was started"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_whose_image_is_gone_says_so_and_how_to_name_another() {
+    let served = serve(incus(), &["org.kde.kapsule.manage-container"]).await;
+    let e = is(served.manager.reset_container("orphan", "").await, |e| {
+        matches!(e, Error::NotFound(_))
+    });
+    assert!(
+        e.contains("The image 'orphan' was made from, 4c2e0f8ab9d1 (Debian 12), is no longer in the image store")
+            && e.contains("reset it from another with --image"),
+        "{e}"
+    );
+    let e = is(served.manager.reset_container("orphan", "no-such-alias").await, |e| {
+        matches!(e, Error::NotFound(_))
+    });
+    assert!(
+        e.contains("No local image with alias or fingerprint 'no-such-alias'"),
+        "{e}"
+    );
+    let changed: Vec<String> = served
+        .incus
+        .requests()
+        .into_iter()
+        .filter(|r| !r.starts_with("GET "))
+        .collect();
+    assert!(changed.is_empty(), "only reads: {changed:?}");
+    assert!(served.manager.list_operations().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,8 +77,8 @@ pub(crate) async fn plan_take(daemon: &Daemon, name: &str, snapshot: &str) -> Re
 
 /// `CreateSnapshot`'s work.
 pub(crate) async fn take(daemon: &Daemon, reporter: &Reporter, name: &str, snapshot: &str) -> Result<String, Failure> {
-    // Settled first: recovering a dead daemon's work takes the hold itself.
-    settled(daemon, name).await?;
+    // Checked just before by `plan_take`; the hold keeps this process's own work on the
+    // container (a reset, say) from running at the same time.
     let _hold = journal::hold(&journal::instance_key(name)).await;
     reporter.info(&format!("Taking snapshot '{snapshot}'")).await;
     let op = daemon.containers.incus.create_snapshot(name, snapshot).await?;
