@@ -3,7 +3,9 @@
 //! Incus copies the files, config and devices (copy-on-write on btrfs); the copy gets its own
 //! identity before its first start: its owner is the caller, its host name its own name
 //! (`/etc/hostname`, and `/etc/hosts`), and a new machine ID, so journald, D-Bus and DHCP do
-//! not take the two for one machine. The source is only read: it keeps running if it was.
+//! not take the two for one machine. The source is only read: it keeps running if it was. The
+//! host's settings are pushed into the copy unless it is of a running source as it is now (those
+//! are current in it already).
 //!
 //! Journaled as a create (`host/journal.rs`): the copy is made with an entry the last step
 //! clears, so a copy a killed daemon did not finish is removed by the next one.
@@ -12,7 +14,7 @@ use kapsule_dbus::Error;
 use kapsule_incus::FileMeta;
 use kapsule_incus::models::{ConfigMap, InstanceSource, InstancesPost};
 
-use crate::container::meta::{OWNER_KEY, PENDING_KEY, validate_name};
+use crate::container::meta::{OWNER_KEY, PENDING_KEY, is_running, validate_name};
 use crate::container::{fixups, hostsync};
 use crate::host::journal::{self, Entry, Work};
 use crate::identity::caller::Caller;
@@ -28,6 +30,9 @@ pub(crate) struct Plan {
     pub snapshot: Option<String>,
     pub name: String,
     pub owner: Caller,
+    /// True when the copy is of a running source as it is now: the host's settings in it are
+    /// current (they are pushed into running containers as they change), so none are pushed.
+    pub current: bool,
     /// What recovery did to a container of this name a killed daemon left, said first.
     pub recovered: Option<String>,
 }
@@ -42,7 +47,7 @@ pub(crate) async fn plan(
     owner: &Caller,
 ) -> Result<Plan, Error> {
     validate_name(name)?;
-    settled(daemon, source).await?;
+    let running = is_running(&settled(daemon, source).await?);
     let snapshot = if snapshot.is_empty() {
         None
     } else {
@@ -52,6 +57,7 @@ pub(crate) async fn plan(
     let recovered = create::check_free(daemon, name).await?;
     Ok(Plan {
         source: source.to_owned(),
+        current: running && snapshot.is_none(),
         snapshot,
         name: name.to_owned(),
         owner: owner.clone(),
@@ -95,11 +101,10 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, plan: Plan) -> Res
         let op = incus.start_instance(name).await?;
         run_incus_operation(incus, reporter, op).await?;
         fixups::rename(&daemon.containers, Notes(Some(reporter)), &plan.source, name).await;
-        hostsync::report(
-            Notes(Some(reporter)),
-            hostsync::sync_one(&daemon.containers, name).await,
-        )
-        .await;
+        if !plan.current {
+            let synced = hostsync::sync_one(&daemon.containers, name).await;
+            hostsync::report(Notes(Some(reporter)), synced).await;
+        }
         if reporter.is_cancelled() {
             return Err(Failure::Cancelled);
         }
