@@ -516,24 +516,9 @@ async fn a_delete_killed_anywhere_is_finished_or_not_begun() {
     let env = env().await;
     let bus = PrivateBus::start();
     let mut daemon = Daemon::start(&bus, &[]).await;
-    // A running Kapsule container made directly in Incus (faster than a create): the metadata of
-    // one the daemon made.
-    let make = |name: &str| {
-        let mut request = container_request(&env, name, true);
-        request.config.insert("user.kapsule.owner".into(), "0".into());
-        request.config.insert("user.kapsule.host-rootfs".into(), "false".into());
-        let incus = env.incus.clone();
-        async move {
-            let op = incus.create_instance(&request).await.unwrap();
-            incus
-                .wait_operation(&op.id, Some(Duration::from_secs(120)))
-                .await
-                .unwrap();
-        }
-    };
     let name = unique_name("crash-delete");
     let _guard = InstanceGuard(name.clone());
-    make(&name).await;
+    make_container(&env, &name).await;
     let started = Instant::now();
     daemon.delete(&name).await;
     let length = started.elapsed();
@@ -542,7 +527,7 @@ async fn a_delete_killed_anywhere_is_finished_or_not_begun() {
     for k in 0..KILLS {
         let name = unique_name("crash-delete");
         let _guard = InstanceGuard(name.clone());
-        make(&name).await;
+        make_container(&env, &name).await;
         let at = kill_point(length, k, KILLS);
         let started = Instant::now();
         let _ = tokio::time::timeout(at, daemon.manager.delete_container(&name, true)).await;
@@ -578,8 +563,8 @@ async fn a_delete_killed_anywhere_is_finished_or_not_begun() {
     report("delete", &found, &["done", "abandoned"]);
 }
 
-/// A running Kapsule container made directly in Incus (faster than a create), with a file of its
-/// own in `/opt/kt-own`.
+/// A running Kapsule container made directly in Incus (faster than a create; the metadata of one
+/// the daemon made), with a file of its own in `/opt/kt-own`.
 async fn make_container(env: &TestEnv, name: &str) {
     let mut request = container_request(env, name, true);
     request.config.insert("user.kapsule.owner".into(), "0".into());
