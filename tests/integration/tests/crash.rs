@@ -593,14 +593,16 @@ async fn a_reset_killed_anywhere_is_done_again_whole() {
     let length = started.elapsed();
 
     let mut found = BTreeMap::new();
-    for k in 0..KILLS {
+    // Spread over the reset's measured length, and anchored (a loaded machine stretches the
+    // reset past the spread): while Incus rebuilds, and as the last message goes out.
+    let mut kills: Vec<Kill> = (0..KILLS).map(|k| Kill::At(kill_point(length, k, KILLS))).collect();
+    kills.push(Kill::After("Making its files anew", Duration::from_millis(100)));
+    kills.push(Kill::After("was reset from", Duration::ZERO));
+    for kill in kills {
         let name = unique_name("crash-reset");
         let _guard = InstanceGuard(name.clone());
         make_container(&env, &name).await;
-        let at = kill_point(length, k, KILLS);
-        let label = Kill::At(at)
-            .reach(&daemon, daemon.manager.reset_container(&name, ""))
-            .await;
+        let label = kill.reach(&daemon, daemon.manager.reset_container(&name, "")).await;
         daemon.kill();
         incus_done_with(&name).await;
         // With an entry the container may be stopped; without one the reset did not begin or
@@ -657,11 +659,14 @@ async fn a_clone_killed_anywhere_is_whole_or_gone() {
     let length = started.elapsed();
 
     let mut found = BTreeMap::new();
-    for k in 0..KILLS {
+    // Spread over the clone's measured length, and one as its last message goes out (a loaded
+    // machine stretches the clone past the spread).
+    let mut kills: Vec<Kill> = (0..KILLS).map(|k| Kill::At(kill_point(length, k, KILLS))).collect();
+    kills.push(Kill::After("created from", Duration::ZERO));
+    for kill in kills {
         let copy = unique_name("crash-clone");
         let _guard = InstanceGuard(copy.clone());
-        let at = kill_point(length, k, KILLS);
-        let label = Kill::At(at)
+        let label = kill
             .reach(&daemon, daemon.manager.clone_container(&source, &copy, ""))
             .await;
         daemon.kill();

@@ -121,15 +121,15 @@ pub(crate) async fn run_as_root_reporting(
     tokio::pin!(status);
     let deadline = tokio::time::Instant::now() + limit;
     let mut ended: Option<Status> = None;
+    // Once the command ended, what it left behind may hold the pipe: a short grace, counted once.
+    let mut until = deadline;
     let mut line = Vec::new();
     loop {
-        // Once the command ended, what it left behind may hold the pipe: a short grace.
-        let until = match ended {
-            Some(_) => tokio::time::Instant::now() + STDERR_GRACE,
-            None => deadline,
-        };
         tokio::select! {
-            got = status.as_mut(), if ended.is_none() => ended = Some(got.map_err(|e| what(&e))?),
+            got = status.as_mut(), if ended.is_none() => {
+                ended = Some(got.map_err(|e| what(&e))?);
+                until = tokio::time::Instant::now() + STDERR_GRACE;
+            }
             read = lines.read_until(b'\n', &mut line) => {
                 match read {
                     Ok(0) | Err(_) => {

@@ -9,21 +9,19 @@
 use kapsule_dbus::{Error, SnapshotInfo};
 use kapsule_incus::models::{Instance, Snapshot};
 
-use crate::container::meta::{
-    AUTOMATIC_SNAPSHOT_PREFIX, is_running, iso8601_with_offset, validate_name, validate_snapshot_name,
-};
+use crate::container::meta::{AUTOMATIC_SNAPSHOT_PREFIX, is_running, iso8601_with_offset, validate_snapshot_name};
 use crate::error::incus_error;
 use crate::host::journal;
 use crate::operation::incus::run_incus_operation;
 use crate::operation::{Failure, Reporter};
 use crate::pipeline::Daemon;
 use crate::pipeline::lifecycle::ensure_running;
-use crate::pipeline::recovery::settled;
+use crate::pipeline::recovery::{self, settled};
 
-/// `ListSnapshots`: the container's snapshots, oldest first.
+/// `ListSnapshots`: the container's snapshots, oldest first (also while work is under way on it:
+/// a read).
 pub(crate) async fn list(daemon: &Daemon, name: &str) -> Result<Vec<SnapshotInfo>, Error> {
-    validate_name(name)?;
-    settled(daemon, name).await?;
+    recovery::container(daemon, name).await?;
     let snapshots = incus_snapshots(daemon, name).await?;
     Ok(snapshots.iter().map(info).collect())
 }
