@@ -140,7 +140,19 @@ async fn finish_reset(daemon: &Daemon, instance: &Instance) -> Result<String, Er
     log::warn!("container {name}: a reset was interrupted; doing it again");
     let fingerprint = instance.config.get(RESET_IMAGE_KEY).cloned().unwrap_or_default();
     let session_mode = Wants::of(instance).session_mode;
-    let done = rebuild(&daemon.containers, Notes(None), name, &fingerprint, session_mode).await;
+    let mut done = rebuild(&daemon.containers, Notes(None), name, &fingerprint, session_mode).await;
+    if let Err(first) = &done {
+        // The killed daemon's own rebuild may have reached Incus only after the wait above (its
+        // request was in flight): two rebuilds at once fail. Once Incus is done, the reset is
+        // done again once more.
+        log::info!(
+            "container {name}: redoing the reset failed ({}); once more when Incus is done",
+            first.message()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        wait_for_operations(daemon, name).await;
+        done = rebuild(&daemon.containers, Notes(None), name, &fingerprint, session_mode).await;
+    }
     clear_reset_entry(daemon, name).await.map_err(incus_error)?;
     match done {
         Ok(()) => Ok("its reset was interrupted (the daemon stopped) and has been done again".to_owned()),
