@@ -153,7 +153,7 @@ async fn finish_reset(daemon: &Daemon, instance: &Instance) -> Result<String, Er
         wait_for_operations(daemon, name).await;
         done = rebuild(&daemon.containers, Notes(None), name, &fingerprint, session_mode).await;
     }
-    clear_reset_entry(daemon, name).await.map_err(incus_error)?;
+    clear_container_entry(daemon, name).await.map_err(incus_error)?;
     match done {
         Ok(()) => Ok("its reset was interrupted (the daemon stopped) and has been done again".to_owned()),
         Err(failure) => Err(Error::Failed(format!(
@@ -198,14 +198,9 @@ pub(crate) async fn remove_instance(daemon: &Daemon, name: &str) -> Result<(), k
     }
 }
 
-/// Removes the journal entry of finished work on container `name`.
+/// Removes the journal entry of finished work on container `name` (with the image a reset named,
+/// which belongs to its entry).
 pub(crate) async fn clear_container_entry(daemon: &Daemon, name: &str) -> Result<(), kapsule_incus::Error> {
-    let config = ConfigMap::from([(PENDING_KEY.to_owned(), String::new())]);
-    daemon.containers.incus.patch_instance_config(name, &config).await
-}
-
-/// Removes a reset's journal entry and the image it named.
-pub(crate) async fn clear_reset_entry(daemon: &Daemon, name: &str) -> Result<(), kapsule_incus::Error> {
     let config = ConfigMap::from([
         (PENDING_KEY.to_owned(), String::new()),
         (RESET_IMAGE_KEY.to_owned(), String::new()),

@@ -22,6 +22,7 @@ use crate::container::meta::{AUTOMATIC_SNAPSHOT_PREFIX, PENDING_KEY, Wants};
 use crate::container::rebuild::rebuild;
 use crate::error::incus_error;
 use crate::host::journal::{self, Entry, Work};
+use crate::image::pull::short;
 use crate::operation::{Failure, Notes, Reporter};
 use crate::pipeline::recovery::{self, RESET_IMAGE_KEY, settled};
 use crate::pipeline::{Daemon, images};
@@ -58,7 +59,7 @@ pub(crate) async fn plan(daemon: &Daemon, name: &str, image: &str) -> Result<Pla
                 return Err(Error::NotFound(format!(
                     "The image '{name}' was made from, {}{described}, is no longer in the image store \
                      (replaced or deleted); reset it from another with --image",
-                    &fingerprint[..fingerprint.len().min(12)]
+                    short(fingerprint)
                 )));
             }
             Err(e) => return Err(incus_error(e)),
@@ -89,7 +90,7 @@ pub(crate) async fn plan(daemon: &Daemon, name: &str, image: &str) -> Result<Pla
         .get("description")
         .filter(|d| !d.is_empty())
         .cloned()
-        .unwrap_or_else(|| image.fingerprint[..image.fingerprint.len().min(12)].to_owned());
+        .unwrap_or_else(|| short(&image.fingerprint).to_owned());
     Ok(Plan {
         name: name.to_owned(),
         image,
@@ -137,7 +138,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, plan: Plan) -> Res
         session_mode,
     )
     .await;
-    let cleared = recovery::clear_reset_entry(daemon, name).await;
+    let cleared = recovery::clear_container_entry(daemon, name).await;
     daemon.clients.containers_changed().await;
     match done {
         Ok(()) => {
