@@ -35,6 +35,7 @@ pub const CLI: Table<'static> = &[
     ("daemon", 0),
     ("follow", 1),
     ("exports", 1),
+    ("info", 1),
     ("enter", 2),
     ("commands", 3),
 ];

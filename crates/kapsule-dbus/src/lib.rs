@@ -14,7 +14,7 @@ pub mod session;
 pub use error::{Error, quote};
 pub use operation::{MessageKind, OperationStatus};
 pub use proxy::{ManagerProxy, OperationProxy};
-pub use reply::{ContainerInfo, EnterCommand, SnapshotInfo};
+pub use reply::{ContainerDetails, ContainerInfo, EnterCommand, SnapshotInfo};
 
 /// The well-known name of the daemon on the system bus.
 pub const BUS_NAME: &str = "org.kde.kapsule";

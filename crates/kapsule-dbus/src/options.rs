@@ -17,6 +17,19 @@ pub enum OptionKind {
     Boolean,
     /// A list of host directory paths.
     PathList,
+    /// One host directory path; empty means none.
+    Path,
+    /// Package names for the container's own package manager.
+    Packages,
+    /// Shell commands, each run by `sh -c` as root in the container.
+    Commands,
+}
+
+impl OptionKind {
+    /// True for the kinds whose value is a list of strings.
+    pub fn is_list(self) -> bool {
+        matches!(self, OptionKind::PathList | OptionKind::Packages | OptionKind::Commands)
+    }
 }
 
 /// One option of the schema.
@@ -27,15 +40,21 @@ pub struct OptionSpec {
     pub kind: OptionKind,
     pub title: &'static str,
     pub description: &'static str,
-    /// The default of a boolean (path lists default to empty).
+    /// The default of a boolean (the others default to empty).
     pub default: bool,
-    /// `(key, value)`: this option, when on, needs that boolean option to have that value. An
-    /// unset required option is set to it; an explicit contrary value is an error.
+    /// `(key, value)`: this option, when on (true, or a path given), needs that boolean option to
+    /// have that value. An unset required option is set to it; an explicit contrary value is an
+    /// error.
     pub requires: Option<(&'static str, bool)>,
 }
 
 /// The sections, in schema order: `(id, title)`.
-pub const SECTIONS: &[(&str, &str)] = &[("dbus", "D-Bus Integration"), ("mounts", "Host Mounts"), ("gpu", "GPU")];
+pub const SECTIONS: &[(&str, &str)] = &[
+    ("dbus", "D-Bus Integration"),
+    ("mounts", "Host Mounts"),
+    ("gpu", "GPU"),
+    ("setup", "Setup at Creation"),
+];
 
 /// Every option, in schema order.
 pub const OPTIONS: &[OptionSpec] = &[
@@ -76,6 +95,15 @@ pub const OPTIONS: &[OptionSpec] = &[
         requires: None,
     },
     OptionSpec {
+        key: "home",
+        section: "mounts",
+        kind: OptionKind::Path,
+        title: "Separate Home",
+        description: "Host directory used as the user's home in the container, so its dotfiles stay apart from the host home",
+        default: false,
+        requires: Some(("mount_home", true)),
+    },
+    OptionSpec {
         key: "custom_mounts",
         section: "mounts",
         kind: OptionKind::PathList,
@@ -102,11 +130,46 @@ pub const OPTIONS: &[OptionSpec] = &[
         default: false,
         requires: Some(("gpu", true)),
     },
+    OptionSpec {
+        key: "pre_init_hooks",
+        section: "setup",
+        kind: OptionKind::Commands,
+        title: "Commands Before Packages",
+        description: "Commands run as root in the container at creation, before the packages are installed",
+        default: false,
+        requires: None,
+    },
+    OptionSpec {
+        key: "additional_packages",
+        section: "setup",
+        kind: OptionKind::Packages,
+        title: "Additional Packages",
+        description: "Packages installed by the container's package manager at creation",
+        default: false,
+        requires: None,
+    },
+    OptionSpec {
+        key: "init_hooks",
+        section: "setup",
+        kind: OptionKind::Commands,
+        title: "Commands After Packages",
+        description: "Commands run as root in the container at creation, after the packages are installed",
+        default: false,
+        requires: None,
+    },
 ];
 
 /// The most custom mounts one container may have, and the longest path accepted.
 pub const MAX_CUSTOM_MOUNTS: usize = 64;
 pub const MAX_PATH_LEN: usize = 4096;
+
+/// The most packages one create may ask for, and the longest name accepted.
+pub const MAX_PACKAGES: usize = 512;
+pub const MAX_PACKAGE_LEN: usize = 255;
+
+/// The most hooks of one kind, and the longest hook accepted.
+pub const MAX_HOOKS: usize = 64;
+pub const MAX_HOOK_LEN: usize = 64 * 1024;
 
 /// The spec of `key`, if it is an option.
 pub fn spec(key: &str) -> Option<&'static OptionSpec> {
@@ -117,7 +180,10 @@ pub fn spec(key: &str) -> Option<&'static OptionSpec> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OptionValue {
     Bool(bool),
+    /// The value of a path list, a package list or a command list.
     Paths(Vec<String>),
+    /// The value of a single path (empty: none).
+    Text(String),
 }
 
 /// The options of one container, resolved.
@@ -131,6 +197,14 @@ pub struct CreateOptions {
     pub custom_mounts: Vec<String>,
     pub gpu: bool,
     pub nvidia_drivers: bool,
+    /// The host directory that is each user's home inside (absolute, or `~/`-relative, expanded
+    /// per user); empty: their host home.
+    pub home: String,
+    /// Run at creation, in this order: `pre_init_hooks`, the install of `additional_packages`,
+    /// `init_hooks`.
+    pub pre_init_hooks: Vec<String>,
+    pub additional_packages: Vec<String>,
+    pub init_hooks: Vec<String>,
 }
 
 /// Why a set of options was refused.
@@ -143,6 +217,12 @@ pub enum OptionsError {
         key: String,
         expected: &'static str,
         got: String,
+    },
+    /// A package name or command that is not acceptable.
+    BadEntry {
+        key: String,
+        entry: String,
+        reason: &'static str,
     },
     /// A path that is not acceptable as a mount source.
     BadPath {
@@ -174,6 +254,7 @@ impl fmt::Display for OptionsError {
             }
             OptionsError::WrongType { key, expected, got } => write!(f, "Option '{key}' must be {expected}, got {got}"),
             OptionsError::BadPath { key, path, reason } => write!(f, "Option '{key}': path {path} {reason}"),
+            OptionsError::BadEntry { key, entry, reason } => write!(f, "Option '{key}': {entry} {reason}"),
             OptionsError::TooMany { key, max } => write!(f, "Option '{key}' takes at most {max} entries"),
             OptionsError::Conflict { key, requires, value } => {
                 write!(f, "Option '{key}' requires '{requires}' to be {value}")
@@ -226,21 +307,38 @@ fn convert_dbus(spec: &OptionSpec, value: &Variant<'_>) -> Result<OptionValue, O
             Variant::Bool(b) => Ok(OptionValue::Bool(*b)),
             _ => Err(wrong("a boolean")),
         },
-        OptionKind::PathList => {
+        OptionKind::Path => match value {
+            Variant::Str(s) => check(spec, OptionValue::Text(s.as_str().to_owned())),
+            _ => Err(wrong("a string")),
+        },
+        OptionKind::PathList | OptionKind::Packages | OptionKind::Commands => {
             let Variant::Array(array) = value else {
                 return Err(wrong("an array of strings"));
             };
-            let mut paths = Vec::new();
+            let mut items = Vec::new();
             for element in array.inner().iter() {
                 match unwrap_variant(element) {
-                    Variant::Str(s) => paths.push(s.as_str().to_owned()),
+                    Variant::Str(s) => items.push(s.as_str().to_owned()),
                     _ => return Err(wrong("an array of strings")),
                 }
             }
-            check_paths(spec.key, &paths)?;
-            Ok(OptionValue::Paths(paths))
+            check(spec, OptionValue::Paths(items))
         }
     }
+}
+
+/// Checks a value of the right type against its option's rules.
+fn check(spec: &OptionSpec, value: OptionValue) -> Result<OptionValue, OptionsError> {
+    match (spec.kind, &value) {
+        (OptionKind::PathList, OptionValue::Paths(paths)) => check_paths(spec.key, paths)?,
+        (OptionKind::Path, OptionValue::Text(path)) if !path.is_empty() => {
+            check_paths(spec.key, std::slice::from_ref(path))?
+        }
+        (OptionKind::Packages, OptionValue::Paths(names)) => check_packages(spec.key, names)?,
+        (OptionKind::Commands, OptionValue::Paths(commands)) => check_commands(spec.key, commands)?,
+        _ => {}
+    }
+    Ok(value)
 }
 
 /// Checks and converts an image's default options (a JSON object). Unknown keys are returned
@@ -265,16 +363,17 @@ pub fn from_json_defaults(json: &str) -> Result<(BTreeMap<String, OptionValue>, 
         let converted = match (spec.kind, &value) {
             (OptionKind::Boolean, serde_json::Value::Bool(b)) => OptionValue::Bool(*b),
             (OptionKind::Boolean, _) => return Err(wrong("a boolean")),
-            (OptionKind::PathList, serde_json::Value::Array(items)) => {
-                let paths = items
+            (OptionKind::Path, serde_json::Value::String(path)) => check(spec, OptionValue::Text(path.clone()))?,
+            (OptionKind::Path, _) => return Err(wrong("a string")),
+            (kind, serde_json::Value::Array(items)) if kind.is_list() => {
+                let items = items
                     .iter()
                     .map(|i| i.as_str().map(str::to_owned))
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| wrong("an array of strings"))?;
-                check_paths(spec.key, &paths)?;
-                OptionValue::Paths(paths)
+                check(spec, OptionValue::Paths(items))?
             }
-            (OptionKind::PathList, _) => return Err(wrong("an array of strings")),
+            (_, _) => return Err(wrong("an array of strings")),
         };
         out.insert(key, converted);
     }
@@ -318,6 +417,68 @@ fn check_paths(key: &str, paths: &[String]) -> Result<(), OptionsError> {
     Ok(())
 }
 
+/// A package name goes to the package manager as one argument: printable ASCII without blanks or
+/// quotes, and never taken for an option (no leading `-`).
+fn check_packages(key: &str, names: &[String]) -> Result<(), OptionsError> {
+    if names.len() > MAX_PACKAGES {
+        return Err(OptionsError::TooMany {
+            key: key.to_owned(),
+            max: MAX_PACKAGES,
+        });
+    }
+    for name in names {
+        let bad = |reason| {
+            Err(OptionsError::BadEntry {
+                key: key.to_owned(),
+                entry: format!("package {}", crate::quote(name)),
+                reason,
+            })
+        };
+        if name.is_empty() || name.len() > MAX_PACKAGE_LEN {
+            return bad("must be 1 to 255 characters long");
+        }
+        if name.starts_with('-') {
+            return bad("must not start with '-'");
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+:~=@/<>-".contains(&b))
+        {
+            return bad("may hold only letters, digits and . _ + : ~ = @ / < > -");
+        }
+    }
+    Ok(())
+}
+
+/// A hook is any shell command, bounded in length and without NUL (which no argument can hold).
+fn check_commands(key: &str, commands: &[String]) -> Result<(), OptionsError> {
+    if commands.len() > MAX_HOOKS {
+        return Err(OptionsError::TooMany {
+            key: key.to_owned(),
+            max: MAX_HOOKS,
+        });
+    }
+    for command in commands {
+        let bad = |reason| {
+            Err(OptionsError::BadEntry {
+                key: key.to_owned(),
+                entry: format!("command {}", crate::quote(command.get(..60).unwrap_or(command))),
+                reason,
+            })
+        };
+        if command.trim().is_empty() {
+            return bad("is empty");
+        }
+        if command.len() > MAX_HOOK_LEN {
+            return bad("is longer than 64 KiB");
+        }
+        if command.contains('\0') {
+            return bad("contains a NUL character");
+        }
+    }
+    Ok(())
+}
+
 /// Merges schema defaults < image defaults < client values and applies the requirements.
 pub fn resolve(
     image: &BTreeMap<String, OptionValue>,
@@ -329,7 +490,8 @@ pub fn resolve(
         .map(|o| {
             let default = match o.kind {
                 OptionKind::Boolean => OptionValue::Bool(o.default),
-                OptionKind::PathList => OptionValue::Paths(Vec::new()),
+                OptionKind::Path => OptionValue::Text(String::new()),
+                OptionKind::PathList | OptionKind::Packages | OptionKind::Commands => OptionValue::Paths(Vec::new()),
             };
             (o.key, explicit(o.key).cloned().unwrap_or(default))
         })
@@ -338,7 +500,12 @@ pub fn resolve(
         let Some((required, wanted)) = option.requires else {
             continue;
         };
-        if values.get(option.key) != Some(&OptionValue::Bool(true)) {
+        let on = match values.get(option.key) {
+            Some(OptionValue::Bool(on)) => *on,
+            Some(OptionValue::Text(path)) => !path.is_empty(),
+            _ => false,
+        };
+        if !on {
             continue;
         }
         match explicit(required) {
@@ -355,17 +522,25 @@ pub fn resolve(
         }
     }
     let flag = |key: &str| matches!(values.get(key), Some(OptionValue::Bool(true)));
+    let list = |key: &str| match values.get(key) {
+        Some(OptionValue::Paths(p)) => p.clone(),
+        _ => Vec::new(),
+    };
     let options = CreateOptions {
         session_mode: flag("session_mode"),
         dbus_mux: flag("dbus_mux"),
         host_rootfs: flag("host_rootfs"),
         mount_home: flag("mount_home"),
-        custom_mounts: match values.get("custom_mounts") {
-            Some(OptionValue::Paths(p)) => p.clone(),
-            _ => Vec::new(),
-        },
+        custom_mounts: list("custom_mounts"),
         gpu: flag("gpu"),
         nvidia_drivers: flag("nvidia_drivers"),
+        home: match values.get("home") {
+            Some(OptionValue::Text(path)) => path.clone(),
+            _ => String::new(),
+        },
+        pre_init_hooks: list("pre_init_hooks"),
+        additional_packages: list("additional_packages"),
+        init_hooks: list("init_hooks"),
     };
     if options.dbus_mux && !options.host_rootfs {
         return Err(OptionsError::Incompatible(
@@ -396,6 +571,9 @@ struct OptionJson {
     title: &'static str,
     description: &'static str,
     default: serde_json::Value,
+    /// What a string holds (a UI hint, as `items.format` is for arrays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     items: Option<ItemsJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -424,18 +602,26 @@ pub fn schema_json() -> String {
                     key: o.key,
                     kind: match o.kind {
                         OptionKind::Boolean => "boolean",
-                        OptionKind::PathList => "array",
+                        OptionKind::Path => "string",
+                        OptionKind::PathList | OptionKind::Packages | OptionKind::Commands => "array",
                     },
                     title: o.title,
                     description: o.description,
                     default: match o.kind {
                         OptionKind::Boolean => serde_json::Value::Bool(o.default),
-                        OptionKind::PathList => serde_json::Value::Array(Vec::new()),
+                        OptionKind::Path => serde_json::Value::String(String::new()),
+                        OptionKind::PathList | OptionKind::Packages | OptionKind::Commands => {
+                            serde_json::Value::Array(Vec::new())
+                        }
                     },
-                    items: (o.kind == OptionKind::PathList).then_some(ItemsJson {
-                        kind: "string",
-                        format: "directory-path",
-                    }),
+                    format: (o.kind == OptionKind::Path).then_some("directory-path"),
+                    items: match o.kind {
+                        OptionKind::PathList => Some("directory-path"),
+                        OptionKind::Packages => Some("package-name"),
+                        OptionKind::Commands => Some("shell-command"),
+                        OptionKind::Boolean | OptionKind::Path => None,
+                    }
+                    .map(|format| ItemsJson { kind: "string", format }),
                     requires: o.requires.map(|(k, v)| serde_json::json!({ k: v })),
                 })
                 .collect(),

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use zbus::{OwnedObjectPath, OwnedVariant, proxy};
 
-use crate::{ContainerInfo, EnterCommand, SnapshotInfo};
+use crate::{ContainerDetails, ContainerInfo, EnterCommand, SnapshotInfo};
 
 /// `org.kde.kapsule.Manager`.
 #[proxy(
@@ -24,6 +24,7 @@ pub trait Manager {
     fn get_config(&self) -> zbus::Result<HashMap<String, String>>;
     fn list_containers(&self) -> zbus::Result<Vec<ContainerInfo>>;
     fn get_container_info(&self, name: &str) -> zbus::Result<ContainerInfo>;
+    fn get_container_details(&self, name: &str) -> zbus::Result<ContainerDetails>;
     fn is_user_setup(&self, container_name: &str, uid: u32) -> zbus::Result<bool>;
     fn list_images(&self) -> zbus::Result<String>;
     fn delete_image(&self, identifier: &str) -> zbus::Result<OwnedObjectPath>;

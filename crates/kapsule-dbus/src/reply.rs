@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use zbus::zvariant::Type;
+use zbus::{DeserializeDict, SerializeDict};
 
 /// One container as `ListContainers` (each element of `a(sssss)`) and `GetContainerInfo` (one
 /// `(sssss)`) describe it. Ordered by name first.
@@ -48,6 +49,49 @@ pub struct SnapshotInfo {
     pub automatic: bool,
 }
 
+/// One container in full, as `GetContainerDetails` returns it: an `a{sv}` (snake_case keys), so
+/// a newer daemon can add keys that older clients skip. A value the daemon cannot know (an
+/// owner the original daemon did not record, the disk use of a pool that does not count it) is
+/// left out, not sent empty.
+#[derive(Clone, Debug, Default, PartialEq, SerializeDict, DeserializeDict, Type)]
+#[zbus(signature = "a{sv}")]
+pub struct ContainerDetails {
+    /// The fields of [`ContainerInfo`], with the same meaning.
+    pub name: String,
+    pub status: String,
+    pub image: String,
+    pub created: String,
+    pub mode: String,
+    /// What it was created from, as the creator named it (`images:debian/12`, `local:dev`).
+    pub image_source: Option<String>,
+    /// The fingerprint of the image its files came from (the one `kapsule reset` uses).
+    pub image_fingerprint: Option<String>,
+    /// When it was last started, ISO 8601 with an offset.
+    pub last_used: Option<String>,
+    /// The uid of its creator, and their user name on this host.
+    pub owner: Option<u32>,
+    pub owner_name: Option<String>,
+    /// The uids of the users set up in it.
+    pub users: Vec<u32>,
+    /// Its create options (see `GetCreateSchema`).
+    pub session_mode: bool,
+    pub dbus_mux: bool,
+    pub host_rootfs: bool,
+    pub mount_home: bool,
+    /// The host directory that is each user's home inside (`~/` is theirs); empty: the host home.
+    pub home: String,
+    pub custom_mounts: Vec<String>,
+    pub gpu: bool,
+    pub nvidia_drivers: bool,
+    pub pre_init_hooks: Vec<String>,
+    pub additional_packages: Vec<String>,
+    pub init_hooks: Vec<String>,
+    /// Its snapshots, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// Bytes its root file system uses, where the storage pool counts them.
+    pub disk_usage: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +102,29 @@ mod tests {
         assert_eq!(ContainerInfo::SIGNATURE.to_string(), "(sssss)");
         assert_eq!(EnterCommand::SIGNATURE.to_string(), "(bsas)");
         assert_eq!(SnapshotInfo::SIGNATURE.to_string(), "(ssb)");
+        assert_eq!(ContainerDetails::SIGNATURE.to_string(), "a{sv}");
+    }
+
+    #[test]
+    fn details_leave_unknown_values_out_and_read_back() {
+        use zbus::wire::{Endian, serialized::Context, to_bytes};
+        let details = ContainerDetails {
+            name: "dev".into(),
+            owner: Some(1000),
+            users: vec![1000, 1001],
+            snapshots: vec![SnapshotInfo {
+                name: "s".into(),
+                created: "2026-12-05T00:00:00+00:00".into(),
+                automatic: false,
+            }],
+            ..Default::default()
+        };
+        let ctxt = Context::new(Endian::Little, 0);
+        let bytes = to_bytes(ctxt, &details).unwrap();
+        let dict: std::collections::HashMap<String, zbus::OwnedVariant> = bytes.deserialize().unwrap().0;
+        assert!(dict.contains_key("owner") && dict.contains_key("snapshots"));
+        assert!(!dict.contains_key("disk_usage") && !dict.contains_key("owner_name"));
+        let back: ContainerDetails = bytes.deserialize().unwrap().0;
+        assert_eq!(back, details);
     }
 }

@@ -29,10 +29,15 @@ fn schema_json_has_the_original_shape_and_order() {
         r#"{"id":"mounts","title":"Host Mounts","options":["#,
         r#"{"key":"host_rootfs","type":"boolean","title":"Mount Host Filesystem","description":"Mount entire host rootfs at /.kapsule/host","default":true},"#,
         r#"{"key":"mount_home","type":"boolean","title":"Mount Home Directory","description":"Mount the user's home directory in the container","default":true},"#,
+        r#"{"key":"home","type":"string","title":"Separate Home","description":"Host directory used as the user's home in the container, so its dotfiles stay apart from the host home","default":"","format":"directory-path","requires":{"mount_home":true}},"#,
         r#"{"key":"custom_mounts","type":"array","title":"Additional Mounts","description":"Extra host directories to mount in the container","default":[],"items":{"type":"string","format":"directory-path"}}]},"#,
         r#"{"id":"gpu","title":"GPU","options":["#,
         r#"{"key":"gpu","type":"boolean","title":"GPU Passthrough","description":"Pass through GPU devices to the container","default":true},"#,
-        r#"{"key":"nvidia_drivers","type":"boolean","title":"NVIDIA Driver Injection","description":"Inject host NVIDIA userspace drivers on each start","default":false,"requires":{"gpu":true}}]}]}"#,
+        r#"{"key":"nvidia_drivers","type":"boolean","title":"NVIDIA Driver Injection","description":"Inject host NVIDIA userspace drivers on each start","default":false,"requires":{"gpu":true}}]},"#,
+        r#"{"id":"setup","title":"Setup at Creation","options":["#,
+        r#"{"key":"pre_init_hooks","type":"array","title":"Commands Before Packages","description":"Commands run as root in the container at creation, before the packages are installed","default":[],"items":{"type":"string","format":"shell-command"}},"#,
+        r#"{"key":"additional_packages","type":"array","title":"Additional Packages","description":"Packages installed by the container's package manager at creation","default":[],"items":{"type":"string","format":"package-name"}},"#,
+        r#"{"key":"init_hooks","type":"array","title":"Commands After Packages","description":"Commands run as root in the container at creation, after the packages are installed","default":[],"items":{"type":"string","format":"shell-command"}}]}]}"#,
     );
     assert_eq!(options::schema_json(), expected);
 }
@@ -49,7 +54,11 @@ fn defaults_when_nothing_is_given() {
             mount_home: true,
             custom_mounts: vec![],
             gpu: true,
-            nvidia_drivers: false
+            nvidia_drivers: false,
+            home: String::new(),
+            pre_init_hooks: vec![],
+            additional_packages: vec![],
+            init_hooks: vec![],
         }
     );
 }
@@ -134,6 +143,72 @@ fn bad_mount_paths_are_refused() {
     let many: Vec<String> = (0..=options::MAX_CUSTOM_MOUNTS).map(|i| format!("/srv/{i}")).collect();
     let e = resolve_client(vec![("custom_mounts", Value::from(many))]).unwrap_err();
     assert!(matches!(e, OptionsError::TooMany { .. }));
+}
+
+#[test]
+fn a_separate_home_needs_the_home_mount_and_a_good_path() {
+    let o = resolve_client(vec![("home", Value::from("~/boxes/dev"))]).unwrap();
+    assert_eq!(o.home, "~/boxes/dev");
+    assert!(o.mount_home);
+    let e = resolve_client(vec![
+        ("home", Value::from("/srv/h")),
+        ("mount_home", Value::Bool(false)),
+    ])
+    .unwrap_err();
+    assert_eq!(e.to_string(), "Option 'home' requires 'mount_home' to be true");
+    let o = resolve_client(vec![("home", Value::from("")), ("mount_home", Value::Bool(false))]).unwrap();
+    assert!(o.home.is_empty() && !o.mount_home, "an empty home is no home");
+    for path in ["rel/dir", "/srv/../etc"] {
+        let e = resolve_client(vec![("home", Value::from(path))]).unwrap_err();
+        assert!(matches!(e, OptionsError::BadPath { .. }), "{path}: {e}");
+    }
+    let e = resolve_client(vec![("home", Value::from(vec!["/a"]))]).unwrap_err();
+    assert_eq!(e.to_string(), "Option 'home' must be a string, got D-Bus type 'as'");
+}
+
+#[test]
+fn packages_and_hooks_are_checked_and_kept_in_order() {
+    let o = resolve_client(vec![
+        (
+            "additional_packages",
+            Value::from(vec!["git", "g++", "python3.11", "lib:i386"]),
+        ),
+        (
+            "pre_init_hooks",
+            Value::from(vec!["echo one", "echo 'two'\necho three"]),
+        ),
+        ("init_hooks", Value::from(vec!["touch /done"])),
+    ])
+    .unwrap();
+    assert_eq!(o.additional_packages, ["git", "g++", "python3.11", "lib:i386"]);
+    assert_eq!(o.pre_init_hooks, ["echo one", "echo 'two'\necho three"]);
+    assert_eq!(o.init_hooks, ["touch /done"]);
+    for (name, why) in [
+        ("-oAPT::x=y", "must not start with '-'"),
+        ("a b", "may hold only"),
+        ("$(reboot)", "may hold only"),
+        ("", "must be 1 to 255"),
+    ] {
+        let e = resolve_client(vec![("additional_packages", Value::from(vec![name]))]).unwrap_err();
+        assert!(
+            matches!(&e, OptionsError::BadEntry { reason, .. } if reason.starts_with(why)),
+            "{name:?}: {e}"
+        );
+    }
+    let e = resolve_client(vec![("init_hooks", Value::from(vec!["  "]))]).unwrap_err();
+    assert_eq!(e.to_string(), "Option 'init_hooks': command '  ' is empty");
+    let many: Vec<String> = (0..=options::MAX_HOOKS).map(|i| format!("echo {i}")).collect();
+    assert!(matches!(
+        resolve_client(vec![("init_hooks", Value::from(many))]),
+        Err(OptionsError::TooMany { .. })
+    ));
+    let (image, _) = options::from_json_defaults(r#"{"additional_packages": ["vim"], "home": "~/h"}"#).unwrap();
+    let o = options::resolve(&image, &BTreeMap::new()).unwrap();
+    assert_eq!(
+        (o.additional_packages, o.home),
+        (vec!["vim".to_owned()], "~/h".to_owned())
+    );
+    assert!(options::from_json_defaults(r#"{"init_hooks": "echo"}"#).is_err());
 }
 
 #[test]

@@ -192,6 +192,16 @@ pub struct InstanceState {
     pub pid: i64,
     pub processes: i64,
     pub started_at: Option<String>,
+    /// Per disk device, what it uses (Incus fills in what the pool can count).
+    pub disk: Option<BTreeMap<String, DiskState>>,
+}
+
+/// One disk device in [`InstanceState`].
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct DiskState {
+    /// Bytes used; 0 (or missing) where the pool does not count (a `dir` pool without quotas).
+    pub usage: i64,
 }
 
 impl InstanceState {

@@ -60,7 +60,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Show one container.
+    /// Show everything about one container: options, owner, users, image, exports, snapshots.
     Info {
         name: String,
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -68,20 +68,36 @@ pub enum Command {
     },
     /// Start a container.
     Start { name: String },
-    /// Stop a container.
+    /// Stop containers.
     Stop {
-        name: String,
-        /// Kill it instead of waiting for a clean shutdown.
+        /// The containers to stop.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        names: Vec<String>,
+        /// Every running container of yours (you are asked first on a terminal).
+        #[arg(long, short)]
+        all: bool,
+        /// Kill them instead of waiting for a clean shutdown.
         #[arg(long, short)]
         force: bool,
+        /// With --all: do not ask (needed without a terminal).
+        #[arg(long, short)]
+        yes: bool,
     },
-    /// Remove a container (a running one only with --force).
+    /// Remove containers (running ones only with --force), and what you exported from them.
     #[command(visible_alias = "remove")]
     Rm {
-        name: String,
-        /// Stop it first if it runs.
+        /// The containers to remove.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        names: Vec<String>,
+        /// Every container of yours (you are asked first on a terminal).
+        #[arg(long, short)]
+        all: bool,
+        /// Stop them first if they run.
         #[arg(long, short)]
         force: bool,
+        /// With --all: do not ask (needed without a terminal).
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Take a snapshot of a container's files; list or remove its snapshots.
     ///
@@ -112,7 +128,7 @@ pub enum Command {
     ///
     /// Its own files are replaced: installed packages, changes in /etc, /usr, /var, and the
     /// home too when it is not the host's (--no-mount-home), with the snapshots Kapsule took
-    /// before upgrades. Your host home and custom mounts are untouched; its name, owner and
+    /// before upgrades. The packages and hooks it was created with are applied again. Your host home and custom mounts are untouched; its name, owner and
     /// options stay; users are set up again on their next enter. A container with snapshots
     /// you took is not reset (remove them, or keep one with `kapsule clone --snapshot`). You are
     /// asked first on a terminal.
@@ -153,7 +169,7 @@ pub enum Command {
         /// The containers to upgrade.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         names: Vec<String>,
-        /// Every container.
+        /// Every container of yours.
         #[arg(long, short)]
         all: bool,
         /// Only those that are running (stopped ones are skipped).
@@ -313,6 +329,39 @@ impl Args for CreateFlags {
                             .help(format!("{} (repeatable; ~/ is your home)", option.description)),
                     );
                 }
+                OptionKind::Path => {
+                    let long = leak(name);
+                    cmd = cmd.arg(
+                        clap::Arg::new(long)
+                            .long(long)
+                            .value_name("DIR")
+                            .action(ArgAction::Set)
+                            .help(format!("{} (made if missing; ~/ is your home)", option.description)),
+                    );
+                }
+                OptionKind::Packages => {
+                    let long = leak(name);
+                    cmd = cmd.arg(
+                        clap::Arg::new(long)
+                            .long(long)
+                            .value_name("PACKAGES")
+                            .action(ArgAction::Append)
+                            .help(format!(
+                                "{} (repeatable; several separated by spaces)",
+                                option.description
+                            )),
+                    );
+                }
+                OptionKind::Commands => {
+                    let long = leak(name);
+                    cmd = cmd.arg(
+                        clap::Arg::new(long)
+                            .long(long)
+                            .value_name("COMMAND")
+                            .action(ArgAction::Append)
+                            .help(format!("{} (repeatable, run in the order given)", option.description)),
+                    );
+                }
             }
         }
         cmd
@@ -339,9 +388,27 @@ impl FromArgMatches for CreateFlags {
                         None
                     }
                 }
-                OptionKind::PathList => matches
+                OptionKind::PathList | OptionKind::Commands => matches
                     .get_many::<String>(&name)
-                    .map(|paths| Variant::from(paths.cloned().collect::<Vec<String>>())),
+                    .map(|items| Variant::from(items.cloned().collect::<Vec<String>>())),
+                // distrobox's habit: `--additional-packages "git vim"`.
+                OptionKind::Packages => matches.get_many::<String>(&name).map(|lists| {
+                    Variant::from(
+                        lists
+                            .flat_map(|list| list.split_whitespace().map(str::to_owned))
+                            .collect::<Vec<String>>(),
+                    )
+                }),
+                // The daemon has no working directory of ours: a relative path is made absolute here.
+                OptionKind::Path => match matches.get_one::<String>(&name) {
+                    Some(path) if !path.is_empty() && !path.starts_with(['/', '~']) => {
+                        let absolute = std::path::absolute(path)
+                            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e))?;
+                        Some(Variant::from(absolute.to_string_lossy().into_owned()))
+                    }
+                    Some(path) => Some(Variant::from(path.clone())),
+                    None => None,
+                },
             };
             if let Some(value) = value {
                 let owned = OwnedVariant::try_from(value)
@@ -423,6 +490,10 @@ mod tests {
             "--custom-mounts <DIR>",
             "--no-gpu",
             "--nvidia-drivers",
+            "--home <DIR>",
+            "--additional-packages <PACKAGES>",
+            "--init-hooks <COMMAND>",
+            "--pre-init-hooks <COMMAND>",
         ] {
             assert!(help.contains(flag), "{flag} missing from:\n{help}");
         }
@@ -438,6 +509,39 @@ mod tests {
         let v = create(&["--no-mount-home"]);
         assert!(!bool::try_from(&v["mount_home"]).unwrap());
         assert_eq!(v.len(), 1);
+    }
+
+    #[test]
+    fn packages_split_like_distrobox_hooks_stay_whole_and_a_relative_home_is_made_absolute() {
+        let strings = |v: &OwnedVariant| -> Vec<String> { v.try_clone().unwrap().try_into().unwrap() };
+        let v = create(&[
+            "--additional-packages",
+            "git  vim",
+            "--additional-packages",
+            "htop",
+            "--init-hooks",
+            "echo a b",
+            "--pre-init-hooks",
+            "true",
+            "--init-hooks",
+            "touch /x",
+            "--home",
+            "boxes/dev",
+        ]);
+        assert_eq!(strings(&v["additional_packages"]), ["git", "vim", "htop"]);
+        assert_eq!(strings(&v["init_hooks"]), ["echo a b", "touch /x"]);
+        assert_eq!(strings(&v["pre_init_hooks"]), ["true"]);
+        let home: String = v["home"].try_clone().unwrap().try_into().unwrap();
+        assert_eq!(
+            std::path::Path::new(&home),
+            std::env::current_dir().unwrap().join("boxes/dev")
+        );
+        let home: String = create(&["--home", "~/h"])["home"]
+            .try_clone()
+            .unwrap()
+            .try_into()
+            .unwrap();
+        assert_eq!(home, "~/h");
     }
 
     #[test]
@@ -500,6 +604,21 @@ mod tests {
             Cli::try_parse_from(["kap", "remove", "x"]).unwrap().command,
             Command::Rm { .. }
         ));
+        assert!(matches!(
+            Cli::try_parse_from(["kap", "rm", "a", "b", "-f"]).unwrap().command,
+            Command::Rm { names, force: true, all: false, .. } if names == ["a", "b"]
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["kap", "stop", "--all", "--yes"]).unwrap().command,
+            Command::Stop {
+                all: true,
+                yes: true,
+                ..
+            }
+        ));
+        for wrong in [&["kap", "rm"][..], &["kap", "rm", "a", "--all"], &["kap", "stop"]] {
+            assert!(Cli::try_parse_from(wrong).is_err(), "{wrong:?}");
+        }
         assert!(Cli::try_parse_from(["kapsule", "list", "--format", "yaml"]).is_err());
     }
 }

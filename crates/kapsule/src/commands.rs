@@ -132,11 +132,61 @@ async fn run_command(connection: &Connection, manager: &ManagerProxy<'_>, comman
             no_snapshot,
         } => upgrade(connection, manager, names, all, running, no_snapshot).await,
         Command::Start { name } => operation(connection, manager.start_container(&name)).await,
-        Command::Stop { name, force } => operation(connection, manager.stop_container(&name, force)).await,
-        Command::Rm { name, force } => {
-            operation(connection, manager.delete_container(&name, force)).await?;
-            crate::exports::remove_all(&name);
-            Ok(())
+        Command::Stop { names, all, force, yes } => {
+            let names = if all {
+                let running: Vec<String> = yours(manager)
+                    .await?
+                    .into_iter()
+                    .filter(|c| c.status == "Running")
+                    .map(|c| c.name)
+                    .collect();
+                if running.is_empty() {
+                    eprintln!("None of your containers is running.");
+                    return Ok(());
+                }
+                confirm(
+                    &format!(
+                        "Stopping {} (their sessions end): {}.",
+                        count(running.len()),
+                        running.join(", ")
+                    ),
+                    yes,
+                )?;
+                running
+            } else {
+                names
+            };
+            each(&names, ("stops", "Stopped"), |name| async move {
+                operation(connection, manager.stop_container(&name, force)).await
+            })
+            .await
+        }
+        Command::Rm { names, all, force, yes } => {
+            let names = if all {
+                let yours: Vec<String> = yours(manager).await?.into_iter().map(|c| c.name).collect();
+                if yours.is_empty() {
+                    eprintln!("You have no containers.");
+                    return Ok(());
+                }
+                confirm(
+                    &format!(
+                        "Removing {} with everything in them that is not in your home or custom mounts, \
+                         and what you exported from them: {}.",
+                        count(yours.len()),
+                        yours.join(", ")
+                    ),
+                    yes,
+                )?;
+                yours
+            } else {
+                names
+            };
+            each(&names, ("removals", "Removed"), |name| async move {
+                operation(connection, manager.delete_container(&name, force)).await?;
+                crate::exports::remove_all(&name);
+                Ok(())
+            })
+            .await
         }
         Command::Export {
             name,
@@ -168,8 +218,8 @@ async fn run_command(connection: &Connection, manager: &ManagerProxy<'_>, comman
             Ok(())
         }
         Command::Info { name, format } => {
-            let container = manager.get_container_info(&name).await.map_err(explain)?;
-            print_containers(&[container], format);
+            let details = manager.get_container_details(&name).await.map_err(explain)?;
+            write_out(&crate::info::render(&details, format));
             Ok(())
         }
         Command::Image {
@@ -431,8 +481,8 @@ async fn upgrade(
     running: bool,
     no_snapshot: bool,
 ) -> Result<()> {
-    let mut containers = if all {
-        manager.list_containers().await.map_err(explain)?
+    let containers = if all {
+        yours(manager).await?
     } else {
         let mut found = Vec::new();
         for name in &names {
@@ -440,9 +490,6 @@ async fn upgrade(
         }
         found
     };
-    if all {
-        containers.sort();
-    }
     let (skipped, containers): (Vec<_>, Vec<_>) =
         containers.into_iter().partition(|c| running && c.status != "Running");
     let options = || {
@@ -452,35 +499,19 @@ async fn upgrade(
         }
         options
     };
-    if let ([only], []) = (containers.as_slice(), skipped.as_slice()) {
-        return operation(connection, manager.upgrade_container(&only.name, options())).await;
-    }
     if let ([], [only]) = (containers.as_slice(), skipped.as_slice()) {
         eprintln!("Skipped '{}': it is not running", only.name);
         return Ok(());
     }
-    let (mut upgraded, mut failed) = (Vec::new(), Vec::new());
-    for container in &containers {
-        let name = container.name.as_str();
-        eprintln!("── {name}");
-        match operation(connection, manager.upgrade_container(name, options())).await {
-            Ok(()) => upgraded.push(name),
-            Err(e) => {
-                eprintln!("✗ {e:#}");
-                failed.push(name);
-            }
-        }
-    }
-    eprintln!("── Upgraded: {}", list_or_none(&upgraded));
     if !skipped.is_empty() {
         let names: Vec<&str> = skipped.iter().map(|c| c.name.as_str()).collect();
-        eprintln!("   Skipped (not running): {}", names.join(", "));
+        eprintln!("Skipped (not running): {}", names.join(", "));
     }
-    if !failed.is_empty() {
-        eprintln!("   Failed: {}", failed.join(", "));
-        bail!("{} of {} upgrades failed", failed.len(), containers.len());
-    }
-    Ok(())
+    let names: Vec<String> = containers.into_iter().map(|c| c.name).collect();
+    each(&names, ("upgrades", "Upgraded"), |name| async move {
+        operation(connection, manager.upgrade_container(&name, options())).await
+    })
+    .await
 }
 
 fn list_or_none(names: &[&str]) -> String {
@@ -515,6 +546,72 @@ fn print_snapshots(name: &str, snapshots: &[SnapshotInfo], format: Format) {
             write_out(&table.to_string());
         }
     }
+}
+
+/// The containers of the user running this: those they created, and, among those the original
+/// daemon made (which recorded no creator), those they were set up in.
+async fn yours(manager: &ManagerProxy<'_>) -> Result<Vec<ContainerInfo>> {
+    let uid = rustix::process::getuid().as_raw();
+    let mut containers = manager.list_containers().await.map_err(explain)?;
+    containers.sort();
+    let mut yours = Vec::new();
+    for container in containers {
+        let details = match manager.get_container_details(&container.name).await {
+            Ok(details) => details,
+            // Removed meanwhile: not one to act on.
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.kde.kapsule.Error.NotFound" => {
+                continue;
+            }
+            Err(e) => return Err(explain(e)),
+        };
+        let owned = match details.owner {
+            Some(owner) => owner == uid,
+            None => details.users.contains(&uid),
+        };
+        if owned {
+            yours.push(container);
+        }
+    }
+    Ok(yours)
+}
+
+/// `1 container` or `N containers`.
+fn count(n: usize) -> String {
+    if n == 1 {
+        "1 container".to_owned()
+    } else {
+        format!("{n} containers")
+    }
+}
+
+/// Does `act` to each named container in turn; one that fails is reported and the others go on.
+/// With several, says at the end what became of each (`what`: the acts, and what was done), and
+/// fails when any did.
+async fn each<F, Fut>(names: &[String], (acts, done): (&str, &str), act: F) -> Result<()>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    if let [only] = names {
+        return act(only.clone()).await;
+    }
+    let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
+    for name in names {
+        eprintln!("── {name}");
+        match act(name.clone()).await {
+            Ok(()) => succeeded.push(name.as_str()),
+            Err(e) => {
+                eprintln!("✗ {e:#}");
+                failed.push(name.as_str());
+            }
+        }
+    }
+    eprintln!("── {done}: {}", list_or_none(&succeeded));
+    if !failed.is_empty() {
+        eprintln!("   Failed: {}", failed.join(", "));
+        bail!("{} of {} {acts} failed", failed.len(), names.len());
+    }
+    Ok(())
 }
 
 /// Says what is about to happen and asks to go on, on a terminal; without one, goes on only with

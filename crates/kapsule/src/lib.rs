@@ -11,5 +11,7 @@ mod enter;
 mod exports;
 /// Following an operation's signals to its end, with progress bars.
 mod follow;
+/// `kapsule info`: one container in full.
+mod info;
 
 pub use commands::run;

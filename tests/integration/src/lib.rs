@@ -4,6 +4,7 @@
 //! A missing prerequisite (not root, no incusd, no test image) panics with what to do about it:
 //! these tests never skip silently.
 
+pub mod apt;
 pub mod desktop;
 pub mod simplestreams;
 

@@ -616,6 +616,19 @@ async fn every_reply_and_signal_carries_the_declared_signature() {
     declared.reply(MANAGER_IF, "ListSnapshots", &listed);
     let listed: Vec<(String, String, bool)> = listed.body().deserialize().unwrap();
     assert_eq!(listed.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["wire"]);
+    // The details of one container: an a{sv} with the info row, options and snapshots.
+    let details = call(&test, "GetContainerDetails", &(name.as_str(),)).await.unwrap();
+    declared.reply(MANAGER_IF, "GetContainerDetails", &details);
+    let details: HashMap<String, zbus::OwnedVariant> = details.body().deserialize().unwrap();
+    assert_eq!(String::try_from(details["name"].try_clone().unwrap()).unwrap(), name);
+    assert_eq!(
+        u32::try_from(&details["owner"]).unwrap(),
+        0,
+        "the tests' client is root"
+    );
+    let snapshots: Vec<(String, String, bool)> = details["snapshots"].try_clone().unwrap().try_into().unwrap();
+    assert_eq!(snapshots.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["wire"]);
+    assert!(bool::try_from(&details["host_rootfs"]).is_ok(), "{details:?}");
     let (_, restored) = operation(&test, &mut declared, &mut signals, "RestoreSnapshot", &snapshot).await;
     assert!(restored, "RestoreSnapshot");
     let clone = (name.as_str(), copy.as_str(), "wire");
@@ -665,7 +678,12 @@ async fn every_reply_and_signal_carries_the_declared_signature() {
     assert!(done, "DeleteContainer");
 
     // Expected failures: each a named error whose body is its message.
-    let refusals: [(&str, zbus::Result<zbus::Message>, &str); 19] = [
+    let refusals: [(&str, zbus::Result<zbus::Message>, &str); 20] = [
+        (
+            "GetContainerDetails",
+            call(&test, "GetContainerDetails", &(missing.as_str(),)).await,
+            "NotFound",
+        ),
         (
             "UpgradeContainer",
             call(&test, "UpgradeContainer", &(missing.as_str(), &no_options)).await,

@@ -12,51 +12,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use kapsule_incus::{Client, FileMeta};
+use kapsule_integration_tests::apt::{PACKAGE, build_package, packages_index};
 use kapsule_integration_tests::{
     DaemonTest, InstanceGuard, btrfs_pool, daemon_test_with, env, options, sh, test_settings, unique_name,
 };
-use sha2::Digest;
-
-const PACKAGE: &str = "kt-hello";
-
-/// Builds `kt-hello_<version>_all.deb` in `dir`: a file saying its version.
-fn build_package(dir: &Path, version: &str) -> std::path::PathBuf {
-    let root = dir.join(format!("{PACKAGE}-{version}"));
-    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
-    std::fs::create_dir_all(root.join("usr/share/kt-hello")).unwrap();
-    std::fs::write(root.join("usr/share/kt-hello/version"), version).unwrap();
-    std::fs::write(
-        root.join("DEBIAN/control"),
-        format!(
-            "Package: {PACKAGE}\nVersion: {version}\nArchitecture: all\nMaintainer: Kapsule tests <tests@kapsule.invalid>\nDescription: a package of Kapsule's upgrade test\n"
-        ),
-    )
-    .unwrap();
-    let deb = dir.join(format!("{PACKAGE}_{version}_all.deb"));
-    let out = Command::new("dpkg-deb")
-        .args(["--root-owner-group", "--build"])
-        .arg(&root)
-        .arg(&deb)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dpkg-deb: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    deb
-}
-
-/// The repository's `Packages` index for one package file, as apt reads a flat repository.
-fn packages_index(deb: &Path, version: &str) -> String {
-    let data = std::fs::read(deb).unwrap();
-    let file = deb.file_name().unwrap().to_str().unwrap();
-    format!(
-        "Package: {PACKAGE}\nVersion: {version}\nArchitecture: all\nMaintainer: Kapsule tests <tests@kapsule.invalid>\nFilename: ./{file}\nSize: {}\nSHA256: {:x}\nDescription: a package of Kapsule's upgrade test\n\n",
-        data.len(),
-        sha2::Sha256::digest(&data)
-    )
-}
 
 /// Puts `version` of the package as the only one in container `name`'s repository
 /// `/srv/kt-repo`, the only apt source it has.

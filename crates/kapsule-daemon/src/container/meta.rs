@@ -2,7 +2,7 @@
 //! whether a user was set up in it, what it was made with, its `(sssss)` struct for clients, and
 //! the names Incus accepts.
 
-use kapsule_dbus::{ContainerInfo, Error};
+use kapsule_dbus::{ContainerDetails, ContainerInfo, Error};
 use kapsule_incus::models::Instance;
 
 use crate::container::Containers;
@@ -14,6 +14,9 @@ pub(crate) const META_PREFIX: &str = "user.kapsule.";
 
 /// The uid of the user who created a container (their containers are theirs to enter).
 pub(crate) const OWNER_KEY: &str = "user.kapsule.owner";
+
+/// What a container was created from, as its creator named the image (`images:debian/12`).
+pub(crate) const IMAGE_KEY: &str = "user.kapsule.image";
 
 /// The journal entry of a create or delete under way (or abandoned): written with the instance,
 /// cleared as the last step (see `host/journal.rs`).
@@ -92,6 +95,57 @@ pub(crate) fn container_info(instance: &Instance) -> ContainerInfo {
         image,
         created: iso8601_with_offset(&instance.created_at),
         mode: mode.to_owned(),
+    }
+}
+
+/// What the instance itself says of a container for `GetContainerDetails` (snapshots, disk use
+/// and the owner's name are read apart).
+pub(crate) fn container_details(instance: &Instance) -> ContainerDetails {
+    let info = container_info(instance);
+    let config = &instance.config;
+    let get = |key: &str| config.get(&format!("{META_PREFIX}{key}")).map(String::as_str);
+    let wants = Wants::of(instance);
+    let steps = crate::container::provision::Steps::of_instance(instance);
+    let mut users: Vec<u32> = config
+        .iter()
+        .filter(|(_, v)| *v == "true")
+        .filter_map(|(k, _)| {
+            k.strip_prefix("user.kapsule.host-users.")?
+                .strip_suffix(".mapped")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    users.sort_unstable();
+    let nonempty = |s: Option<&String>| s.filter(|s| !s.is_empty()).cloned();
+    ContainerDetails {
+        name: info.name,
+        status: info.status,
+        image: info.image,
+        created: info.created,
+        mode: info.mode,
+        image_source: config.get(IMAGE_KEY).cloned(),
+        image_fingerprint: nonempty(config.get("volatile.base_image")),
+        last_used: Some(&instance.last_used_at)
+            // Incus says the epoch for "never".
+            .filter(|t| !t.is_empty() && !t.starts_with("1970-01-01"))
+            .map(|t| iso8601_with_offset(t)),
+        owner: get("owner").and_then(|uid| uid.parse().ok()),
+        owner_name: None,
+        users,
+        session_mode: wants.session_mode,
+        dbus_mux: get("dbus-mux") == Some("true"),
+        host_rootfs: wants.host_rootfs,
+        mount_home: wants.mount_home,
+        home: wants.home,
+        custom_mounts: wants.custom_mounts,
+        gpu: get("gpu") != Some("false"),
+        nvidia_drivers: get("nvidia-drivers") == Some("true"),
+        pre_init_hooks: steps.pre_init_hooks,
+        additional_packages: steps.packages,
+        init_hooks: steps.init_hooks,
+        snapshots: Vec::new(),
+        disk_usage: None,
     }
 }
 
@@ -197,6 +251,8 @@ pub(crate) struct Wants {
     pub host_rootfs: bool,
     pub session_mode: bool,
     pub custom_mounts: Vec<String>,
+    /// The host directory each user's home comes from (`~/` is theirs); empty: their host home.
+    pub home: String,
 }
 
 impl Wants {
@@ -209,6 +265,7 @@ impl Wants {
             custom_mounts: get("custom-mounts")
                 .and_then(|json| serde_json::from_str(json).ok())
                 .unwrap_or_default(),
+            home: get("home").unwrap_or_default().to_owned(),
         }
     }
 }
@@ -284,6 +341,40 @@ mod tests {
         assert!(!is_kapsule(&Instance::default()));
     }
 
+    #[test]
+    fn details_read_options_users_and_steps_from_the_config() {
+        let mut i = Instance {
+            name: "dev".into(),
+            status: "Stopped".into(),
+            last_used_at: "1970-01-01T00:00:00Z".into(),
+            ..Default::default()
+        };
+        for (k, v) in [
+            ("user.kapsule.owner", "1000"),
+            ("user.kapsule.image", "images:debian/12"),
+            ("user.kapsule.host-users.1000.mapped", "true"),
+            ("user.kapsule.host-users.0.mapped", "true"),
+            ("user.kapsule.host-users.1001.mapped", ""),
+            ("user.kapsule.home", "~/boxes/dev"),
+            ("user.kapsule.gpu", "false"),
+            ("user.kapsule.additional-packages", r#"["git"]"#),
+            ("volatile.base_image", "abc"),
+        ] {
+            i.config.insert(k.into(), v.into());
+        }
+        let d = container_details(&i);
+        assert_eq!(d.owner, Some(1000));
+        assert_eq!(d.users, [0, 1000], "a cleared marker is no user");
+        assert_eq!(d.image_source.as_deref(), Some("images:debian/12"));
+        assert_eq!(d.image_fingerprint.as_deref(), Some("abc"));
+        assert_eq!(d.last_used, None, "never started");
+        assert_eq!((d.home.as_str(), d.gpu, d.mount_home), ("~/boxes/dev", false, true));
+        assert_eq!(d.additional_packages, ["git"]);
+        assert_eq!(d.status, "Stopped");
+        // A container the original daemon made records no owner.
+        assert_eq!(container_details(&Instance::default()).owner, None);
+    }
+
     #[tokio::test]
     async fn work_under_way_shows_in_the_status() {
         let mut i = Instance {
@@ -313,7 +404,8 @@ mod tests {
                 mount_home: true,
                 host_rootfs: false,
                 session_mode: false,
-                custom_mounts: vec![]
+                custom_mounts: vec![],
+                home: String::new(),
             }
         );
         for (k, v) in [
@@ -321,6 +413,7 @@ mod tests {
             ("user.kapsule.host-rootfs", "true"),
             ("user.kapsule.session-mode", "true"),
             ("user.kapsule.custom-mounts", r#"["~/src","/opt/x"]"#),
+            ("user.kapsule.home", "~/boxes/dev"),
         ] {
             i.config.insert(k.into(), v.into());
         }
@@ -330,7 +423,8 @@ mod tests {
                 mount_home: false,
                 host_rootfs: true,
                 session_mode: true,
-                custom_mounts: vec!["~/src".into(), "/opt/x".into()]
+                custom_mounts: vec!["~/src".into(), "/opt/x".into()],
+                home: "~/boxes/dev".into(),
             }
         );
         assert!(!is_set_up(&i, 1000));

@@ -29,6 +29,8 @@ pub(crate) mod init;
 pub(crate) mod meta;
 /// Starting the session helper in a container.
 pub(crate) mod nsenter;
+/// The packages and hooks asked for at creation.
+pub(crate) mod provision;
 /// A container's files made anew from an image.
 pub(crate) mod rebuild;
 /// The desktop's sockets inside a container.

@@ -3,13 +3,15 @@
 //! files are about to be replaced), the snapshots Kapsule took itself are removed (Incus 6.0
 //! refuses to rebuild a container that has snapshots; a user's own make the reset refuse before
 //! it begins, see `pipeline/reset.rs`), Incus rebuilds it (its config and devices stay), it is
-//! started, and it gets what a new container gets (`fixups`) and the host's settings.
+//! started, and it gets what a new container gets (`fixups`), the host's settings, and the
+//! packages and hooks it was created with (`provision`).
 
 use std::time::Duration;
 
 use kapsule_incus::models::InstanceSource;
 
 use crate::container::meta::{AUTOMATIC_SNAPSHOT_PREFIX, is_running};
+use crate::container::provision::{self, Steps};
 use crate::container::{Containers, fixups, hostsync};
 use crate::operation::incus::run_noted;
 use crate::operation::{Failure, Notes};
@@ -47,5 +49,6 @@ pub(crate) async fn rebuild(
     run_noted(incus, notes, op).await?;
     fixups::apply(containers, notes, name, session_mode).await?;
     hostsync::report(notes, hostsync::sync_one(containers, name).await).await;
-    Ok(())
+    let steps = Steps::of_instance(&incus.get_instance(name).await?);
+    provision::run(containers, notes, name, &steps).await
 }

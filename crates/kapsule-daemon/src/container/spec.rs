@@ -5,6 +5,7 @@ use kapsule_dbus::options::CreateOptions;
 use kapsule_incus::models::{ConfigMap, Devices};
 
 use crate::container::Containers;
+use crate::container::provision::Steps;
 use crate::identity::account::Account;
 
 /// `security.*` and the `user.kapsule.*` metadata (the original daemon's keys, so containers it
@@ -37,6 +38,10 @@ pub(crate) fn config(options: &CreateOptions) -> ConfigMap {
             &serde_json::to_string(&options.custom_mounts).unwrap_or_default(),
         );
     }
+    if !options.home.is_empty() {
+        set("user.kapsule.home", &options.home);
+    }
+    config.extend(Steps::of_options(options).config());
     config
 }
 
@@ -109,8 +114,10 @@ pub(crate) fn raw_lxc(
     lines
 }
 
-pub(crate) fn home_devices(account: &Account) -> Devices {
-    let home = account.home.to_string_lossy();
+/// The user's home device: `source` (their host home, or the container's separate home) at their
+/// home inside.
+pub(crate) fn home_devices(account: &Account, source: &std::path::Path) -> Devices {
+    let home = source.to_string_lossy();
     let target = account.container_home();
     Devices::from([(
         format!("kapsule-home-{}", account.name),

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use kapsule_dbus::{ContainerInfo, EnterCommand, Error, SnapshotInfo};
+use kapsule_dbus::{ContainerDetails, ContainerInfo, EnterCommand, Error, SnapshotInfo};
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, interface};
@@ -74,6 +74,12 @@ impl Manager {
     // The one-element tuple makes the reply one `(sssss)`, not five strings (see kapsule_dbus::reply).
     async fn get_container_info(&self, name: String) -> Result<(ContainerInfo,), Error> {
         Ok((queries::container_info(&self.daemon, &name).await?,))
+    }
+
+    /// One Kapsule container in full: its info row, options, owner, users, image, snapshots and
+    /// disk use, as an `a{sv}` (see `kapsule_dbus::ContainerDetails`).
+    async fn get_container_details(&self, name: String) -> Result<ContainerDetails, Error> {
+        queries::container_details(&self.daemon, &name).await
     }
 
     /// True when the user `uid` was set up in the container.

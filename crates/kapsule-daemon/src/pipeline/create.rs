@@ -1,7 +1,8 @@
 //! The create pipeline. Everything that can be checked is checked before the operation starts
 //! (name, existence, image, options), so a bad request gets a named D-Bus error and changes
-//! nothing; the operation then creates, starts and fixes up the container, and removes it again
-//! if any of that fails or the client cancels.
+//! nothing; the operation then creates, starts and fixes up the container, runs the hooks and
+//! installs the packages asked for (`container/provision.rs`), and removes it again if any of
+//! that fails or the client cancels.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,6 +14,7 @@ use zbus::DBusError as _;
 use zbus::OwnedVariant;
 
 use crate::container::meta::{self, OWNER_KEY, PENDING_KEY, validate_name};
+use crate::container::provision::{self, Steps};
 use crate::container::{fixups, hostsync, spec};
 use crate::error::incus_error;
 use crate::host::journal::{self, Entry, Work};
@@ -81,7 +83,7 @@ pub(crate) async fn plan(
         ImageSource::Pull { .. } => BTreeMap::new(),
     };
     let options = options::resolve(&image_defaults, &client)?;
-    check_custom_mounts(owner, &options.custom_mounts).await?;
+    check_mounts(owner, &options).await?;
     Ok(Plan {
         name: name.to_owned(),
         image_label: image.to_owned(),
@@ -114,13 +116,15 @@ pub(crate) async fn check_free(daemon: &Daemon, name: &str) -> Result<Option<Str
     }
 }
 
-/// The container gets read and write access to each custom mount (as root, in a privileged
-/// container), so the creator must be able to read, write and enter each directory themselves,
-/// or to create it. `~/` is their own home here; it is expanded per user again when each user
-/// is set up, and checked for them then.
-async fn check_custom_mounts(owner: &Caller, mounts: &[String]) -> Result<(), Error> {
+/// The container gets read and write access to each custom mount and to a separate home (as
+/// root, in a privileged container), so the creator must be able to read, write and enter each
+/// directory themselves, or to create it. `~/` is their own home here; it is expanded per user
+/// again when each user is set up, and checked for them then.
+async fn check_mounts(owner: &Caller, options: &CreateOptions) -> Result<(), Error> {
     let identity = owner.identity();
-    for raw in mounts {
+    let home = (!options.home.is_empty()).then_some(&options.home);
+    let mounts = options.custom_mounts.iter().map(|m| (m, "Custom mount"));
+    for (raw, what) in mounts.chain(home.map(|h| (h, "Home"))) {
         let path = expand_home(raw, &owner.home);
         match identity.mount_source(&path, Missing::Check).await {
             Ok(()) => {}
@@ -130,7 +134,7 @@ async fn check_custom_mounts(owner: &Caller, mounts: &[String]) -> Result<(), Er
                     path.display()
                 )));
             }
-            Err(e) => return Err(Error::InvalidArgument(format!("Custom mount {}: {e}", path.display()))),
+            Err(e) => return Err(Error::InvalidArgument(format!("{what} {}: {e}", path.display()))),
         }
     }
     Ok(())
@@ -265,9 +269,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
                     ))
                 };
                 plan.options = options::resolve(&defaults, &plan.client).map_err(|e| refused(e.into()))?;
-                check_custom_mounts(&plan.owner, &plan.options.custom_mounts)
-                    .await
-                    .map_err(refused)?;
+                check_mounts(&plan.owner, &plan.options).await.map_err(refused)?;
             }
             image
         }
@@ -296,8 +298,10 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
         }
     }
     let session_mode = plan.options.session_mode;
+    let steps = Steps::of_options(&plan.options);
     let mut config = spec::config(&plan.options);
     config.insert(OWNER_KEY.into(), plan.owner.uid.to_string());
+    config.insert(meta::IMAGE_KEY.into(), plan.image_label.clone());
     config.insert(PENDING_KEY.into(), Entry::new(Work::Create).value());
     let raw = spec::raw_lxc(
         &plan.options,
@@ -331,6 +335,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
         if reporter.is_cancelled() {
             return Err(Failure::Cancelled);
         }
+        provision::run(&daemon.containers, Notes(Some(reporter)), &name, &steps).await?;
         // The last step: from here on the container is done.
         recovery::clear_container_entry(daemon, &name).await?;
         Ok(())

@@ -18,7 +18,7 @@
 use kapsule_dbus::Error;
 use kapsule_incus::models::{ConfigMap, Image};
 
-use crate::container::meta::{AUTOMATIC_SNAPSHOT_PREFIX, PENDING_KEY, Wants};
+use crate::container::meta::{AUTOMATIC_SNAPSHOT_PREFIX, IMAGE_KEY, PENDING_KEY, Wants};
 use crate::container::rebuild::rebuild;
 use crate::error::incus_error;
 use crate::host::journal::{self, Entry, Work};
@@ -36,12 +36,15 @@ pub(crate) struct Plan {
     pub image_label: String,
     /// The snapshots Kapsule took itself, removed by the reset.
     pub automatic: Vec<String>,
+    /// The image as the user named it, when they did: what the container now comes from.
+    pub source: Option<String>,
 }
 
 /// Before `ResetContainer`: the container is settled and the image is in the local store. An
 /// empty `image` is the one the container was made from.
 pub(crate) async fn plan(daemon: &Daemon, name: &str, image: &str) -> Result<Plan, Error> {
     let instance = settled(daemon, name).await?;
+    let source = (!image.is_empty()).then(|| image.to_owned());
     let image = if image.is_empty() {
         let recorded = instance.config.get("volatile.base_image").filter(|f| !f.is_empty());
         let described = instance
@@ -96,6 +99,7 @@ pub(crate) async fn plan(daemon: &Daemon, name: &str, image: &str) -> Result<Pla
         image,
         image_label,
         automatic,
+        source,
     })
 }
 
@@ -127,6 +131,9 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, plan: Plan) -> Res
     // may be new.
     for key in instance.config.keys().filter(|k| is_setup_marker(k)) {
         entry.insert(key.clone(), String::new());
+    }
+    if let Some(source) = &plan.source {
+        entry.insert(IMAGE_KEY.to_owned(), source.clone());
     }
     daemon.containers.incus.patch_instance_config(name, &entry).await?;
     let session_mode = Wants::of(&instance).session_mode;

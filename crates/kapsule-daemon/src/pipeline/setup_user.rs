@@ -33,7 +33,7 @@ use crate::container::spec::{custom_mount_device, device, home_devices, minimal_
 use crate::identity::account::{Account, expand_home, requested_account};
 use crate::identity::authority::{Action, Requester};
 use crate::identity::caller::{FsIdentity, Missing};
-use crate::operation::{Failure, Notes, Reporter};
+use crate::operation::{Failure, MessageKind, Notes, Reporter};
 use crate::pipeline::{Daemon, lifecycle, recovery};
 
 /// One lock per container for user setups, which rewrite its user database.
@@ -152,7 +152,10 @@ pub(crate) async fn ensure(
     Ok(true)
 }
 
-/// Step 1 (beside the boot wait): the host home at the container home, as a disk device.
+/// Step 1 (beside the boot wait): the host home at the container home, as a disk device; or,
+/// for a container with a separate home, that directory (`~/` the user's), made as the user
+/// when it is missing. A separate home that cannot be used fails the setup: mounting the host
+/// home instead would put the container's dotfiles where the user said they must not go.
 async fn mount_home(
     containers: &Containers,
     notes: Notes<'_>,
@@ -166,13 +169,37 @@ async fn mount_home(
             .await;
         return Ok(());
     }
-    let devices = home_devices(account);
+    let source = if wants.home.is_empty() {
+        account.home.clone()
+    } else {
+        let dir = expand_home(&wants.home, &account.home);
+        if !dir.is_absolute() || dir.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(Failure::Failed(format!(
+                "The container's home '{}' is not an absolute path without '..'",
+                wants.home
+            )));
+        }
+        let identity = FsIdentity::of(account.uid, account.gid, &account.name);
+        identity
+            .mount_source(&dir, Missing::Create)
+            .await
+            .map_err(|e| Failure::Failed(format!("Cannot use {} as your home in {name}: {e}", dir.display())))?;
+        notes
+            .say(
+                MessageKind::Dim,
+                &format!("Your home in {name} is {} on the host", dir.display()),
+            )
+            .await;
+        dir
+    };
+    let devices = home_devices(account, &source);
     containers.incus.patch_instance_devices(name, &devices).await?;
     Ok(())
 }
 
 /// Step 5 (after the boot wait): the group and the account, written into the container's user
-/// database; with `mount_home` off, a home of its own made from `/etc/skel`.
+/// database; with `mount_home` off, a home of its own made from `/etc/skel` (a separate home gets
+/// what `/etc/skel` has that it has not).
 async fn create_account(
     containers: &Containers,
     files: &ContainerFiles,
@@ -212,7 +239,9 @@ async fn create_account(
         })
         .await?;
     }
-    if !wants.mount_home {
+    // A home of the container's own, or a separate one (new, or made by another container),
+    // gets the image's dotfiles; the host home never does.
+    if !wants.mount_home || !wants.home.is_empty() {
         make_own_home(containers, files, notes, account, &home).await;
     }
     Ok(())
@@ -303,6 +332,7 @@ async fn mount_custom_dirs(
             continue;
         }
         let seen_through_home = wants.mount_home
+            && wants.home.is_empty()
             && account.container_home() == account.home.to_string_lossy()
             && path.starts_with(&account.home);
         if seen_through_home {
@@ -409,7 +439,7 @@ mod tests {
     fn homes_mounts_and_sudo_follow_the_original_names() {
         let a = alice();
         assert_eq!(a.container_home(), "/home/alice");
-        let home = home_devices(&a);
+        let home = home_devices(&a, &a.home);
         assert_eq!(home["kapsule-home-alice"]["source"], "/home/alice");
         assert_eq!(home["kapsule-home-alice"]["path"], "/home/alice");
         let mut odd = alice();

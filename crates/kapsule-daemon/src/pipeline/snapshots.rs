@@ -26,7 +26,7 @@ pub(crate) async fn list(daemon: &Daemon, name: &str) -> Result<Vec<SnapshotInfo
     Ok(snapshots.iter().map(info).collect())
 }
 
-fn info(snapshot: &Snapshot) -> SnapshotInfo {
+pub(crate) fn info(snapshot: &Snapshot) -> SnapshotInfo {
     SnapshotInfo {
         name: snapshot.name.clone(),
         created: iso8601_with_offset(&snapshot.created_at),
