@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kapsule_dbus::options::{self, MAX_CUSTOM_MOUNTS, MAX_PATH_LEN, OptionValue};
+use kapsule_dbus::options::{self, MAX_CUSTOM_MOUNTS, MAX_HOOKS, MAX_PACKAGES, MAX_PATH_LEN, OptionValue};
 use libfuzzer_sys::fuzz_target;
 use zbus::wire::LE;
 use zbus::wire::serialized::{Context, Data};
@@ -39,7 +39,21 @@ fuzz_target!(|bytes: &[u8]| {
         assert!(!o.dbus_mux || (o.session_mode && o.host_rootfs), "{o:?}");
         assert!(!o.nvidia_drivers || o.gpu, "{o:?}");
         assert!(o.custom_mounts.len() <= MAX_CUSTOM_MOUNTS);
-        for path in &o.custom_mounts {
+        assert!(o.home.is_empty() || o.mount_home, "{o:?}");
+        assert!(o.additional_packages.len() <= MAX_PACKAGES);
+        for package in &o.additional_packages {
+            assert!(!package.is_empty() && !package.starts_with('-'), "{package:?}");
+            assert!(
+                !package.contains(|c: char| c.is_whitespace() || c == '\0' || c == '\''),
+                "{package:?}"
+            );
+        }
+        assert!(o.init_hooks.len() <= MAX_HOOKS && o.pre_init_hooks.len() <= MAX_HOOKS);
+        for hook in o.init_hooks.iter().chain(&o.pre_init_hooks) {
+            assert!(!hook.contains('\0') && !hook.trim().is_empty(), "{hook:?}");
+        }
+        let home = (!o.home.is_empty()).then_some(&o.home);
+        for path in o.custom_mounts.iter().chain(home) {
             assert!(path.len() <= MAX_PATH_LEN);
             assert!(path.starts_with('/') || path.starts_with("~/"), "{path:?}");
             assert!(!path.split('/').any(|c| c == ".."), "{path:?}");
