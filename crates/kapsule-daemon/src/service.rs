@@ -17,7 +17,7 @@ use crate::host::settings::{Bus, Settings};
 use crate::identity::link::{Authority, Link};
 use crate::operation::Operations;
 use crate::operation::clients::Clients;
-use crate::pipeline::{Daemon, recovery};
+use crate::pipeline::{Daemon, ephemeral, recovery};
 
 /// How the daemon runs as a service.
 #[derive(Debug, Default)]
@@ -113,6 +113,7 @@ async fn start(bus: Bus, settings: Settings) -> anyhow::Result<(Connection, Surf
         clients: Clients::new(connection.clone()),
         setup_locks: Default::default(),
         recovered: Default::default(),
+        ephemeral: Default::default(),
     });
     let surface = Surface {
         daemon: daemon.clone(),
@@ -135,5 +136,8 @@ async fn start(bus: Bus, settings: Settings) -> anyhow::Result<(Connection, Surf
     hostsync::watch(containers);
     // What a daemon before this one left unfinished (it was killed, or the machine stopped).
     recovery::at_start(&daemon).await;
+    // Ephemeral containers whose last session ended while no daemon ran, or ends later.
+    ephemeral::serve(&daemon);
+    ephemeral::at_start(&daemon).await;
     Ok((connection, surface))
 }

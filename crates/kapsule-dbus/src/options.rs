@@ -54,6 +54,7 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ("mounts", "Host Mounts"),
     ("gpu", "GPU"),
     ("setup", "Setup at Creation"),
+    ("lifetime", "Lifetime"),
 ];
 
 /// Every option, in schema order.
@@ -157,6 +158,15 @@ pub const OPTIONS: &[OptionSpec] = &[
         default: false,
         requires: None,
     },
+    OptionSpec {
+        key: "ephemeral",
+        section: "lifetime",
+        kind: OptionKind::Boolean,
+        title: "Ephemeral",
+        description: "Remove the container when the last session in it ends",
+        default: false,
+        requires: None,
+    },
 ];
 
 /// The most custom mounts one container may have, and the longest path accepted.
@@ -205,6 +215,8 @@ pub struct CreateOptions {
     pub pre_init_hooks: Vec<String>,
     pub additional_packages: Vec<String>,
     pub init_hooks: Vec<String>,
+    /// Removed by the daemon once nobody is in it any more (`kapsule run`).
+    pub ephemeral: bool,
 }
 
 /// Why a set of options was refused.
@@ -541,6 +553,7 @@ pub fn resolve(
         pre_init_hooks: list("pre_init_hooks"),
         additional_packages: list("additional_packages"),
         init_hooks: list("init_hooks"),
+        ephemeral: flag("ephemeral"),
     };
     if options.dbus_mux && !options.host_rootfs {
         return Err(OptionsError::Incompatible(

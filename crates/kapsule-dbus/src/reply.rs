@@ -86,6 +86,8 @@ pub struct ContainerDetails {
     pub pre_init_hooks: Vec<String>,
     pub additional_packages: Vec<String>,
     pub init_hooks: Vec<String>,
+    /// Removed once the last session in it ends (`kapsule run`).
+    pub ephemeral: bool,
     /// Its snapshots, oldest first.
     pub snapshots: Vec<SnapshotInfo>,
     /// Bytes its root file system uses, where the storage pool counts them.

@@ -37,7 +37,9 @@ fn schema_json_has_the_original_shape_and_order() {
         r#"{"id":"setup","title":"Setup at Creation","options":["#,
         r#"{"key":"pre_init_hooks","type":"array","title":"Commands Before Packages","description":"Commands run as root in the container at creation, before the packages are installed","default":[],"items":{"type":"string","format":"shell-command"}},"#,
         r#"{"key":"additional_packages","type":"array","title":"Additional Packages","description":"Packages installed by the container's package manager at creation","default":[],"items":{"type":"string","format":"package-name"}},"#,
-        r#"{"key":"init_hooks","type":"array","title":"Commands After Packages","description":"Commands run as root in the container at creation, after the packages are installed","default":[],"items":{"type":"string","format":"shell-command"}}]}]}"#,
+        r#"{"key":"init_hooks","type":"array","title":"Commands After Packages","description":"Commands run as root in the container at creation, after the packages are installed","default":[],"items":{"type":"string","format":"shell-command"}}]},"#,
+        r#"{"id":"lifetime","title":"Lifetime","options":["#,
+        r#"{"key":"ephemeral","type":"boolean","title":"Ephemeral","description":"Remove the container when the last session in it ends","default":false}]}]}"#,
     );
     assert_eq!(options::schema_json(), expected);
 }
@@ -59,6 +61,7 @@ fn defaults_when_nothing_is_given() {
             pre_init_hooks: vec![],
             additional_packages: vec![],
             init_hooks: vec![],
+            ephemeral: false,
         }
     );
 }

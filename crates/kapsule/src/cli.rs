@@ -50,6 +50,26 @@ pub enum Command {
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Run a throwaway container: create it, enter it (your shell, or a command), and have it
+    /// removed when the session ends.
+    ///
+    /// The daemon removes it once nobody is in it any more, also when this command is killed
+    /// or the daemon restarts meanwhile. The exit status is the session's. Takes create's
+    /// flags (`--image`, `--no-mount-home`, `--additional-packages`, ...).
+    #[command(visible_alias = "ephemeral")]
+    Run {
+        /// Image: local:<alias>, <remote>:<alias> or <alias> (default: the configured default_image).
+        #[arg(long, short)]
+        image: Option<String>,
+        /// The container's name (default: run- and a random suffix).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        options: CreateFlags,
+        /// The command and its arguments, after `--` (default: your login shell).
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// List containers.
     #[command(visible_alias = "ls")]
     List {
@@ -607,6 +627,10 @@ mod tests {
         assert!(matches!(
             Cli::try_parse_from(["kap", "rm", "a", "b", "-f"]).unwrap().command,
             Command::Rm { names, force: true, all: false, .. } if names == ["a", "b"]
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["kap", "ephemeral", "--no-gpu", "--", "sh", "-c", "exit 3"]).unwrap().command,
+            Command::Run { command, name: None, .. } if command == ["sh", "-c", "exit 3"]
         ));
         assert!(matches!(
             Cli::try_parse_from(["kap", "stop", "--all", "--yes"]).unwrap().command,

@@ -34,6 +34,17 @@ pub async fn run(cli: Cli) -> Result<Option<Status>> {
         };
         return crate::enter::enter(&connection, &manager, args).await.map(Some);
     }
+    if let Command::Run {
+        image,
+        name,
+        options,
+        command,
+    } = cli.command
+    {
+        return run_ephemeral(&connection, &manager, image, name, options.values, command)
+            .await
+            .map(Some);
+    }
     run_command(&connection, &manager, cli.command).await.map(|()| None)
 }
 
@@ -268,8 +279,50 @@ async fn run_command(connection: &Connection, manager: &ManagerProxy<'_>, comman
             }
             Ok(())
         }
-        Command::Completions { .. } | Command::Enter { .. } => Ok(()),
+        Command::Completions { .. } | Command::Enter { .. } | Command::Run { .. } => Ok(()),
     }
+}
+
+/// `kapsule run`: an ephemeral container made, entered, and (by the daemon, once the session
+/// ended) removed; this waits a little for the removal, so that the next command no longer sees
+/// the container, and ends as the session did.
+async fn run_ephemeral(
+    connection: &Connection,
+    manager: &ManagerProxy<'_>,
+    image: Option<String>,
+    name: Option<String>,
+    mut options: std::collections::HashMap<String, zbus::OwnedVariant>,
+    command: Vec<String>,
+) -> Result<Status> {
+    let name = name.unwrap_or_else(|| {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        format!("run-{:06x}", (seed ^ std::process::id().rotate_left(16)) & 0xff_ffff)
+    });
+    options.insert("ephemeral".to_owned(), zbus::OwnedVariant::from(true));
+    operation(
+        connection,
+        manager.create_container(&name, image.as_deref().unwrap_or(""), options),
+    )
+    .await?;
+    let args = crate::enter::EnterArgs {
+        name: Some(name.clone()),
+        cwd: None,
+        command,
+        no_create: true,
+    };
+    let status = crate::enter::enter(connection, manager, args).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        // Gone (or the daemon with it: nothing more to wait for).
+        if manager.get_container_info(&name).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    status
 }
 
 /// What `kapsule export` was given.

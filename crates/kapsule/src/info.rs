@@ -73,6 +73,7 @@ fn json(d: &ContainerDetails, exports: &[(String, String)]) -> serde_json::Value
         "pre_init_hooks": d.pre_init_hooks,
         "additional_packages": d.additional_packages,
         "init_hooks": d.init_hooks,
+        "ephemeral": d.ephemeral,
         "snapshots": snapshots,
         "disk_usage": d.disk_usage,
         "exports": exports,
@@ -83,6 +84,12 @@ fn json(d: &ContainerDetails, exports: &[(String, String)]) -> serde_json::Value
 /// host, what was done to it, what it holds.
 fn rows(d: &ContainerDetails, exports: &[(String, String)]) -> Vec<(&'static str, String)> {
     let mut rows = vec![("Name", d.name.clone()), ("Status", d.status.clone())];
+    if d.ephemeral {
+        rows.push((
+            "Lifetime",
+            "ephemeral: removed when the last session in it ends".to_owned(),
+        ));
+    }
     let mut image = d.image.clone();
     if let Some(source) = &d.image_source {
         image.push_str(&format!(" (from {source})"));

@@ -18,6 +18,14 @@ pub(crate) const OWNER_KEY: &str = "user.kapsule.owner";
 /// What a container was created from, as its creator named the image (`images:debian/12`).
 pub(crate) const IMAGE_KEY: &str = "user.kapsule.image";
 
+/// Set on a container the daemon removes once nobody is in it (`kapsule run`).
+pub(crate) const EPHEMERAL_KEY: &str = "user.kapsule.ephemeral";
+
+/// True for a container made to be removed once nobody is in it.
+pub(crate) fn is_ephemeral(instance: &Instance) -> bool {
+    instance.config.get(EPHEMERAL_KEY).map(String::as_str) == Some("true")
+}
+
 /// The journal entry of a create or delete under way (or abandoned): written with the instance,
 /// cleared as the last step (see `host/journal.rs`).
 pub(crate) const PENDING_KEY: &str = "user.kapsule.pending";
@@ -144,6 +152,7 @@ pub(crate) fn container_details(instance: &Instance) -> ContainerDetails {
         pre_init_hooks: steps.pre_init_hooks,
         additional_packages: steps.packages,
         init_hooks: steps.init_hooks,
+        ephemeral: wants.ephemeral,
         snapshots: Vec::new(),
         disk_usage: None,
     }
@@ -253,6 +262,8 @@ pub(crate) struct Wants {
     pub custom_mounts: Vec<String>,
     /// The host directory each user's home comes from (`~/` is theirs); empty: their host home.
     pub home: String,
+    /// Removed once nobody is in it.
+    pub ephemeral: bool,
 }
 
 impl Wants {
@@ -266,6 +277,7 @@ impl Wants {
                 .and_then(|json| serde_json::from_str(json).ok())
                 .unwrap_or_default(),
             home: get("home").unwrap_or_default().to_owned(),
+            ephemeral: get("ephemeral") == Some("true"),
         }
     }
 }
@@ -406,6 +418,7 @@ mod tests {
                 session_mode: false,
                 custom_mounts: vec![],
                 home: String::new(),
+                ephemeral: false,
             }
         );
         for (k, v) in [
@@ -425,6 +438,7 @@ mod tests {
                 session_mode: true,
                 custom_mounts: vec!["~/src".into(), "/opt/x".into()],
                 home: "~/boxes/dev".into(),
+                ephemeral: false,
             }
         );
         assert!(!is_set_up(&i, 1000));

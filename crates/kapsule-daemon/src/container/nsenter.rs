@@ -73,10 +73,67 @@ fn failed(e: impl std::fmt::Display) -> Error {
 /// `incus exec` puts its sessions: the container's cgroup in each v1 hierarchy, and its `.lxc`
 /// leaf in the unified one (cgroup v2 allows no process next to child cgroups).
 fn join_container_cgroups(name: &str, init_pid: u32, pid: u32) -> std::io::Result<()> {
+    let mut joined_unified = false;
+    for (dir, unified) in session_cgroups(name, init_pid)? {
+        if unified {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
+            Ok(()) => joined_unified |= unified,
+            Err(e) if unified => return Err(e),
+            Err(e) => log::warn!("cannot join {}: {e}", dir.display()),
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    if !joined_unified && mountinfo.contains(" - cgroup2 ") {
+        return Err(std::io::Error::other(format!(
+            "no cgroup of '{name}' found for its init {init_pid}"
+        )));
+    }
+    Ok(())
+}
+
+/// The process name (`comm`) of the session helper, which the kernel cuts to 15 bytes: exactly
+/// `kapsule-nsenter`.
+const HELPER_COMM: &str = "kapsule-nsenter";
+
+/// How many sessions run in container `name` (whose init is `init_pid`): its session helpers
+/// alive, whichever daemon started them (they outlive a daemon restart). A helper lives in the
+/// cgroup it joined (see [`join_container_cgroups`]) until its command ends; what the command
+/// left running behind it is not a session.
+pub(crate) fn count_sessions(name: &str, init_pid: u32) -> std::io::Result<usize> {
+    let dirs = session_cgroups(name, init_pid)?;
+    // The unified leaf holds sessions only; a v1 cgroup of the container is the next best.
+    let Some((dir, _)) = dirs.iter().find(|(_, unified)| *unified).or(dirs.first()) else {
+        return Err(std::io::Error::other(format!(
+            "no cgroup of '{name}' found for its init {init_pid}"
+        )));
+    };
+    let procs = match std::fs::read_to_string(dir.join("cgroup.procs")) {
+        Ok(procs) => procs,
+        // No session ever made the leaf.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    Ok(procs
+        .lines()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim_end() == HELPER_COMM)
+        })
+        .count())
+}
+
+/// The cgroups sessions of container `name` join: `(directory, unified)`, the unified one being
+/// the `.lxc` leaf (which may not exist yet).
+fn session_cgroups(name: &str, init_pid: u32) -> std::io::Result<Vec<(PathBuf, bool)>> {
     let cgroups = std::fs::read_to_string(format!("/proc/{init_pid}/cgroup"))?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
     let payload = format!("lxc.payload.{name}");
-    let mut joined_unified = false;
+    let mut dirs = Vec::new();
     for line in cgroups.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
@@ -91,24 +148,10 @@ fn join_container_cgroups(name: &str, init_pid: u32, pid: u32) -> std::io::Resul
         let mut dir = mount.join(root.trim_start_matches('/'));
         if unified {
             dir.push(".lxc");
-            match std::fs::create_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
         }
-        match std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
-            Ok(()) => joined_unified |= unified,
-            Err(e) if unified => return Err(e),
-            Err(e) => log::warn!("cannot join {}: {e}", dir.display()),
-        }
+        dirs.push((dir, unified));
     }
-    if !joined_unified && mountinfo.contains(" - cgroup2 ") {
-        return Err(std::io::Error::other(format!(
-            "no cgroup of '{name}' found for its init {init_pid}"
-        )));
-    }
-    Ok(())
+    Ok(dirs)
 }
 
 /// The mount point of the unified hierarchy, or of the v1 hierarchy with `controllers`.

@@ -41,6 +41,9 @@ pub(crate) fn config(options: &CreateOptions) -> ConfigMap {
     if !options.home.is_empty() {
         set("user.kapsule.home", &options.home);
     }
+    if options.ephemeral {
+        set(crate::container::meta::EPHEMERAL_KEY, "true");
+    }
     config.extend(Steps::of_options(options).config());
     config
 }

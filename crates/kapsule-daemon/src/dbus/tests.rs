@@ -42,6 +42,7 @@ async fn serve(incus: FakeIncus, allowed: &[&'static str]) -> Served {
         clients: Clients::default(),
         setup_locks: Default::default(),
         recovered: Default::default(),
+        ephemeral: Default::default(),
     });
     let surface = Surface {
         daemon: daemon.clone(),

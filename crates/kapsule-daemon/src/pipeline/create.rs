@@ -24,7 +24,7 @@ use crate::image::pull::{pull, pulled_from};
 use crate::image::remotes::{Remote, Remotes};
 use crate::operation::incus::run_incus_operation;
 use crate::operation::{Failure, MessageKind, Notes, Reporter};
-use crate::pipeline::{Daemon, recovery};
+use crate::pipeline::{Daemon, ephemeral, recovery};
 
 /// A create request that passed every check.
 #[derive(Debug)]
@@ -344,6 +344,12 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
     match created {
         Ok(()) => {
             reporter.progress_done(&progress, true, "").await;
+            if plan.options.ephemeral {
+                reporter
+                    .say(MessageKind::Dim, "It is removed once the last session in it ends")
+                    .await;
+                daemon.ephemeral.watch(&name, ephemeral::FIRST_SESSION_GRACE);
+            }
             daemon.clients.containers_changed().await;
             Ok(format!("Container '{name}' created"))
         }

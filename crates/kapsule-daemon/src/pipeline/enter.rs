@@ -237,6 +237,9 @@ pub(crate) async fn start(daemon: &Daemon, who: &Requester, session: Session) ->
         terminal,
     };
     let (channel, mut fds) = start_helper(&daemon.containers, &name, (pid, pidfd), request, stdio).await?;
+    if wants.ephemeral {
+        daemon.ephemeral.session_started(&name);
+    }
     Ok(Started {
         container: name,
         channel: OwnedFd::from(channel),

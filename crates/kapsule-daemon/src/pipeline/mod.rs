@@ -12,6 +12,8 @@ pub(crate) mod clone;
 pub(crate) mod create;
 /// `Enter` and `PrepareEnter`.
 pub(crate) mod enter;
+/// Ephemeral containers, removed once nobody is in them.
+pub(crate) mod ephemeral;
 /// `ImportImage`, `RefreshImages`, `DeleteImage`.
 pub(crate) mod images;
 /// `StartContainer`, `StopContainer`, `DeleteContainer`, and starting on the way in.
@@ -37,4 +39,5 @@ pub(crate) struct Daemon {
     pub(crate) clients: Clients,
     pub(crate) setup_locks: setup_user::SetupLocks,
     pub(crate) recovered: recovery::Recovered,
+    pub(crate) ephemeral: ephemeral::Watches,
 }
