@@ -33,6 +33,7 @@ pub const DAEMON: Table<'static> = &[
 pub const CLI: Table<'static> = &[
     ("cli", 0),
     ("daemon", 0),
+    ("manifest", 0),
     ("follow", 1),
     ("exports", 1),
     ("info", 1),

@@ -230,6 +230,30 @@ pub enum Command {
         #[arg(long, requires = "delete", conflicts_with_all = ["app", "bin", "menu_entry"])]
         all: bool,
     },
+    /// Create or remove the containers a manifest describes (distrobox.ini, or kapsule.ini).
+    ///
+    /// Each [section] is a container; its keys are distrobox's (image, clone, additional_packages,
+    /// init_hooks, pre_init_hooks, home, volume, nvidia, start_now, replace, entry,
+    /// exported_apps, exported_bins, exported_bins_path, include) and Kapsule's create options
+    /// (gpu, custom_mounts, session_mode, ...). A key Kapsule has no meaning for is an error
+    /// naming its line, and nothing is done. A container that exists is left as it is, unless
+    /// replace=true or --replace: running it again changes nothing.
+    Assemble {
+        /// create: make what the manifest describes; rm: remove it, with what was exported.
+        action: AssembleAction,
+        /// The manifest (default: ./kapsule.ini, else ./distrobox.ini).
+        #[arg(long, short)]
+        file: Option<std::path::PathBuf>,
+        /// Only this container of the manifest.
+        #[arg(long, short)]
+        name: Option<String>,
+        /// Make containers that exist anew (removing them first, with their exports).
+        #[arg(long, short = 'R')]
+        replace: bool,
+        /// Only say what would be done.
+        #[arg(long, short)]
+        dry_run: bool,
+    },
     /// Manage images.
     Image {
         #[command(subcommand)]
@@ -288,6 +312,13 @@ pub enum ImageCommand {
     /// Delete a local image, by alias or fingerprint.
     #[command(visible_alias = "rm")]
     Delete { image: String },
+}
+
+/// What `kapsule assemble` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AssembleAction {
+    Create,
+    Rm,
 }
 
 /// How data is printed.

@@ -6,7 +6,7 @@ use kapsule_dbus::session::Status;
 use kapsule_dbus::{ContainerInfo, ManagerProxy, SnapshotInfo};
 use zbus::Connection;
 
-use crate::cli::{Cli, Command, Format, ImageCommand, SnapshotCommand};
+use crate::cli::{AssembleAction, Cli, Command, Format, ImageCommand, SnapshotCommand};
 use crate::daemon::{connect, explain};
 use crate::follow::operation;
 
@@ -233,6 +233,13 @@ async fn run_command(connection: &Connection, manager: &ManagerProxy<'_>, comman
             write_out(&crate::info::render(&details, format));
             Ok(())
         }
+        Command::Assemble {
+            action,
+            file,
+            name,
+            replace,
+            dry_run,
+        } => assemble(connection, manager, action, file, name, replace, dry_run).await,
         Command::Image {
             command: ImageCommand::List { format },
         } => {
@@ -323,6 +330,195 @@ async fn run_ephemeral(
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     status
+}
+
+/// `kapsule assemble`: the manifest read and checked whole first (a bad line changes nothing),
+/// then each container in turn, one's failure reported and the others done.
+async fn assemble(
+    connection: &Connection,
+    manager: &ManagerProxy<'_>,
+    action: AssembleAction,
+    file: Option<std::path::PathBuf>,
+    only: Option<String>,
+    replace: bool,
+    dry_run: bool,
+) -> Result<()> {
+    use crate::manifest;
+    let path = match file {
+        Some(path) => path,
+        None => ["kapsule.ini", "distrobox.ini"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or_else(|| anyhow!("no kapsule.ini or distrobox.ini here; give one with --file"))?,
+    };
+    if path.to_str().is_some_and(|p| p.contains("://")) {
+        bail!(
+            "{}: Kapsule reads manifests from files only; download it first",
+            path.display()
+        );
+    }
+    if replace && action == AssembleAction::Rm {
+        bail!("--replace goes with assemble create");
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let at = |e: manifest::Error| anyhow!("{}: {e}", path.display());
+    let sections = manifest::parse(&text)
+        .and_then(|s| manifest::expand_includes(&s))
+        .map_err(at)?;
+    let items = sections
+        .iter()
+        .map(manifest::item)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(at)?;
+    let items: Vec<manifest::Item> = match &only {
+        Some(name) => {
+            let found: Vec<_> = items.into_iter().filter(|i| i.name == *name).collect();
+            if found.is_empty() {
+                bail!("{} has no [{name}]", path.display());
+            }
+            found
+        }
+        None => items,
+    };
+    if items.is_empty() {
+        eprintln!("{} describes no containers.", path.display());
+        return Ok(());
+    }
+    for note in items.iter().flat_map(|i| &i.notes) {
+        eprintln!("note: {}: {note}", path.display());
+    }
+    let names: Vec<String> = items.iter().map(|i| i.name.clone()).collect();
+    let find = |name: &str| items.iter().find(|i| i.name == name).expect("an item of the manifest");
+    match action {
+        AssembleAction::Create => {
+            each(&names, ("creations", "Assembled"), |name| async move {
+                assemble_one(connection, manager, find(&name), replace, dry_run).await
+            })
+            .await
+        }
+        AssembleAction::Rm => {
+            each(&names, ("removals", "Removed"), |name| async move {
+                if !exists(manager, &name).await? {
+                    eprintln!("'{name}' does not exist");
+                    return Ok(());
+                }
+                if dry_run {
+                    write_out(&format!("would remove '{name}' and what was exported from it"));
+                    return Ok(());
+                }
+                operation(connection, manager.delete_container(&name, true)).await?;
+                crate::exports::remove_all(&name);
+                Ok(())
+            })
+            .await
+        }
+    }
+}
+
+/// Whether container `name` exists.
+async fn exists(manager: &ManagerProxy<'_>, name: &str) -> Result<bool> {
+    match manager.get_container_info(name).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(explain(e)),
+    }
+}
+
+/// True for the daemon's `NotFound` error.
+fn is_not_found(e: &zbus::Error) -> bool {
+    matches!(kapsule_dbus::Error::from(e.clone()), kapsule_dbus::Error::NotFound(_))
+}
+
+/// One container of a manifest: left alone when it exists (unless replaced), else made, given
+/// its menu entry and exports, and stopped when `start_now=false`.
+async fn assemble_one(
+    connection: &Connection,
+    manager: &ManagerProxy<'_>,
+    item: &crate::manifest::Item,
+    replace: bool,
+    dry_run: bool,
+) -> Result<()> {
+    let name = item.name.as_str();
+    let found = exists(manager, name).await?;
+    if found && !(replace || item.replace) {
+        eprintln!("'{name}' exists; left as it is (replace=true or --replace makes it anew)");
+        return Ok(());
+    }
+    if dry_run {
+        write_out(&describe(item, found));
+        return Ok(());
+    }
+    if found {
+        operation(connection, manager.delete_container(name, true)).await?;
+        crate::exports::remove_all(name);
+    }
+    match &item.clone {
+        Some(source) => operation(connection, manager.clone_container(source, name, "")).await?,
+        None => {
+            operation(
+                connection,
+                manager.create_container(name, &item.image, item.options.clone()),
+            )
+            .await?
+        }
+    }
+    match item.entry {
+        Some(true) => crate::exports::add_menu_entry(name)?,
+        Some(false) => {}
+        None => crate::exports::menu_entry_for_new(manager, name).await,
+    }
+    if !item.exported_apps.is_empty() || !item.exported_bins.is_empty() {
+        let what = Exports {
+            app: item.exported_apps.clone(),
+            bin: item.exported_bins.clone(),
+            menu_entry: false,
+        };
+        let path = item.exported_bins_path.as_ref().map(|p| match p.strip_prefix("~") {
+            Ok(rest) => {
+                std::env::var_os("HOME").map_or_else(|| p.clone(), |home| std::path::PathBuf::from(home).join(rest))
+            }
+            Err(_) => p.clone(),
+        });
+        export(manager, name, &what, path).await?;
+    }
+    if item.start_now == Some(false) {
+        operation(connection, manager.stop_container(name, false)).await?;
+    }
+    Ok(())
+}
+
+/// What `assemble create --dry-run` says it would do for `item`.
+fn describe(item: &crate::manifest::Item, replacing: bool) -> String {
+    let name = &item.name;
+    let mut text = if replacing {
+        format!("would remove '{name}' (with its exports) and ")
+    } else {
+        "would ".to_owned()
+    };
+    match &item.clone {
+        Some(source) => text.push_str(&format!("clone '{source}' as '{name}'")),
+        None if item.image.is_empty() => text.push_str(&format!("create '{name}' from the default image")),
+        None => text.push_str(&format!("create '{name}' from {}", item.image)),
+    }
+    let mut options: Vec<String> = item
+        .options
+        .iter()
+        .map(|(k, v)| format!("{k}={}", zbus::Variant::from(v.try_clone().expect("a plain value"))))
+        .collect();
+    options.sort();
+    if !options.is_empty() {
+        text.push_str(&format!(" with {}", options.join(", ")));
+    }
+    for (what, list) in [("apps", &item.exported_apps), ("commands", &item.exported_bins)] {
+        if !list.is_empty() {
+            text.push_str(&format!("; export {what} {}", list.join(" ")));
+        }
+    }
+    if item.start_now == Some(false) {
+        text.push_str("; stop it");
+    }
+    text
 }
 
 /// What `kapsule export` was given.
@@ -612,9 +808,7 @@ async fn yours(manager: &ManagerProxy<'_>) -> Result<Vec<ContainerInfo>> {
         let details = match manager.get_container_details(&container.name).await {
             Ok(details) => details,
             // Removed meanwhile: not one to act on.
-            Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.kde.kapsule.Error.NotFound" => {
-                continue;
-            }
+            Err(e) if is_not_found(&e) => continue,
             Err(e) => return Err(explain(e)),
         };
         let owned = match details.owner {

@@ -13,5 +13,7 @@ mod exports;
 mod follow;
 /// `kapsule info`: one container in full.
 mod info;
+/// `distrobox.ini` manifests, read for `kapsule assemble`.
+pub mod manifest;
 
 pub use commands::run;
