@@ -30,6 +30,9 @@
 //! - create, snapshot, restore, clone and reset through the daemon vs the same Incus calls made
 //!   directly.
 //!
+//! Everyday habits (issue: "everyday distrobox habits"):
+//! - `kapsule upgrade --all` of three containers vs three `kapsule upgrade NAME` one after another.
+//!
 //! Everything runs as processes, as users run them: the release binaries, a daemon of its own on
 //! a private bus. Nothing is left behind.
 
@@ -38,6 +41,7 @@
 
 mod daemon;
 mod undo;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -334,6 +338,18 @@ fn run() -> Result<()> {
         options.lifecycle_trials,
     ))?);
     sections.push(("undo (ms; Completed signal vs Incus calls done)", undo_rows));
+
+    // Upgrading several containers in one command, as the user.
+    let upgrade_rows = upgrade::upgrade(
+        &rt,
+        &bin.join("kapsule"),
+        &bus.address,
+        &user,
+        &incus,
+        &image,
+        options.lifecycle_trials,
+    )?;
+    sections.push(("upgrade (ms; whole commands, up-to-date containers)", upgrade_rows));
     let busy_memory = daemon::memory(main_daemon.0.id())?;
 
     for (section, rows) in &sections {

@@ -56,12 +56,17 @@ async fn run_command(connection: &Connection, manager: &ManagerProxy<'_>, comman
             no_menu_entry,
             options,
         } => {
+            // An ephemeral container goes on its own: an entry would outlive it.
+            let ephemeral = options
+                .values
+                .get("ephemeral")
+                .is_some_and(|v| bool::try_from(v).unwrap_or(false));
             operation(
                 connection,
                 manager.create_container(&name, image.as_deref().unwrap_or(""), options.values),
             )
             .await?;
-            if !no_menu_entry {
+            if !no_menu_entry && !ephemeral {
                 crate::exports::menu_entry_for_new(manager, &name).await;
             }
             Ok(())
@@ -803,9 +808,12 @@ async fn yours(manager: &ManagerProxy<'_>) -> Result<Vec<ContainerInfo>> {
     let uid = rustix::process::getuid().as_raw();
     let mut containers = manager.list_containers().await.map_err(explain)?;
     containers.sort();
+    // Asked all at once: each answer waits on Incus.
+    let details =
+        futures_util::future::join_all(containers.iter().map(|c| manager.get_container_details(&c.name))).await;
     let mut yours = Vec::new();
-    for container in containers {
-        let details = match manager.get_container_details(&container.name).await {
+    for (container, details) in containers.into_iter().zip(details) {
+        let details = match details {
             Ok(details) => details,
             // Removed meanwhile: not one to act on.
             Err(e) if is_not_found(&e) => continue,

@@ -18,7 +18,7 @@ pub(crate) mod ephemeral;
 pub(crate) mod images;
 /// `StartContainer`, `StopContainer`, `DeleteContainer`, and starting on the way in.
 pub(crate) mod lifecycle;
-/// `ListContainers`, `GetContainerInfo`, `IsUserSetup`, `ListImages`, `GetConfig`.
+/// `ListContainers`, `GetContainerInfo`, `GetContainerDetails`, `IsUserSetup`, `ListImages`, `GetConfig`.
 pub(crate) mod queries;
 /// Work a killed daemon left unfinished: found and recovered.
 pub(crate) mod recovery;
