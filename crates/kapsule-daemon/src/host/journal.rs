@@ -9,7 +9,8 @@
 //! crashed, the machine rebooted) abandoned it, and the daemon that finds it recovers it. Within
 //! one process, the work under way holds the thing it works on ([`hold`]), so an entry of this
 //! very process is abandoned only once nothing holds it (the work failed and could not undo
-//! itself, e.g. with Incus gone meanwhile).
+//! itself, e.g. with Incus gone meanwhile). Recoveries of different processes take turns
+//! ([`recovery_turn`]), so an abandoned entry is acted on once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -187,6 +188,47 @@ impl Drop for Hold {
     }
 }
 
+/// Where the daemon processes of this machine take turns at recovery: one in production, but an
+/// old one may still be ending while its successor starts, and the tests run many. Without turns
+/// two daemons find the same abandoned entry and both act on it (two rebuilds of one container
+/// at once fail in Incus).
+const RECOVERY_LOCK: &str = "/run/lock/kapsule-recovery.lock";
+
+/// This process's turn at recovery, held while it lives (an exclusive `flock`, released when the
+/// file is closed, also by the kernel when the process dies).
+#[derive(Debug)]
+pub(crate) struct RecoveryTurn {
+    _lock: Option<std::fs::File>,
+}
+
+/// Waits for this process's turn at recovery. Where the lock file cannot be had (no `/run/lock`),
+/// recovery goes on without turns, as it would with one daemon.
+pub(crate) async fn recovery_turn() -> RecoveryTurn {
+    let taken = tokio::task::spawn_blocking(|| -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(RECOVERY_LOCK)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(file)
+    })
+    .await;
+    match taken {
+        Ok(Ok(file)) => RecoveryTurn { _lock: Some(file) },
+        Ok(Err(e)) => {
+            log::warn!("cannot take turns at recovery through {RECOVERY_LOCK}: {e}");
+            RecoveryTurn { _lock: None }
+        }
+        Err(e) => {
+            log::warn!("cannot take turns at recovery: {e}");
+            RecoveryTurn { _lock: None }
+        }
+    }
+}
+
 /// The key of container `name`.
 pub(crate) fn instance_key(name: &str) -> String {
     format!("instance/{name}")
@@ -200,6 +242,21 @@ pub(crate) fn image_key(fingerprint: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recoveries_take_turns() {
+        let first = recovery_turn().await;
+        assert!(first._lock.is_some(), "{RECOVERY_LOCK} could not be locked");
+        let second = tokio::spawn(recovery_turn());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!second.is_finished(), "a second turn while the first is held");
+        drop(first);
+        let second = tokio::time::timeout(std::time::Duration::from_secs(5), second)
+            .await
+            .expect("the second turn once the first ended")
+            .unwrap();
+        assert!(second._lock.is_some());
+    }
 
     #[test]
     fn entries_read_back_and_refuse_what_they_did_not_write() {

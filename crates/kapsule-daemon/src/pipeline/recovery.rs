@@ -89,12 +89,15 @@ pub(crate) async fn settled(daemon: &Daemon, name: &str) -> Result<Instance, Err
     }
 }
 
-/// Recovers container `name` if its entry is abandoned (checked again once it is held: another
-/// recovery may have finished it meanwhile). Returns what it did.
+/// Recovers container `name` if its entry is abandoned (checked again once it is held and it is
+/// this daemon's turn: another recovery, of this daemon or another, may have finished it
+/// meanwhile). Returns what it did.
 pub(crate) async fn recover_container(daemon: &Daemon, name: &str) -> Result<Option<String>, Error> {
     let key = journal::instance_key(name);
     let _hold = journal::hold(&key).await;
     let _busy = daemon.containers.activity.hold();
+    // Another daemon may be recovering it right now: read it once that one is done.
+    let _turn = journal::recovery_turn().await;
     let instance = match daemon.containers.incus.get_instance(name).await {
         Ok(instance) => instance,
         Err(e) if e.is_not_found() => return Ok(None),
@@ -229,6 +232,7 @@ pub(crate) async fn recover_image(daemon: &Daemon, fingerprint: &str) -> Result<
     let key = journal::image_key(fingerprint);
     let _hold = journal::hold(&key).await;
     let _busy = daemon.containers.activity.hold();
+    let _turn = journal::recovery_turn().await;
     let incus = &daemon.containers.incus;
     let image = match incus.get_image(fingerprint).await {
         Ok(image) => image,
