@@ -167,9 +167,9 @@ fn report(what: &str, found: &BTreeMap<&'static str, usize>, required: &[&str]) 
 
 /// The create test's kill points, in four tests that run at once (a create takes seconds, and
 /// each kill is followed by a recovery and a create again): 12 spread over the create, and in each
-/// part three anchored to what the create says, so each part lands in each stage whatever the
-/// machine's load does to the spread: in Incus's create (after "Image: ..."), in the daemon's
-/// steps after it (the image's init hook), and as the last message goes out.
+/// part three anchored, so each part lands in each stage whatever the machine's load does to the
+/// spread: in Incus's create (once the instance is there), in the daemon's steps after it (the
+/// image's init hook), and as the last message goes out.
 const CREATE_SPREAD: usize = 12;
 const CREATE_PARTS: usize = 4;
 
@@ -208,27 +208,44 @@ async fn create_kills(part: usize) {
     let length = started.elapsed();
     daemon.delete(&name).await;
 
-    let mut kills: Vec<Kill> = (part..CREATE_SPREAD)
+    let kills: Vec<Kill> = (part..CREATE_SPREAD)
         .step_by(CREATE_PARTS)
         .map(|k| Kill::At(kill_point(length, k, CREATE_SPREAD)))
         .collect();
     let part_ms = u64::try_from(part).unwrap();
-    kills.push(Kill::After("Image: ", Duration::from_millis(300 + 100 * part_ms)));
-    kills.push(Kill::After(
+    // Anchored: while Incus unpacks (seconds on `dir`), timed from when the instance is there, not
+    // from a message (a loaded Incus took more than the old 300 ms after "Image: ..." to take the
+    // request, and a client gone before that is a request Incus drops); in the daemon's steps
+    // right after the image's init hook starts (its steps after it take well under 100 ms); and
+    // as the last message goes out.
+    let mut kills: Vec<Option<Kill>> = kills.into_iter().map(Some).collect();
+    kills.push(None);
+    kills.push(Some(Kill::After(
         "Running /.kapsule/init/",
-        Duration::from_millis(40 * part_ms),
-    ));
-    kills.push(Kill::After("created", Duration::ZERO));
+        Duration::from_millis(5 * part_ms),
+    )));
+    kills.push(Some(Kill::After("created", Duration::ZERO)));
     let mut found = BTreeMap::new();
     for kill in kills {
         let name = unique_name("crash-create");
         let _guard = InstanceGuard(name.clone());
-        let at = kill
-            .reach(
-                &daemon,
-                daemon.manager.create_container(&name, &image, Default::default()),
-            )
-            .await;
+        let call = daemon.manager.create_container(&name, &image, Default::default());
+        let at = match kill {
+            Some(kill) => kill.reach(&daemon, call).await,
+            None => {
+                let delay = Duration::from_millis(200 + 100 * part_ms);
+                call.await.unwrap();
+                let made = tokio::time::timeout(Duration::from_secs(120), async {
+                    while env.incus.get_instance(&name).await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+                .await;
+                assert!(made.is_ok(), "Incus never had {name}");
+                tokio::time::sleep(delay).await;
+                format!("{delay:?} after the instance was in Incus")
+            }
+        };
         daemon.kill();
         let in_incus = incus_is_busy_with(&format!("/1.0/instances/{name}"));
         incus_done_with(&name).await;
