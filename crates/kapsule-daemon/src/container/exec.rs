@@ -50,6 +50,16 @@ impl Ran {
             Status::Killed(signal) => 128 + signal,
         }
     }
+
+    /// How it failed, for a message after what failed: ` (exit code N): <last line of its
+    /// output>`, without the colon part when it said nothing.
+    pub(crate) fn failure(&self) -> String {
+        let output = String::from_utf8_lossy(&self.stderr);
+        match output.trim().lines().last().unwrap_or_default() {
+            "" => format!(" (exit code {})", self.code()),
+            last => format!(" (exit code {}): {last}", self.code()),
+        }
+    }
 }
 
 /// Runs `command` as root in running container `name` with `input` on its stdin, waiting at
@@ -239,4 +249,23 @@ async fn read_keeping(mut from: tokio::net::unix::pipe::Receiver, keep: usize) -
         kept.extend_from_slice(&buf[..n.min(room)]);
     }
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_says_the_code_and_the_last_line() {
+        let ran = |status, stderr: &str| Ran {
+            status,
+            stderr: stderr.as_bytes().to_vec(),
+        };
+        assert_eq!(
+            ran(Status::Exited(100), "E: first\nE: last one\n\n").failure(),
+            " (exit code 100): E: last one"
+        );
+        assert_eq!(ran(Status::Exited(7), "  \n").failure(), " (exit code 7)");
+        assert_eq!(ran(Status::Killed(9), "").failure(), " (exit code 137)");
+    }
 }

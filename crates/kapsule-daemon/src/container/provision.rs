@@ -138,17 +138,7 @@ pub(crate) async fn run(containers: &Containers, notes: Notes<'_>, name: &str, s
             () = notes.cancelled() => return Err(Failure::Cancelled),
         };
         if !ran.success() {
-            let output = String::from_utf8_lossy(&ran.stderr);
-            let last = output.trim().lines().last().unwrap_or_default();
-            let why = if last.is_empty() {
-                String::new()
-            } else {
-                format!(": {last}")
-            };
-            return Err(Failure::Failed(format!(
-                "{label} failed (exit code {}){why}",
-                ran.code()
-            )));
+            return Err(Failure::Failed(format!("{label} failed{}", ran.failure())));
         }
     }
     if !steps.is_empty() {

@@ -134,17 +134,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, plan: Plan) -> Res
     }
     let ran = ran?;
     if !ran.success() {
-        let output = String::from_utf8_lossy(&ran.stderr);
-        let last = output.trim().lines().last().unwrap_or_default().to_owned();
-        return Err(Failure::Failed(format!(
-            "Upgrading '{name}' failed (exit code {}){}",
-            ran.code(),
-            if last.is_empty() {
-                String::new()
-            } else {
-                format!(": {last}")
-            }
-        )));
+        return Err(Failure::Failed(format!("Upgrading '{name}' failed{}", ran.failure())));
     }
     Ok(format!("Container '{name}' upgraded"))
 }
