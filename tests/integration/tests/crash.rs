@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use kapsule_dbus::ManagerProxy;
 use kapsule_integration_tests::{
     InstanceGuard, PrivateBus, TestEnv, container_request, daemon_process_with, env, follow, incus_done_with,
-    incus_is_busy_with, kapsule_signals, pack_image, sh, test_user, unique_name,
+    incus_is_busy_with, kapsule_signals, options, pack_image, sh, test_user, unique_name,
 };
 
 /// The daemon as a process, and a client of it.
@@ -168,8 +168,8 @@ fn report(what: &str, found: &BTreeMap<&'static str, usize>, required: &[&str]) 
 /// The create test's kill points, in four tests that run at once (a create takes seconds, and
 /// each kill is followed by a recovery and a create again): 12 spread over the create, and in each
 /// part three anchored, so each part lands in each stage whatever the machine's load does to the
-/// spread: in Incus's create (once the instance is there), in the daemon's steps after it (the
-/// image's init hook), and as the last message goes out.
+/// spread: in Incus's create (once the instance is there and Incus works on it), in the daemon's steps after it
+/// (a create whose init hook sleeps, so the steps last seconds), and as the last message goes out.
 const CREATE_SPREAD: usize = 12;
 const CREATE_PARTS: usize = 4;
 
@@ -193,7 +193,32 @@ async fn a_create_killed_anywhere_is_done_or_gone_and_the_name_works_again_4() {
     create_kills(3).await;
 }
 
-/// Kill points `part`, `part + CREATE_PARTS`, ... of the spread over a create, and two anchored.
+/// Where one create kill lands.
+enum CreateKill {
+    /// A kill point of the spread, or an anchor in the create's messages.
+    Plain(Kill),
+    /// This long after Incus started working on the instance.
+    InIncus(Duration),
+    /// This long after the init hook of a create with `init_hooks = ["sleep 3"]` started.
+    InHook(Duration),
+}
+
+/// How far a killed create came, read at once after the kill (every daemon on this Incus
+/// recovers what a dead one left, other tests' daemons too, and one may remove the container
+/// later: the state is read before any of them can).
+async fn create_state(env: &TestEnv, name: &str) -> &'static str {
+    // Incus names the instance in its operation before the instance is there: one it works on
+    // comes, with the daemon's journal entry in its config.
+    let in_incus = incus_is_busy_with(&format!("/1.0/instances/{name}"));
+    match pending(env, name).await {
+        Some(None) => "done",
+        _ if in_incus => "abandoned in Incus's create",
+        Some(Some(_)) => "abandoned in the daemon's steps",
+        None => "not begun",
+    }
+}
+
+/// Kill points `part`, `part + CREATE_PARTS`, ... of the spread over a create, and three anchored.
 async fn create_kills(part: usize) {
     let env = env().await;
     let bus = PrivateBus::start();
@@ -208,54 +233,61 @@ async fn create_kills(part: usize) {
     let length = started.elapsed();
     daemon.delete(&name).await;
 
-    let kills: Vec<Kill> = (part..CREATE_SPREAD)
-        .step_by(CREATE_PARTS)
-        .map(|k| Kill::At(kill_point(length, k, CREATE_SPREAD)))
-        .collect();
     let part_ms = u64::try_from(part).unwrap();
-    // Anchored: while Incus unpacks (seconds on `dir`), timed from when the instance is there, not
-    // from a message (a loaded Incus took more than the old 300 ms after "Image: ..." to take the
-    // request, and a client gone before that is a request Incus drops); in the daemon's steps
-    // right after the image's init hook starts (its steps after it take well under 100 ms); and
-    // as the last message goes out.
-    let mut kills: Vec<Option<Kill>> = kills.into_iter().map(Some).collect();
-    kills.push(None);
-    kills.push(Some(Kill::After(
-        "Running /.kapsule/init/",
-        Duration::from_millis(5 * part_ms),
-    )));
-    kills.push(Some(Kill::After("created", Duration::ZERO)));
+    let mut kills: Vec<CreateKill> = (part..CREATE_SPREAD)
+        .step_by(CREATE_PARTS)
+        .map(|k| CreateKill::Plain(Kill::At(kill_point(length, k, CREATE_SPREAD))))
+        .collect();
+    // Anchored: while Incus unpacks and starts it (seconds on `dir`), timed from when Incus works
+    // on the instance, not from a message (a loaded Incus took more than 300 ms after "Image: ..."
+    // to take the request, and a client gone before that is a request Incus drops); in the
+    // daemon's steps, made long by a sleeping init hook (the steps of a create without one take
+    // well under 100 ms, too short for a kill timed from a signal on a loaded machine); and as the
+    // last message goes out.
+    kills.push(CreateKill::InIncus(Duration::from_millis(100 * part_ms)));
+    kills.push(CreateKill::InHook(Duration::from_millis(100 * part_ms)));
+    kills.push(CreateKill::Plain(Kill::After("created", Duration::ZERO)));
     let mut found = BTreeMap::new();
     for kill in kills {
         let name = unique_name("crash-create");
         let _guard = InstanceGuard(name.clone());
-        let call = daemon.manager.create_container(&name, &image, Default::default());
         let at = match kill {
-            Some(kill) => kill.reach(&daemon, call).await,
-            None => {
-                let delay = Duration::from_millis(200 + 100 * part_ms);
-                call.await.unwrap();
-                let made = tokio::time::timeout(Duration::from_secs(120), async {
-                    while env.incus.get_instance(&name).await.is_err() {
+            CreateKill::Plain(kill) => {
+                let call = daemon.manager.create_container(&name, &image, Default::default());
+                kill.reach(&daemon, call).await
+            }
+            CreateKill::InIncus(delay) => {
+                daemon
+                    .manager
+                    .create_container(&name, &image, Default::default())
+                    .await
+                    .unwrap();
+                // Once the instance is there (Incus names it in its operation before that) and
+                // Incus still works on it (unpacking, starting).
+                let resource = format!("/1.0/instances/{name}");
+                let working = tokio::time::timeout(Duration::from_secs(120), async {
+                    while env.incus.get_instance(&name).await.is_err() || !incus_is_busy_with(&resource) {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 })
                 .await;
-                assert!(made.is_ok(), "Incus never had {name}");
+                assert!(working.is_ok(), "Incus never worked on {name}");
                 tokio::time::sleep(delay).await;
                 format!("{delay:?} after the instance was in Incus")
             }
+            CreateKill::InHook(delay) => {
+                let options = options(vec![("init_hooks", zbus::Variant::from(vec!["sleep 3"]))]);
+                let call = daemon.manager.create_container(&name, &image, options);
+                Kill::After("Init hook 1 of 1: sleep 3", delay)
+                    .reach(&daemon, call)
+                    .await
+            }
         };
         daemon.kill();
-        let in_incus = incus_is_busy_with(&format!("/1.0/instances/{name}"));
-        incus_done_with(&name).await;
-        let state = match pending(&env, &name).await {
-            None => "not begun",
-            Some(None) => "done",
-            Some(Some(_)) if in_incus => "abandoned in Incus's create",
-            Some(Some(_)) => "abandoned in the daemon's steps",
-        };
+        let state = create_state(&env, &name).await;
         *found.entry(state).or_insert(0) += 1;
+        // The killed daemon's Incus operation ends before a new daemon looks.
+        incus_done_with(&name).await;
 
         daemon = Daemon::start(&bus, &[]).await;
         match daemon.manager.get_container_info(&name).await {
@@ -283,7 +315,7 @@ async fn create_kills(part: usize) {
                 let said = e.to_string();
                 assert!(
                     said.contains("creation was interrupted") || said.ends_with(&format!("'{name}' does not exist")),
-                    "{e}"
+                    "kill at {at} ({state}): {e}"
                 );
                 assert!(pending(&env, &name).await.is_none(), "kill at {at}: left in Incus");
                 // The name is free again: a create of it works.
@@ -375,9 +407,11 @@ async fn a_user_setup_killed_anywhere_is_redone_whole_on_the_next_enter() {
     assert_eq!(whole, "1 1 1 1 sudo", "a setup's account lines");
 
     let mut found = BTreeMap::new();
-    // Spread, and anchored to the setup's first message (its steps take tens of milliseconds).
+    // Spread, and anchored to the setup's first message (its steps take tens of milliseconds),
+    // and as its last message goes out (a loaded machine stretches the setup past the spread).
     let mut kills: Vec<Kill> = (0..KILLS).map(|k| Kill::At(kill_point(length, k, KILLS))).collect();
     kills.extend([5, 15, 30, 45].map(|ms| Kill::After("Setting up user", Duration::from_millis(ms))));
+    kills.push(Kill::After("configured", Duration::ZERO));
     let home_device = format!("kapsule-home-{}", user.name);
     for kill in kills {
         unset(&env).await;
@@ -424,6 +458,24 @@ fn big_image(dir: &std::path::Path, megabytes: usize) -> (std::path::PathBuf, st
         .unwrap();
     assert!(status.success());
     pack_image(dir, "kt crash import")
+}
+
+/// The turn at recovery that the daemons on this machine take (an exclusive `flock` of
+/// `/run/lock/kapsule-recovery.lock`, as `host/journal.rs` takes it), for a test to read what a
+/// kill left before any daemon, another test's too, can recover it.
+async fn recovery_turn() -> std::fs::File {
+    tokio::task::spawn_blocking(|| {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/lock/kapsule-recovery.lock")
+            .unwrap();
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        file
+    })
+    .await
+    .unwrap()
 }
 
 /// Waits until Incus has no image upload running (its operations name no resource to wait for).
@@ -488,6 +540,9 @@ async fn an_import_killed_anywhere_leaves_the_alias_whole_or_nothing() {
     for kill in kills {
         let at = kill.reach(&daemon, daemon.manager.import_image(&path, &alias)).await;
         daemon.kill();
+        // Incus goes on unpacking after the kill; what it made is read once it is done, in the
+        // daemons' recovery turn, so no other test's daemon removes it first.
+        let turn = recovery_turn().await;
         uploads_ended(&env).await;
         let entry = |image: &kapsule_incus::models::Image| image.properties.contains_key("kapsule.pending");
         let state = match (image_of(&env, &alias).await, env.incus.get_image(&fingerprint).await) {
@@ -498,6 +553,7 @@ async fn an_import_killed_anywhere_leaves_the_alias_whole_or_nothing() {
             other => panic!("kill at {at}: unexpected state {other:?}"),
         };
         *found.entry(state).or_insert(0) += 1;
+        drop(turn);
 
         daemon = Daemon::start(&bus, &[]).await;
         // Looking at the images recovers what was left; then the store is whole.
@@ -550,13 +606,14 @@ async fn a_delete_killed_anywhere_is_finished_or_not_begun() {
         let _ = tokio::time::timeout(at, daemon.manager.delete_container(&name, true)).await;
         tokio::time::sleep(at.saturating_sub(started.elapsed())).await;
         daemon.kill();
-        incus_done_with(&name).await;
+        // Read at once: another test's daemon may finish an abandoned delete soon after.
         let state = match pending(&env, &name).await {
             None => "done",
             Some(None) => "not begun",
             Some(Some(_)) => "abandoned",
         };
         *found.entry(state).or_insert(0) += 1;
+        incus_done_with(&name).await;
         daemon = Daemon::start(&bus, &[]).await;
         match daemon.manager.get_container_info(&name).await {
             Ok(_) => {
@@ -621,15 +678,16 @@ async fn a_reset_killed_anywhere_is_done_again_whole() {
         make_container(&env, &name).await;
         let label = kill.reach(&daemon, daemon.manager.reset_container(&name, "")).await;
         daemon.kill();
-        incus_done_with(&name).await;
-        // With an entry the container may be stopped; without one the reset did not begin or
-        // finished, and it runs.
+        // Read at once (another test's daemon may redo an abandoned reset soon after). With an
+        // entry the container may be stopped; without one the reset did not begin or finished,
+        // and it runs.
         let state = match pending(&env, &name).await.expect("a reset never removes the container") {
             Some(_) => "abandoned",
             None if sh(&env.incus, &name, "test -e /opt/kt-own").await.0 == 0 => "not begun",
             None => "done",
         };
         *found.entry(state).or_insert(0) += 1;
+        incus_done_with(&name).await;
         daemon = Daemon::start(&bus, &[]).await;
         // Looked at, an abandoned reset is done again before the answer.
         let info = daemon.manager.get_container_info(&name).await;
@@ -687,13 +745,14 @@ async fn a_clone_killed_anywhere_is_whole_or_gone() {
             .reach(&daemon, daemon.manager.clone_container(&source, &copy, ""))
             .await;
         daemon.kill();
-        incus_done_with(&copy).await;
+        // Read at once: another test's daemon may remove an abandoned copy soon after.
         let state = match pending(&env, &copy).await {
             None => "not begun",
             Some(None) => "done",
             Some(Some(_)) => "abandoned",
         };
         *found.entry(state).or_insert(0) += 1;
+        incus_done_with(&copy).await;
         daemon = Daemon::start(&bus, &[]).await;
         match daemon.manager.get_container_info(&copy).await {
             Ok(info) => {

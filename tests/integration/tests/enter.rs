@@ -132,10 +132,22 @@ async fn a_plain_user_enters_as_themselves() {
     // After a restart the init has another pid: the remembered one is checked, not trusted.
     let seen = test.follow(test.manager.stop_container(&name, true)).await;
     assert_eq!(seen.last().unwrap(), "Completed(true, \"\")");
+    // The enter that starts it waits for the boot's sockets: the user's `systemctl` reaches the
+    // system bus at once (before, it said "Failed to connect to bus").
     let (r, h) = (run.clone(), home.clone());
-    let out = blocking(move || r(&h, &["id", "-u"])).await;
+    let out = blocking(move || {
+        r(
+            &h,
+            &[
+                "sh",
+                "-c",
+                "id -u && systemctl show -p ActiveState --value sockets.target",
+            ],
+        )
+    })
+    .await;
     assert!(out.status.success(), "enter starts it again: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).trim(), user.uid.to_string());
+    assert_eq!(text(&out.stdout), format!("{}\nactive\n", user.uid));
 
     // An explicit --cwd that does not exist inside is an error, in one line.
     let (t, u, n, h) = (test.clone(), user.clone(), name.clone(), home.clone());

@@ -1,4 +1,4 @@
-//! Waiting for the two steps of a container's boot that change files under a user's feet, before
+//! Waiting for the steps of a container's boot that a user's first command depends on, before
 //! the user is set up and their first command runs:
 //!
 //! * systemd-sysusers may rewrite `/etc/passwd` and `/etc/group` whole: an account written
@@ -6,10 +6,14 @@
 //!   second enter of a just-created container);
 //! * systemd-tmpfiles-setup empties `/tmp` (`D /tmp` in tmpfiles.d's `tmp.conf`, applied with
 //!   `--remove` at boot): a first command's temporary directory vanished under it (seen in the
-//!   nested test once the rest of the setup had become fast enough to land before it).
+//!   nested test once the rest of the setup had become fast enough to land before it);
+//! * the sockets of `sockets.target` listen (the system bus's `dbus.socket`, `docker.socket`):
+//!   before that a user's `systemctl` or `busctl` says "Failed to connect to bus" (seen in CI on
+//!   the first enter of a just-created container) and `docker` finds no daemon.
 //!
-//! A start job on each unit waits for exactly that and is a no-op once it ran; the rest of the
-//! boot is not waited for (sysinit.target came 100 ms to a second after sysusers, measured).
+//! A start job on each unit waits for exactly that and is a no-op once it ran. The sockets come
+//! after sysinit.target, 100 ms to a second after sysusers (measured); the rest of the boot
+//! (services, multi-user.target) is not waited for.
 //!
 //! What can be seen from the host is looked at from the host: whether the init is systemd, and
 //! whether it listens on its socket yet (right after a start `systemctl` cannot connect: "Failed
@@ -28,14 +32,18 @@ use crate::container::error::Error;
 use crate::container::files::ContainerFiles;
 
 /// The units whose start jobs are waited for.
-const UNITS: [&str; 2] = ["systemd-sysusers.service", "systemd-tmpfiles-setup.service"];
+const UNITS: [&str; 3] = [
+    "systemd-sysusers.service",
+    "systemd-tmpfiles-setup.service",
+    "sockets.target",
+];
 /// The longest the whole wait may take.
 const LIMIT: Duration = Duration::from_secs(90);
 /// How often systemd's socket is looked for right after a start.
 const POLL: Duration = Duration::from_millis(10);
 
 /// Waits (at most [`LIMIT`]) until the container's systemd-sysusers and
-/// systemd-tmpfiles-setup have run. Images whose init is not systemd have nothing to wait for;
+/// systemd-tmpfiles-setup have run and its sockets listen. Images whose init is not systemd have nothing to wait for;
 /// anything that keeps the wait from working is logged and the setup goes on, as it would have
 /// without it.
 pub(crate) async fn wait_for_early_boot(containers: &Containers, files: &ContainerFiles) {
@@ -68,14 +76,15 @@ async fn wait(containers: &Containers, files: &ContainerFiles) -> Result<String,
         tokio::time::sleep(POLL).await;
     }
     let left = LIMIT.saturating_sub(started.elapsed());
-    let command = ["systemctl", "start", UNITS[0], UNITS[1]];
+    let mut command = vec!["systemctl", "start"];
+    command.extend(UNITS);
     let ran = crate::container::exec::run_as_root(containers, files.name(), &command, b"", left)
         .await
         .map_err(Error::Command)?;
-    let units = UNITS.join(" and ");
+    let units = UNITS.join(", ");
     Ok(match ran.status {
         Status::Exited(0) => format!("{units} have run"),
-        // No such unit (5: an image without one; the other is still waited for) or a failed
+        // No such unit (5: an image without one; the others are still waited for) or a failed
         // one: going on either way.
         Status::Exited(code) => format!(
             "starting {units} exited with {code}: {}",

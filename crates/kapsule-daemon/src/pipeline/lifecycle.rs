@@ -6,6 +6,8 @@ use std::time::Duration;
 use kapsule_dbus::Error;
 use kapsule_incus::models::{ConfigMap, Instance};
 
+use crate::container::boot::wait_for_early_boot;
+use crate::container::files::ContainerFiles;
 use crate::container::hostsync;
 use crate::container::meta::{PENDING_KEY, is_running};
 use crate::host::journal::{self, Entry, Work};
@@ -56,6 +58,25 @@ pub(crate) async fn start(daemon: &Daemon, reporter: &Reporter, name: &str) -> R
     .await;
     daemon.clients.containers_changed().await;
     Ok(format!("Container '{name}' started"))
+}
+
+/// [`ensure_running`], and when that started the container, a wait for the early boot a user's
+/// command depends on ([`wait_for_early_boot`]): for an enter or an upgrade of a stopped container,
+/// whose command would otherwise race the boot (`/tmp` emptied under it, no system bus yet).
+pub(crate) async fn ensure_booted(
+    daemon: &Daemon,
+    reporter: Option<&Reporter>,
+    instance: &Instance,
+) -> Result<(), Failure> {
+    if is_running(instance) {
+        return Ok(());
+    }
+    ensure_running(daemon, reporter, instance).await?;
+    match ContainerFiles::open(&daemon.containers, &instance.name).await {
+        Ok(files) => wait_for_early_boot(&daemon.containers, &files).await,
+        Err(e) => log::info!("{}: not waiting for boot: {e}", instance.name),
+    }
+    Ok(())
 }
 
 /// Starts the container if it is not running (a no-op otherwise), without telling clients

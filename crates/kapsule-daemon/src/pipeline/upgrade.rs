@@ -24,7 +24,7 @@ use crate::error::incus_error;
 use crate::operation::incus::run_incus_operation;
 use crate::operation::{Failure, MessageKind, Notes, Reporter};
 use crate::pipeline::Daemon;
-use crate::pipeline::lifecycle::ensure_running;
+use crate::pipeline::lifecycle::ensure_booted;
 use crate::pipeline::recovery::settled;
 
 /// How many automatic snapshots a container keeps: the newest.
@@ -113,7 +113,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, plan: Plan) -> Res
     if plan.snapshot {
         snapshot_first(daemon, reporter, &instance).await?;
     }
-    ensure_running(daemon, Some(reporter), &instance).await?;
+    ensure_booted(daemon, Some(reporter), &instance).await?;
     let script = ["sh", "-c", SCRIPT];
     let ran = run_as_root_reporting(&daemon.containers, name, &script, UPGRADE_LIMIT, Notes(Some(reporter))).await;
     if !was_running {
