@@ -45,6 +45,11 @@ struct Args {
     /// unit uses this: the daemon is started again on demand). Default: never.
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     idle_exit: Option<u64>,
+    /// Drop a client of the socket that has sent nothing for this many seconds and has no
+    /// operation running (a command waiting for its operation is not idle; one that only holds
+    /// a session open does not need the connection). It keeps nobody's daemon running then.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    client_idle: u64,
     /// More log output (repeat for even more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -74,6 +79,7 @@ fn main() {
     let service = kapsule_daemon::Service {
         sockets,
         idle_exit: args.idle_exit.map(std::time::Duration::from_secs),
+        client_idle: std::time::Duration::from_secs(args.client_idle),
     };
     let settings = kapsule_daemon::Settings {
         nsenter: args.nsenter,
@@ -102,6 +108,9 @@ fn main() {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Blocking work (file access in containers, helpers' replies) queues past this rather
+        // than taking the threads of the unit's TasksMax= (tokio's default is 512).
+        .max_blocking_threads(64)
         .enable_all()
         .build();
     let result = runtime

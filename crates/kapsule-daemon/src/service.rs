@@ -11,6 +11,7 @@ use kapsule_dbus::{BUS_NAME, MANAGER_PATH};
 use zbus::Connection;
 
 use crate::container::{Containers, hostsync};
+use crate::dbus::transport::CloexecSocket;
 use crate::dbus::{Surface, socket};
 use crate::host::activity::Activity;
 use crate::host::settings::{Bus, Settings};
@@ -20,7 +21,7 @@ use crate::operation::clients::Clients;
 use crate::pipeline::{Daemon, ephemeral, recovery};
 
 /// How the daemon runs as a service.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Service {
     /// Where to serve the manager besides the bus: the socket systemd passed
     /// (`kapsule-daemon.socket`) or one bound by hand.
@@ -28,6 +29,18 @@ pub struct Service {
     /// Exit after this long with nothing to do (no call, operation, session or socket client);
     /// `None`: never.
     pub idle_exit: Option<Duration>,
+    /// A socket client that sent nothing for this long, with no operation running, is dropped.
+    pub client_idle: Duration,
+}
+
+impl Default for Service {
+    fn default() -> Service {
+        Service {
+            sockets: Vec::new(),
+            idle_exit: None,
+            client_idle: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Serves the API on `bus` (and on the service's sockets) until SIGTERM or SIGINT, or until it
@@ -37,7 +50,7 @@ pub async fn run(bus: Bus, settings: Settings, service: Service) -> anyhow::Resu
     for listener in service.sockets {
         let surface = surface.clone();
         tokio::spawn(async move {
-            if let Err(e) = socket::listen(surface, listener).await {
+            if let Err(e) = socket::listen(surface, listener, service.client_idle).await {
                 log::error!("the daemon's socket failed: {e}");
             }
         });
@@ -92,14 +105,38 @@ pub async fn serve(bus: Bus, settings: Settings) -> anyhow::Result<Connection> {
     Ok(start(bus, settings).await?.0)
 }
 
-async fn start(bus: Bus, settings: Settings) -> anyhow::Result<(Connection, Surface)> {
-    let builder = match &bus {
-        Bus::System => zbus::connection::Builder::system(),
-        Bus::Session => zbus::connection::Builder::session(),
-        Bus::Address(address) => zbus::connection::Builder::address(address.as_str()),
+/// Connects to `bus` over the daemon's own transport (`dbus/transport.rs`: descriptors
+/// close-on-exec as they arrive) where its address is a Unix socket, as a system bus's is;
+/// through zbus's own otherwise.
+async fn connect(bus: &Bus) -> anyhow::Result<Connection> {
+    let address = match bus {
+        Bus::System => Some(
+            std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+                .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket".to_owned()),
+        ),
+        Bus::Session => std::env::var("DBUS_SESSION_BUS_ADDRESS").ok(),
+        Bus::Address(address) => Some(address.clone()),
     };
-    let connection = builder
-        .build()
+    let socket = match &address {
+        Some(address) => CloexecSocket::connect(address).await.transpose()?,
+        None => None,
+    };
+    let builder = match (socket, bus) {
+        (Some(socket), _) => zbus::connection::Builder::socket(socket),
+        (None, bus) => {
+            log::warn!("the {bus:?} bus is not on a Unix socket: descriptors it passes are not close-on-exec at once");
+            match bus {
+                Bus::System => zbus::connection::Builder::system(),
+                Bus::Session => zbus::connection::Builder::session(),
+                Bus::Address(address) => zbus::connection::Builder::address(address.as_str()),
+            }
+        }
+    };
+    Ok(builder.build().await?)
+}
+
+async fn start(bus: Bus, settings: Settings) -> anyhow::Result<(Connection, Surface)> {
+    let connection = connect(&bus)
         .await
         .with_context(|| format!("cannot connect to the {bus:?} bus"))?;
     let activity = Activity::new();

@@ -46,6 +46,37 @@ pub struct EnterRequest {
     /// A terminal of this size (rows, columns), made inside the container; none: the command
     /// gets the passed descriptors.
     pub terminal: Option<(u16, u16)>,
+    /// What confines the container's own processes, which the session gets too. The daemon
+    /// fills it in from the container's init just before it starts the helper.
+    #[serde(default)]
+    pub confinement: Confinement,
+}
+
+/// What confines a container's processes, as its init shows it in `/proc/<pid>/status`, and as
+/// `incus exec` applies it to its commands: a session gets no capability the container's init
+/// could not have, and `no_new_privs` where the init has it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confinement {
+    /// The init's capability bounding set (`CapBnd`); `None` leaves the helper's.
+    pub capability_bounding_set: Option<u64>,
+    /// The init runs with `no_new_privs` (`NoNewPrivs: 1`).
+    pub no_new_privs: bool,
+}
+
+impl Confinement {
+    /// Read from the text of a process's `/proc/<pid>/status`.
+    pub fn of_status(status: &str) -> Confinement {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        Confinement {
+            capability_bounding_set: field("CapBnd").and_then(|hex| u64::from_str_radix(hex, 16).ok()),
+            no_new_privs: field("NoNewPrivs") == Some("1"),
+        }
+    }
 }
 
 /// The helper's answer once the session runs (or could not be started).
@@ -124,6 +155,21 @@ pub fn recv<T: for<'de> Deserialize<'de>>(socket: &UnixStream) -> io::Result<(T,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn confinement_is_read_from_a_status_file() {
+        let status =
+            "Name:\tsystemd\nCapPrm:\t000001ffffffffff\nCapBnd:\t000001fdffcfffff\nNoNewPrivs:\t0\nSeccomp:\t2\n";
+        assert_eq!(
+            Confinement::of_status(status),
+            Confinement {
+                capability_bounding_set: Some(0x1fdffcfffff),
+                no_new_privs: false
+            }
+        );
+        assert!(Confinement::of_status("NoNewPrivs:\t1\n").no_new_privs);
+        assert_eq!(Confinement::of_status("").capability_bounding_set, None);
+    }
     use std::os::fd::AsFd;
 
     #[test]
@@ -138,6 +184,10 @@ mod tests {
             working_directory: "/home/alice".into(),
             working_directory_required: false,
             terminal: Some((24, 80)),
+            confinement: Confinement {
+                capability_bounding_set: Some(0x1fdffcfffff),
+                no_new_privs: true,
+            },
         });
         let file = tempfile::tempfile().unwrap();
         let (pipe_r, pipe_w) = rustix::pipe::pipe().unwrap();

@@ -14,15 +14,38 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 
+use kapsule_dbus::quote;
 use kapsule_dbus::session::{Status, parse_signal_line};
 use kapsule_nsenter::{EnterRequest, Reply, Request};
 use rustix::pty::OpenptFlags;
 use rustix::thread::ThreadNameSpaceType;
 
+/// The soft limit of descriptors a session starts with, as a login on the host gets it.
+const SESSION_NOFILE: u64 = 1024;
+
 /// The PATH a session starts with; login shells then set their own from the image's profile.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn main() -> ExitCode {
+    // What this helper inherited beyond its control socket (a spawner's stray descriptor) never
+    // reaches the session; what the session gets comes over the control socket.
+    if let Err(e) = kapsule_sys::no_inherited_descriptors() {
+        eprintln!("kapsule-nsenter: cannot mark inherited descriptors close-on-exec: {e}");
+        return ExitCode::from(2);
+    }
+    // The daemon's unit raises its own descriptor limit; a session gets the usual soft limit
+    // of a login (systemd's 1024; programs that use select() break past it), the hard one kept.
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if nofile.current.is_none_or(|soft| soft > SESSION_NOFILE) {
+        let soft = nofile.maximum.map_or(SESSION_NOFILE, |hard| hard.min(SESSION_NOFILE));
+        let limit = rustix::process::Rlimit {
+            current: Some(soft),
+            maximum: nofile.maximum,
+        };
+        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, limit) {
+            eprintln!("kapsule-nsenter: cannot set the session's descriptor limit: {e}");
+        }
+    }
     let control = match std::io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => UnixStream::from(fd),
         Err(e) => {
@@ -161,6 +184,7 @@ fn start(request: &EnterRequest, fds: Vec<OwnedFd>) -> Result<Session, String> {
     rustix::thread::move_into_thread_name_spaces(container.as_fd(), all)
         .map_err(|e| format!("cannot join the container's namespaces: {e}"))?;
     drop(container);
+    confine(&request.confinement)?;
 
     // From here on every path is the container's.
     let account = Account::lookup(&request.user, request.uid, request.gid);
@@ -179,8 +203,8 @@ fn start(request: &EnterRequest, fds: Vec<OwnedFd>) -> Result<Session, String> {
 
     if request.working_directory_required && !std::path::Path::new(&request.working_directory).is_dir() {
         return Err(format!(
-            "The directory '{}' does not exist in the container",
-            request.working_directory
+            "The directory {} does not exist in the container",
+            quote(&request.working_directory)
         ));
     }
     let mut command = account.command(&request.command);
@@ -208,9 +232,9 @@ fn start(request: &EnterRequest, fds: Vec<OwnedFd>) -> Result<Session, String> {
     );
     let child = command.spawn().map_err(|e| {
         format!(
-            "Cannot start {} in '{}' as {}: {e}",
-            command.get_program().to_string_lossy(),
-            request.working_directory,
+            "Cannot start {} in {} as {}: {e}",
+            quote(&command.get_program().to_string_lossy()),
+            quote(&request.working_directory),
             request.user
         )
     })?;
@@ -223,6 +247,30 @@ fn start(request: &EnterRequest, fds: Vec<OwnedFd>) -> Result<Session, String> {
         channel,
         master,
     })
+}
+
+/// Confines this helper, and so the session it starts, as the container's init is: capabilities
+/// outside the init's bounding set leave the bounding set (so no setuid program, sudo included,
+/// gains one), and `no_new_privs` where the init has it. This process keeps what it holds now,
+/// which the session's own setup needs.
+fn confine(confinement: &kapsule_nsenter::Confinement) -> Result<(), String> {
+    use rustix::thread::{CapabilitySet, remove_capability_from_bounding_set};
+    if let Some(keep) = confinement.capability_bounding_set {
+        let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(63)
+            .min(63);
+        for capability in (0..=last).filter(|n| keep & (1 << n) == 0) {
+            remove_capability_from_bounding_set(CapabilitySet::from_bits_retain(1 << capability))
+                .map_err(|e| format!("cannot drop capability {capability} as the container does: {e}"))?;
+        }
+    }
+    if confinement.no_new_privs {
+        rustix::thread::set_no_new_privs(true)
+            .map_err(|e| format!("cannot set no_new_privs as the container has it: {e}"))?;
+    }
+    Ok(())
 }
 
 /// A terminal of the container's own devpts: `tty` inside names a real `/dev/pts/N`.

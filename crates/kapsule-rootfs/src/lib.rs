@@ -10,7 +10,12 @@
 //! Paths are the container's: absolute, resolved below its root with `RESOLVE_IN_ROOT`, so a
 //! symlink in the container (absolute, or climbing with `..`) resolves inside it as the
 //! container would see it, never to a host file, and magic links (`/proc/self/root`) are
-//! refused. The last component of a path that is written, linked or removed is never followed:
+//! refused. What is read, listed or written also stays on the container's root file system
+//! (`RESOLVE_NO_XDEV`): Kapsule's containers have the host's `/` at `/.kapsule/host` and the
+//! user's home bound in, so a symlink such as `/etc/sudoers.d -> /.kapsule/host/etc/sudoers.d`
+//! would otherwise have the root daemon write a host file; such a path fails with
+//! `ErrorKind::CrossesDevices` instead. Only [`Root::metadata`] and [`Root::open_path`] cross
+//! mounts (a socket in `/run`, a working directory in the home), and they read no file. The last component of a path that is written, linked or removed is never followed:
 //! a symlink there is replaced (writing `/etc/resolv.conf` where it links to
 //! `../run/systemd/resolve/stub-resolv.conf` replaces the link; the resolver's file is left).
 //!
@@ -33,6 +38,8 @@ use rustix::io::Errno;
 
 /// How every path is resolved: inside the root, no magic links.
 const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
+/// How a path whose file is read, listed or written is resolved: also never into a mount.
+const RESOLVE_ON_ROOT_FS: ResolveFlags = RESOLVE.union(ResolveFlags::NO_XDEV);
 /// The longest path accepted (the kernel's `PATH_MAX`).
 const MAX_PATH: usize = 4096;
 /// The id a file owned by an id the container cannot name shows (the kernel's overflow id).
@@ -49,10 +56,19 @@ pub struct Error {
 
 impl Error {
     fn new(action: &'static str, path: &str, cause: impl Into<io::Error>) -> Error {
+        let cause = cause.into();
+        // The kernel's words ("Invalid cross-device link") say nothing to whoever reads this.
+        let cause = match cause.kind() {
+            io::ErrorKind::CrossesDevices => io::Error::new(
+                io::ErrorKind::CrossesDevices,
+                "it leads out of the container's own files into a mount (such as /.kapsule/host)",
+            ),
+            _ => cause,
+        };
         Error {
             action,
             path: path.to_owned(),
-            cause: cause.into(),
+            cause,
         }
     }
 
@@ -208,7 +224,7 @@ impl Root {
     /// reading (a FIFO planted at the path is an error, not a hang; a device is not touched).
     pub fn read(&self, path: &str, limit: u64) -> Result<Option<Contents>> {
         let fail = |e: io::Error| Error::new("read", path, e);
-        let Some(found) = self.open_path(path)? else {
+        let Some(found) = self.open_path_on_root_fs(path)? else {
             return Ok(None);
         };
         let (fd, stat) = reopen(&found, OFlags::RDONLY, &[FileType::RegularFile]).map_err(fail)?;
@@ -258,8 +274,13 @@ impl Root {
     pub fn open_path_on_root_fs(&self, path: &str) -> Result<Option<OwnedFd>> {
         let fail = |e: io::Error| Error::new("open", path, e);
         check(path).map_err(fail)?;
-        let resolve = RESOLVE.union(ResolveFlags::NO_XDEV);
-        match rustix::fs::openat2(&self.dir, path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), resolve) {
+        match rustix::fs::openat2(
+            &self.dir,
+            path,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE_ON_ROOT_FS,
+        ) {
             Ok(fd) => Ok(Some(fd)),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(fail(e.into())),
@@ -389,7 +410,7 @@ impl Root {
         let fail = |e: io::Error| Error::new("list", path, e);
         check(path).map_err(fail)?;
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat2(&self.dir, path, flags, Mode::empty(), RESOLVE) {
+        let fd = match rustix::fs::openat2(&self.dir, path, flags, Mode::empty(), RESOLVE_ON_ROOT_FS) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(None),
             Err(e) => return Err(fail(e.into())),
@@ -418,7 +439,7 @@ impl Root {
         }
         let parent = if parent.is_empty() { "/" } else { parent };
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        match rustix::fs::openat2(&self.dir, parent, flags, Mode::empty(), RESOLVE) {
+        match rustix::fs::openat2(&self.dir, parent, flags, Mode::empty(), RESOLVE_ON_ROOT_FS) {
             Ok(dir) => Ok(Some((dir, name))),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(e.into()),

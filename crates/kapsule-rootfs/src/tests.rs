@@ -123,6 +123,31 @@ fn the_walk_can_be_kept_on_the_roots_own_file_system() {
 }
 
 #[test]
+fn what_is_read_listed_or_written_never_lies_on_another_mount() {
+    // A container's /etc/sudoers.d pointed at /.kapsule/host/... had the daemon write a host
+    // file: here the mounts are the host's own (/proc, /dev/shm), reached directly or through a
+    // symlink, and each use fails with CrossesDevices, writing nothing.
+    let root = Root::at(Path::new("/")).unwrap();
+    let crosses = |what: &str, result: crate::Result<()>| {
+        let error = result.expect_err(what);
+        assert_eq!(error.kind(), io::ErrorKind::CrossesDevices, "{what}: {error}");
+    };
+    crosses("read /etc/mtab", root.read("/etc/mtab", 1 << 20).map(drop));
+    crosses(
+        "read /proc/self/status",
+        root.read("/proc/self/status", 1 << 20).map(drop),
+    );
+    crosses("list /proc", root.list("/proc").map(drop));
+    let shm = format!("/dev/shm/kt-rootfs-{}", std::process::id());
+    crosses("write", root.write(&shm, b"x", me(0o644)));
+    crosses("make a directory", root.ensure_dir(&shm, me(0o755)).map(drop));
+    crosses("link", root.symlink(&shm, "/x"));
+    assert!(!Path::new(&shm).exists(), "{shm} was made");
+    // The same file read where no mount is crossed.
+    assert!(root.read("/etc/hostname", 1 << 20).unwrap().is_some());
+}
+
+#[test]
 fn magic_links_are_refused() {
     let root = Root::at(Path::new("/")).unwrap();
     assert!(root.read("/proc/self/root/etc/hostname", 4096).is_err());
@@ -324,8 +349,7 @@ fn id_maps_translate_both_ways() {
 fn a_process_root_is_its_view() {
     let root = Root::of_process(std::process::id()).unwrap();
     assert_eq!(root.metadata("/").unwrap().unwrap().kind, Kind::Directory);
-    let hostname = root.read("/proc/sys/kernel/ostype", 100);
-    // procfs files report size 0 but read fine; regular files in the kernel's sense.
-    assert_eq!(hostname.unwrap().unwrap().data, b"Linux\n");
+    let hostname = root.read("/etc/hostname", 4096);
+    assert_eq!(hostname.unwrap().unwrap().data, std::fs::read("/etc/hostname").unwrap());
     assert!(Root::of_process(u32::MAX).is_err());
 }

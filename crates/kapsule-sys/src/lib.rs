@@ -9,6 +9,10 @@
 //! * [`make_read_only`]: `mount_setattr`, which neither rustix nor the standard library wraps.
 //! * [`listen_sockets`]: taking ownership of the sockets systemd passed by number (socket
 //!   activation), which is `from_raw_fd`.
+//! * [`peer_pidfd`]: `getsockopt(SO_PEERPIDFD)`, which rustix does not have yet.
+//! * [`only_stdio_on_exec`] and [`no_inherited_descriptors`]: `close_range` with
+//!   `CLOSE_RANGE_CLOEXEC`, which rustix wraps only as unsafe (it could close descriptors other
+//!   code owns; marking them close-on-exec cannot).
 //!
 //! Everything else (pidfds, setns, ptys, fd passing) comes safe from rustix.
 
@@ -49,6 +53,8 @@ pub fn become_user_on_exec(command: &mut Command, identity: Identity) {
     let fallback = identity.fallback_cwd;
     let terminal = identity.controlling_terminal;
     let hook = move || -> io::Result<()> {
+        // Nothing but stdin, stdout and stderr goes into the session, whatever its parent held.
+        cloexec_from(3)?;
         rustix::process::setsid()?;
         if terminal {
             rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
@@ -73,6 +79,85 @@ pub fn become_user_on_exec(command: &mut Command, identity: Identity) {
     unsafe {
         command.pre_exec(hook);
     }
+}
+
+/// Makes `command`'s child execute its program with stdin, stdout and stderr only: every other
+/// descriptor it inherited (one received from a client meanwhile, say, which the D-Bus library
+/// does not mark close-on-exec) is closed at the `exec`. Anything the child needs comes another
+/// way (over its control socket).
+pub fn only_stdio_on_exec(command: &mut Command) {
+    // SAFETY: `pre_exec` runs the hook in the forked child before exec; the hook is one raw
+    // system call (or, on a kernel without it, `fcntl` calls), no allocation and no locks. It
+    // closes nothing itself: the standard library's own error pipe is close-on-exec already and
+    // stays usable until the exec.
+    unsafe {
+        command.pre_exec(|| cloexec_from(3));
+    }
+}
+
+/// Marks every descriptor this process holds from 3 up close-on-exec: for a helper, first thing
+/// in `main`, so what it inherited by mistake never reaches what it runs. (Marking cannot take a
+/// descriptor from code that owns it, which closing could.)
+pub fn no_inherited_descriptors() -> io::Result<()> {
+    cloexec_from(3)
+}
+
+/// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`, or on a kernel before 5.11 `FD_CLOEXEC` set on
+/// each descriptor up to the soft limit.
+fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors; it takes no
+    // pointers and closes nothing.
+    let result = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if result == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if !matches!(error.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EINVAL)) {
+        return Err(error);
+    }
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20)
+        .min(1 << 20);
+    for fd in first as libc::c_int..limit as libc::c_int {
+        // SAFETY: F_SETFD on a number that may not be open only fails with EBADF; no memory is
+        // involved.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    Ok(())
+}
+
+/// A pidfd of the process at the other end of a connected Unix socket, as the kernel recorded it
+/// at `connect` (`SO_PEERPIDFD`, Linux 6.5); `None` on a kernel without it. With it, what is
+/// read of the peer by pid can be checked to be the peer's: the pid is not reused while the
+/// pidfd's process lives.
+pub fn peer_pidfd(socket: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    use std::os::fd::AsRawFd;
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `fd`, a live c_int of that size, and
+    // `len` itself; `socket` is a descriptor borrowed for the call.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if result != 0 {
+        let error = io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::ENOPROTOOPT) => Ok(None),
+            _ => Err(error),
+        };
+    }
+    // SAFETY: the kernel made this descriptor for this call (O_CLOEXEC, as SO_PEERPIDFD makes
+    // them), so this `OwnedFd` is its only owner.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// Ends this process by `signal` with its default action (so the parent sees "killed by

@@ -17,27 +17,42 @@ pub(crate) async fn connect() -> Result<Connection> {
             .with_context(|| format!("cannot reach the bus at {address}"));
     }
     let socket = std::env::var_os("KAPSULE_SOCKET").map_or_else(|| SOCKET.into(), std::path::PathBuf::from);
-    match tokio::net::UnixStream::connect(&socket).await {
+    let refused = match tokio::net::UnixStream::connect(&socket).await {
         Ok(stream) => {
-            return zbus::connection::Builder::unix_stream(stream.into_std()?)
-                .p2p()
-                .build()
-                .await
-                .with_context(|| format!("cannot talk to the Kapsule daemon on {}", socket.display()));
+            let handshake = zbus::connection::Builder::unix_stream(stream.into_std()?).p2p().build();
+            match tokio::time::timeout(SOCKET_HANDSHAKE, handshake).await {
+                Ok(Ok(connection)) => return Ok(connection),
+                // The daemon turned this client away (too many of this user's, or of everyone's,
+                // at once) or could not answer: the bus is another way in.
+                Ok(Err(e)) => format!("the daemon's socket {} refused this client ({e})", socket.display()),
+                Err(_) => format!(
+                    "the daemon's socket {} did not answer within {SOCKET_HANDSHAKE:?}",
+                    socket.display()
+                ),
+            }
         }
         // No socket unit (an older installation, a development setup): the bus will do.
         Err(e)
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot connect to {}", socket.display())),
-    }
-    zbus::connection::Builder::system()
-        .build()
-        .await
-        .context("cannot reach the system bus (is D-Bus running?)")
+            ) =>
+        {
+            String::new()
+        }
+        Err(e) => format!("cannot connect to {} ({e})", socket.display()),
+    };
+    zbus::connection::Builder::system().build().await.with_context(|| {
+        if refused.is_empty() {
+            "cannot reach the system bus (is D-Bus running?)".to_owned()
+        } else {
+            format!("{refused}, and the system bus cannot be reached either")
+        }
+    })
 }
+
+/// How long the daemon's socket may take to accept this client before the bus is tried.
+const SOCKET_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A daemon error as one line, with a hint where one helps. Kapsule's own errors are matched by
 /// the contract's enum; the bus's by their standard names.

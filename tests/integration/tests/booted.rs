@@ -218,6 +218,21 @@ fn tier3_kapsule_as_installed_on_a_booted_system() {
     );
     assert_eq!(version.trim(), format!("v s \"{}\"", env!("CARGO_PKG_VERSION")));
     assert_eq!(os.unit("kapsule-daemon.service", "ActiveState"), "active");
+    // The unit's bounds hold for the running daemon.
+    for (property, value) in [
+        ("MemoryHigh", "268435456"),
+        ("MemoryMax", "536870912"),
+        ("TasksMax", "256"),
+    ] {
+        assert_eq!(os.unit("kapsule-daemon.service", property), value, "{property}");
+    }
+    let limits = os.must("cat /proc/$(systemctl show -p MainPID --value kapsule-daemon)/limits");
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.split_whitespace().nth(3) == Some("16384")),
+        "{limits}"
+    );
     // ...and it goes once idle, cleanly, giving its name up.
     let gone_after = os.wait_for("kapsule-daemon.service", "inactive", Duration::from_secs(60));
     assert_eq!(os.unit("kapsule-daemon.service", "Result"), "success");
@@ -245,9 +260,10 @@ fn tier3_kapsule_as_installed_on_a_booted_system() {
     let created = os.as_user("alice", "kapsule create box --image local:busybox");
     assert!(created.ok, "{}{}", created.stdout, created.stderr);
     assert!(created.stderr.contains("Container 'box' created"), "{}", created.stderr);
-    let entered = os.as_user("alice", "kapsule enter box -- id -un");
+    let entered = os.as_user("alice", "kapsule enter box -- sh -c \"id -un; ulimit -n\"");
     assert!(entered.ok, "{}{}", entered.stdout, entered.stderr);
-    assert_eq!(entered.stdout.trim(), "alice");
+    // The daemon's raised descriptor limit stays the daemon's: a session has a login's.
+    assert_eq!(entered.stdout, "alice\n1024\n");
     // bob may not: polkit is in force (no agent to ask an admin's password of).
     let refused = os.as_user("bob", "kapsule create other --image local:busybox");
     assert!(!refused.ok);

@@ -147,6 +147,14 @@ async fn bad_requests_get_named_errors_and_change_nothing() {
     let _foreign_guard = InstanceGuard(foreign.clone());
     kapsule_integration_tests::create_stopped_instance(env, &foreign).await;
     let foreign_before = env.incus.get_instance(&foreign).await.unwrap();
+    // Answered as one that does not exist: nobody learns what else Incus holds.
+    let foreign_missing = format!("Container '{foreign}' does not exist");
+    let info = manager.get_container_info(&foreign).await.unwrap_err();
+    assert!(
+        matches!(&info, zbus::Error::MethodError(name, Some(m), _)
+            if name.as_str() == "org.kde.kapsule.Error.NotFound" && *m == foreign_missing),
+        "{info}"
+    );
 
     let image = format!("local:{}", env.image);
     let name = unique_name("dbad");
@@ -230,7 +238,7 @@ async fn bad_requests_get_named_errors_and_change_nothing() {
             "start foreign",
             manager.start_container(&foreign).await,
             "NotFound",
-            "not a Kapsule container",
+            &foreign_missing,
         ),
         (
             "delete missing",

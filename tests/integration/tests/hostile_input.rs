@@ -165,8 +165,9 @@ async fn bad_input_gets_a_named_error_and_changes_nothing() {
             bad_name,
         ));
     }
-    // The daemon manages Kapsule containers only.
-    let not_kapsule = "not a Kapsule container";
+    // The daemon manages Kapsule containers only: another tool's instance is answered as one
+    // that does not exist (nobody learns what else Incus holds).
+    let not_kapsule = format!("Container '{foreign}' does not exist");
     for (method, signature, args) in [
         ("DeleteContainer", "sb", vec![foreign.as_str(), "true"]),
         ("StartContainer", "s", vec![foreign.as_str()]),
@@ -185,7 +186,7 @@ async fn bad_input_gets_a_named_error_and_changes_nothing() {
             signature,
             &args,
             "NotFound",
-            not_kapsule,
+            &not_kapsule,
         ));
     }
     cases.push(case(
@@ -549,7 +550,7 @@ async fn bad_input_gets_a_named_error_and_changes_nothing() {
         "/",
         &["0"],
         &terminal,
-        not_kapsule,
+        &not_kapsule,
     );
     into_foreign.error = "NotFound";
     cases.push(into_foreign);
@@ -725,9 +726,9 @@ async fn bad_input_gets_a_named_error_and_changes_nothing() {
             "must not contain '..'".into(),
         ),
         (vec!["enter", "bad name!", "--", "true"], bad_name.into()),
-        (vec!["enter", &foreign, "--", "true"], not_kapsule.into()),
-        (vec!["start", &foreign], not_kapsule.into()),
-        (vec!["rm", "--force", &foreign], not_kapsule.into()),
+        (vec!["enter", &foreign, "--", "true"], not_kapsule.clone()),
+        (vec!["start", &foreign], not_kapsule.clone()),
+        (vec!["rm", "--force", &foreign], not_kapsule.clone()),
         (vec!["rm", "kt-no-such-container"], "does not exist".into()),
         (
             vec!["image", "import", "/root", "--alias", &img_alias],

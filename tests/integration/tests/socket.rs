@@ -225,3 +225,149 @@ async fn the_daemon_exits_when_idle_but_not_while_a_client_is_connected() {
         "the name was released"
     );
 }
+
+/// A connection to `socket` made by `uid` (the kernel records the connecting thread's effective
+/// uid), authenticated by hand with `EXTERNAL` as that uid, and then left alone: what an
+/// attacker holds. `None` when the daemon turned it away.
+fn held_connection(socket: &Path, uid: u32) -> Option<std::os::unix::net::UnixStream> {
+    use std::io::{BufRead, Write};
+    let socket = socket.to_owned();
+    let stream = std::thread::spawn(move || {
+        // This thread only: the test's other threads stay root.
+        let (root, user) = (rustix::process::Uid::ROOT, rustix::process::Uid::from_raw(uid));
+        rustix::thread::set_thread_res_uid(root, user, root).unwrap();
+        let stream = std::os::unix::net::UnixStream::connect(&socket);
+        rustix::thread::set_thread_res_uid(root, root, root).unwrap();
+        stream.unwrap()
+    })
+    .join()
+    .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hex: String = uid.to_string().bytes().map(|b| format!("{b:02x}")).collect();
+    let mut writer = &stream;
+    writer.write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes()).ok()?;
+    let mut answer = String::new();
+    std::io::BufReader::new(&stream).read_line(&mut answer).ok()?;
+    if !answer.starts_with("OK ") {
+        return None;
+    }
+    writer.write_all(b"BEGIN\r\n").ok()?;
+    Some(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_lock_others_out_and_a_client_that_never_reads_is_dropped() {
+    use std::io::{Read, Write};
+    let bus = PrivateBus::start();
+    let dir = socket_dir();
+    let socket = dir.path().join("kapsule.sock");
+    let mut process = daemon(&bus, &socket, &[]);
+    wait_for(&socket, &mut process).await;
+    let _daemon = Stop(process);
+
+    // kapsule-other holds as many connections as the socket takes from one user: 32 of the 256.
+    let other = other_user();
+    let held: Vec<_> = (0..40).map_while(|_| held_connection(&socket, other.uid)).collect();
+    assert_eq!(held.len(), 32, "one user's connections");
+    // The rest of the socket is everyone else's: the test user's `kapsule list` goes through it.
+    let tester = test_user();
+    let listed = kapsule(&tester, &socket, &["list"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+
+    // When the socket turns a user away, the CLI goes through the bus instead.
+    let mine: Vec<_> = (0..32).map_while(|_| held_connection(&socket, tester.uid)).collect();
+    assert_eq!(mine.len(), 32);
+    assert!(
+        held_connection(&socket, tester.uid).is_none(),
+        "a 33rd connection was taken"
+    );
+    let through_bus = tester
+        .command(workspace_binary("kapsule"))
+        .args(["list"])
+        .env_remove("KAPSULE_BUS_ADDRESS")
+        .env("KAPSULE_SOCKET", &socket)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .output()
+        .unwrap();
+    assert!(through_bus.status.success(), "{}", text(&through_bus.stderr));
+    drop((held, mine));
+
+    // A client that sends calls and never reads the replies: once its buffers are full, the
+    // daemon waits 10 s for it to read, then drops it (before, each reply waited forever, with
+    // its call's message and descriptors held).
+    let stream = held_connection(&socket, other.uid).expect("a connection once the others left");
+    let call = zbus::message::Message::method_call("/org/kde/kapsule", "Introspect")
+        .interface("org.freedesktop.DBus.Introspectable")
+        .build(&())
+        .unwrap();
+    let bytes = call.data().to_vec();
+    stream.set_nonblocking(true).unwrap();
+    let mut writer = &stream;
+    let mut blocked_since: Option<Instant> = None;
+    let mut sent = 0;
+    while blocked_since.is_none_or(|since| since.elapsed() < Duration::from_secs(2)) {
+        match writer.write_all(&bytes) {
+            Ok(()) => {
+                sent += 1;
+                blocked_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                blocked_since.get_or_insert_with(Instant::now);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Dropped already.
+            Err(_) => break,
+        }
+        assert!(sent < 1_000_000, "the daemon took a million calls without blocking");
+    }
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut replies = Vec::new();
+    let ended = (&stream).read_to_end(&mut replies);
+    assert!(
+        ended.is_ok(),
+        "the connection still stands after {sent} unread calls: {ended:?} ({} bytes of replies)",
+        replies.len()
+    );
+    // Others are served all along.
+    let listed = kapsule(&tester, &socket, &["list"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_dropped_and_keep_no_daemon_running() {
+    use std::io::Read;
+    let bus = PrivateBus::start();
+    let dir = socket_dir();
+    let socket = dir.path().join("kapsule.sock");
+    let mut process = daemon(&bus, &socket, &["--idle-exit", "2", "--client-idle", "3"]);
+    wait_for(&socket, &mut process).await;
+
+    // kapsule-other holds all the connections one user may, authenticated, and does nothing.
+    let other = other_user();
+    let held: Vec<_> = (0..32).map_while(|_| held_connection(&socket, other.uid)).collect();
+    assert_eq!(held.len(), 32);
+    let connected = Instant::now();
+    // Each is dropped once idle for 3 s; then the daemon is idle too, and exits 2 s later.
+    let status = loop {
+        if let Some(status) = process.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            connected.elapsed() < Duration::from_secs(30),
+            "the daemon still runs 30 s after its clients went idle"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "an idle exit: {status}");
+    assert!(
+        connected.elapsed() >= Duration::from_secs(5),
+        "exited after {:?}, before its clients were idle for 3 s and it for 2",
+        connected.elapsed()
+    );
+    for mut stream in held {
+        let mut rest = Vec::new();
+        assert!(stream.read_to_end(&mut rest).is_ok(), "a connection still stands");
+    }
+}

@@ -212,6 +212,7 @@ async fn start(
         working_directory: "/".into(),
         working_directory_required: false,
         terminal: None,
+        confinement: Default::default(),
     };
     let (channel, _) = crate::container::nsenter::start_helper(containers, name, init, request, stdio).await?;
     Ok(channel)

@@ -3,13 +3,13 @@
 //! through the Incus files API (a round trip through incusd per file, and a helper process left
 //! in the container).
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use kapsule_rootfs::{Meta, Root};
 
 use crate::container::Containers;
 use crate::container::error::Error;
+use crate::host::procfs::exited;
 use crate::operation::Failure;
 
 /// The most of a container's file the daemon reads (its files are small configuration files).
@@ -72,13 +72,6 @@ impl ContainerFiles {
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
-}
-
-/// True when the process `pidfd` refers to has exited (a pidfd becomes readable then).
-fn exited(pidfd: &OwnedFd) -> bool {
-    let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
-    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
-    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
 }
 
 /// What [`edit_file`] does when the image lacks the file.

@@ -230,10 +230,10 @@ pub(crate) async fn get_kapsule_container(containers: &Containers, name: &str) -
         Err(e) if e.is_not_found() => return Err(Error::NotFound(format!("Container '{name}' does not exist"))),
         Err(e) => return Err(crate::error::incus_error(e)),
     };
+    // Another tool's instance is not there for Kapsule's users: the same answer as for no
+    // instance at all, so no caller learns what else Incus holds.
     if !is_kapsule(&instance) {
-        return Err(Error::NotFound(format!(
-            "'{name}' is an Incus instance, but not a Kapsule container"
-        )));
+        return Err(Error::NotFound(format!("Container '{name}' does not exist")));
     }
     Ok(instance)
 }

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kapsule_dbus::Error;
-use kapsule_nsenter::{EnterRequest, Reply, Request};
+use kapsule_nsenter::{Confinement, EnterRequest, Reply, Request};
 
 use crate::container::Containers;
+use crate::host::procfs::exited;
 
 /// Has `kapsule-nsenter` start `request` in container `name` (whose init is `pid`, `pidfd`),
 /// in the container's cgroup, with `stdio` as the command's descriptors when it has no
@@ -19,17 +20,30 @@ pub(crate) async fn start_helper(
     containers: &Containers,
     name: &str,
     (pid, pidfd): (u32, OwnedFd),
-    request: EnterRequest,
+    mut request: EnterRequest,
     stdio: Vec<OwnedFd>,
 ) -> Result<(UnixStream, Vec<OwnedFd>), Error> {
+    // Confined as the container's own processes are: what its init has, read now (the pidfd
+    // still open after the read shows the pid was the init's).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| Error::Failed(format!("Cannot read what confines '{name}': {e}")))?;
+    if exited(&pidfd) {
+        return Err(Error::Failed(format!("Container '{name}' stopped")));
+    }
+    request.confinement = Confinement::of_status(&status);
     let (client_channel, helper_channel) = UnixStream::pair().map_err(failed)?;
     let (control, helper_control) = UnixStream::pair().map_err(failed)?;
     let helper_path = containers.settings.nsenter_path();
-    let mut helper = tokio::process::Command::new(&helper_path)
+    let mut command = tokio::process::Command::new(&helper_path);
+    command
         .env_clear()
         .stdin(std::process::Stdio::from(OwnedFd::from(helper_control)))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit());
+    // Exactly the control socket: what else the daemon holds right now (another call's
+    // descriptors) is not the session's; what the session gets comes over the control socket.
+    kapsule_sys::only_stdio_on_exec(command.as_std_mut());
+    let mut helper = command
         .spawn()
         .map_err(|e| Error::Failed(format!("Cannot run {}: {e}", helper_path.display())))?;
     // Never 0: written to cgroup.procs, 0 would move the daemon itself.

@@ -157,10 +157,13 @@ pub(crate) async fn ensure(
     let Ok(start_time) = crate::host::procfs::start_time(pid) else {
         return; // The container stopped meanwhile; the session will say so.
     };
+    let Some((sources, places)) = look_at_places(pid, &request).await else {
+        return;
+    };
     let key = Key {
         init: (pid, start_time),
-        sources: request.mounts.iter().map(|m| source_identity(&m.source)).collect(),
-        places: target_places(pid, &request),
+        sources,
+        places,
         request,
     };
     let slot = (name.to_owned(), account.uid);
@@ -181,11 +184,8 @@ pub(crate) async fn ensure(
             }
             // A refused or failed entry is tried again at the next enter. The directories are
             // looked at again: the helper may have made them (or replaced a symlink there).
-            if all_fine {
-                let key = Key {
-                    places: target_places(pid, &key.request),
-                    ..key
-                };
+            if all_fine && let Some((_, places)) = look_at_places(pid, &key.request).await {
+                let key = Key { places, ..key };
                 containers
                     .socket_mounts
                     .0
@@ -196,6 +196,19 @@ pub(crate) async fn ensure(
         }
         Err(e) => log::warn!("{name}: the desktop sockets are not mounted: {e}"),
     }
+}
+
+/// The sockets' host files and the places inside they go, looked at on a blocking thread: a
+/// file system in the container (a FUSE mount there) or on the host may keep a `stat` from ever
+/// returning, and that must hold up this enter at most, never the daemon's async threads.
+async fn look_at_places(pid: u32, request: &Request) -> Option<(Vec<Option<(u64, u64)>>, Vec<Option<u64>>)> {
+    let request = request.clone();
+    tokio::task::spawn_blocking(move || {
+        let sources = request.mounts.iter().map(|m| source_identity(&m.source)).collect();
+        (sources, target_places(pid, &request))
+    })
+    .await
+    .ok()
 }
 
 /// Which host file `path` is, if there is one.
@@ -246,15 +259,16 @@ async fn run_mounts_helper(containers: &Containers, request: &Request, pidfd: &O
     let stdin = pidfd
         .try_clone()
         .map_err(|e| failed(format!("cannot pass the pidfd: {e}")))?;
-    let child = tokio::process::Command::new(&program)
+    let mut command = tokio::process::Command::new(&program);
+    command
         .arg(json)
         .env_clear()
         .stdin(std::process::Stdio::from(stdin))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| failed(format!("cannot run it: {e}")))?;
+        .kill_on_drop(true);
+    kapsule_sys::only_stdio_on_exec(command.as_std_mut());
+    let child = command.spawn().map_err(|e| failed(format!("cannot run it: {e}")))?;
     let output = tokio::time::timeout(HELPER_TIMEOUT, child.wait_with_output())
         .await
         .map_err(|_| failed(format!("did not finish within {HELPER_TIMEOUT:?}")))?

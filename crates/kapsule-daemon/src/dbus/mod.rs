@@ -16,6 +16,8 @@ pub(crate) mod socket;
 /// Tier 0: the surface over a socket pair, against a fake Incus and a stand-in authority.
 #[cfg(test)]
 mod tests;
+/// The Unix socket both carry D-Bus over: descriptors close-on-exec as they arrive.
+pub(crate) mod transport;
 
 /// What the surface serves from, on the bus and on each socket connection alike.
 #[derive(Clone, Debug)]

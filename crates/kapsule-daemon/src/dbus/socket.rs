@@ -16,21 +16,36 @@ use kapsule_dbus::MANAGER_PATH;
 use zbus::connection::AuthMechanism;
 
 use crate::dbus::Surface;
+use crate::dbus::transport::CloexecSocket;
 use crate::identity::link::Link;
 use crate::identity::peer::Peer;
 
 /// At most this many clients at once; more are turned away (the socket is open to every user).
 const MAX_PEERS: usize = 256;
 
+/// At most this many clients of one uid at once, so one user cannot take every slot and lock
+/// the others out (a `kapsule` command holds one; a dozen terminals opening at once are well
+/// within it). One turned away reaches the daemon through the bus instead.
+const MAX_PEERS_PER_UID: usize = 32;
+
+/// A client that has not read its replies for this long is dropped: until then every reply to
+/// it waits, holding its call's message and descriptors in the daemon.
+const SEND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A client that has not authenticated after this long is dropped.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Accepts clients on `listener` for as long as the daemon runs, each on a task of its own.
-pub(crate) async fn listen(surface: Surface, listener: UnixListener) -> io::Result<()> {
+pub(crate) async fn listen(
+    surface: Surface,
+    listener: UnixListener,
+    client_idle: std::time::Duration,
+) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     let next_id = AtomicU64::new(1);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PEERS));
+    let per_uid = PerUid::default();
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -45,11 +60,22 @@ pub(crate) async fn listen(surface: Surface, listener: UnixListener) -> io::Resu
             log::warn!("{MAX_PEERS} clients are connected already; turning one away");
             continue;
         };
+        let uid = match rustix::net::sockopt::socket_peercred(&stream) {
+            Ok(credentials) => credentials.uid.as_raw(),
+            Err(e) => {
+                log::info!("a client on the socket has no credentials: {e}");
+                continue;
+            }
+        };
+        let Some(uid_slot) = per_uid.take(uid) else {
+            log::warn!("uid {uid} has {MAX_PEERS_PER_UID} clients on the socket already; turning one away");
+            continue;
+        };
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let surface = surface.clone();
         tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(e) = serve_peer(&surface, id, stream).await {
+            let _slots = (slot, uid_slot);
+            if let Err(e) = serve_peer(&surface, id, stream, client_idle).await {
                 log::info!("client {id} on the socket: {e}");
             }
             surface.daemon.clients.remove_peer(id);
@@ -57,8 +83,14 @@ pub(crate) async fn listen(surface: Surface, listener: UnixListener) -> io::Resu
     }
 }
 
-/// Authenticates one client, serves it the manager until it hangs up.
-async fn serve_peer(surface: &Surface, id: u64, stream: tokio::net::UnixStream) -> anyhow::Result<()> {
+/// Authenticates one client, serves it the manager until it hangs up or has been idle for
+/// `client_idle` with no operation of its running.
+async fn serve_peer(
+    surface: &Surface,
+    id: u64,
+    stream: tokio::net::UnixStream,
+    client_idle: std::time::Duration,
+) -> anyhow::Result<()> {
     let _busy = surface.activity().hold();
     let stream = stream.into_std()?;
     let peer = Peer::of(&stream)?;
@@ -66,7 +98,7 @@ async fn serve_peer(surface: &Surface, id: u64, stream: tokio::net::UnixStream) 
     let link = Link::peer(surface.authority.clone(), surface.activity(), id, peer);
     let manager = surface.manager(link);
     // EXTERNAL only: the client proves it is the uid the kernel reports, nothing else is taken.
-    let handshake = zbus::connection::Builder::unix_stream(stream)
+    let handshake = zbus::connection::Builder::socket(CloexecSocket::new(stream)?.with_send_patience(SEND_PATIENCE))
         .server(zbus::Guid::generate())
         .p2p()
         .auth_mechanism(AuthMechanism::External)
@@ -79,9 +111,79 @@ async fn serve_peer(surface: &Surface, id: u64, stream: tokio::net::UnixStream) 
         .map_err(|_| anyhow::anyhow!("no authentication within {HANDSHAKE_TIMEOUT:?}"))??;
     surface.daemon.clients.add_peer(id, connection.clone());
     let mut messages = zbus::MessageStream::from(&connection);
-    while messages.next().await.is_some() {
-        surface.activity().touch();
+    loop {
+        match tokio::time::timeout(client_idle, messages.next()).await {
+            Ok(Some(_)) => surface.activity().touch(),
+            Ok(None) => {
+                log::debug!("client {id} on the socket hung up");
+                return Ok(());
+            }
+            // Waiting for its operation's signals is not idle.
+            Err(_) if surface.operations.any_running_through(id) => {}
+            Err(_) => {
+                log::info!("client {id} on the socket: idle for {client_idle:?}; dropped");
+                connection.close().await.ok();
+                return Ok(());
+            }
+        }
     }
-    log::debug!("client {id} on the socket hung up");
-    Ok(())
+}
+
+/// How many clients each uid has on the socket.
+#[derive(Clone, Debug, Default)]
+struct PerUid(Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>);
+
+impl PerUid {
+    /// A slot for one more client of `uid`, given back when dropped; `None` when it has
+    /// [`MAX_PEERS_PER_UID`] already.
+    fn take(&self, uid: u32) -> Option<UidSlot> {
+        let mut counts = self.0.lock().expect("per-uid counts");
+        let count = counts.entry(uid).or_insert(0);
+        if *count >= MAX_PEERS_PER_UID {
+            return None;
+        }
+        *count += 1;
+        Some(UidSlot {
+            counts: self.clone(),
+            uid,
+        })
+    }
+}
+
+/// One client's place in its uid's count.
+#[derive(Debug)]
+struct UidSlot {
+    counts: PerUid,
+    uid: u32,
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().expect("per-uid counts");
+        if let Some(count) = counts.get_mut(&self.uid) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.uid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_uid_cannot_take_every_slot() {
+        let per_uid = PerUid::default();
+        let mine: Vec<UidSlot> = (0..MAX_PEERS_PER_UID).map(|_| per_uid.take(1000).unwrap()).collect();
+        assert!(per_uid.take(1000).is_none(), "one more of the same uid");
+        assert!(per_uid.take(1001).is_some(), "another uid still gets in");
+        drop(mine);
+        assert!(per_uid.take(1000).is_some(), "slots come back as clients leave");
+        assert!(
+            per_uid.0.lock().unwrap().get(&1001).is_none(),
+            "no count kept for nobody"
+        );
+    }
 }

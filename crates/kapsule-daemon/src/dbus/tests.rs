@@ -51,7 +51,9 @@ async fn serve(incus: FakeIncus, allowed: &[&'static str]) -> Served {
     };
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let link = Link::peer(surface.authority.clone(), &activity, 1, Peer::of(&ours).unwrap());
-    let server = zbus::connection::Builder::unix_stream(ours)
+    // The daemon's own transport, as on its socket.
+    let ours = crate::dbus::transport::CloexecSocket::new(ours).unwrap();
+    let server = zbus::connection::Builder::socket(ours)
         .server(zbus::Guid::generate())
         .p2p()
         .serve_at(MANAGER_PATH, zbus::fdo::ObjectManager)

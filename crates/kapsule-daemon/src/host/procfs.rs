@@ -1,6 +1,16 @@
 //! Facts about host processes, read from `/proc`.
 
 use std::io;
+use std::os::fd::OwnedFd;
+
+/// True once the process `pidfd` refers to has ended (a pidfd becomes readable then). Whoever
+/// reads `/proc/<pid>` of a process it holds a pidfd of checks this after the read: while the
+/// process lives, its pid is not reused, so what was read was its own.
+pub(crate) fn exited(pidfd: &OwnedFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
+    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+}
 
 /// The start time of process `pid`, in clock ticks after boot.
 pub(crate) fn start_time(pid: u32) -> io::Result<u64> {

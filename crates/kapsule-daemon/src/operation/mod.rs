@@ -273,6 +273,15 @@ impl Operations {
             .collect()
     }
 
+    /// Whether any operation started through the link with id `link_id` still runs.
+    pub(crate) fn any_running_through(&self, link_id: u64) -> bool {
+        self.running
+            .lock()
+            .expect("operations lock")
+            .values()
+            .any(|(started_through, _)| *started_through == link_id)
+    }
+
     /// Exports a new operation for `who` on the connection their call came on and starts `work`
     /// in its own task. Returns the object path at once.
     pub(crate) async fn start<W, F>(

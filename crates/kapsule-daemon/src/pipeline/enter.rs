@@ -235,6 +235,7 @@ pub(crate) async fn start(daemon: &Daemon, who: &Requester, session: Session) ->
         working_directory: session.working_directory,
         working_directory_required: session.working_directory_required,
         terminal,
+        confinement: Default::default(),
     };
     let (channel, mut fds) = start_helper(&daemon.containers, &name, (pid, pidfd), request, stdio).await?;
     if wants.ephemeral {
@@ -272,8 +273,8 @@ fn check_bounds(session: &Session) -> Result<(), Error> {
     }
     if !session.working_directory.is_empty() && !Path::new(&session.working_directory).is_absolute() {
         return Err(Error::InvalidArgument(format!(
-            "The working directory '{}' is not absolute",
-            session.working_directory
+            "The working directory {} is not absolute",
+            kapsule_dbus::quote(&session.working_directory)
         )));
     }
     Ok(())

@@ -1,0 +1,331 @@
+//! The daemon's D-Bus transport: a Unix socket whose received descriptors are close-on-exec from
+//! the moment they arrive, for the bus connection and for each client of the daemon's own socket.
+//!
+//! zbus's own Unix socket receives descriptors without `MSG_CMSG_CLOEXEC`, so every helper the
+//! daemon started while a call's descriptors were held inherited them, and a descriptor one user
+//! sent (even in a call polkit then refused) was open in another user's session. The helpers are
+//! also started with nothing but their stdio ([`kapsule_sys::only_stdio_on_exec`]); this closes
+//! the window for anything else that might ever fork.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags,
+};
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+use zbus::connection::socket::{ReadHalf, Socket, Split, WriteHalf};
+use zbus::fdo::ConnectionCredentials;
+
+/// The most descriptors one message may carry: the kernel's own limit per `sendmsg`
+/// (`SCM_MAX_FD`), which is also what dbus-daemon allows.
+const MAX_FDS: usize = 253;
+
+/// A connected Unix socket carrying D-Bus.
+#[derive(Debug)]
+pub(crate) struct CloexecSocket {
+    stream: Arc<UnixStream>,
+    patience: Option<Duration>,
+}
+
+impl CloexecSocket {
+    /// Takes over a connected socket (switched to non-blocking; it must be made inside the
+    /// runtime that drives the connection).
+    pub(crate) fn new(stream: std::os::unix::net::UnixStream) -> io::Result<CloexecSocket> {
+        stream.set_nonblocking(true)?;
+        Ok(CloexecSocket {
+            stream: Arc::new(UnixStream::from_std(stream)?),
+            patience: None,
+        })
+    }
+
+    /// Gives up on a peer that has not taken what was sent for `patience`: the send fails and
+    /// the socket is shut down, so the connection ends (a client of the daemon's own socket that
+    /// never reads its replies; not the bus, which always reads).
+    pub(crate) fn with_send_patience(self, patience: Duration) -> CloexecSocket {
+        CloexecSocket {
+            patience: Some(patience),
+            ..self
+        }
+    }
+
+    /// Connects to the first Unix address of a D-Bus address list (`unix:path=…` or
+    /// `unix:abstract=…`, the forms a system or session bus has). `None` when the list has no
+    /// such address.
+    pub(crate) async fn connect(addresses: &str) -> Option<io::Result<CloexecSocket>> {
+        let path = unix_path(addresses)?;
+        Some(
+            async {
+                let address = socket_address(&path)?;
+                let stream =
+                    tokio::task::spawn_blocking(move || std::os::unix::net::UnixStream::connect_addr(&address))
+                        .await
+                        .map_err(io::Error::other)??;
+                CloexecSocket::new(stream)
+            }
+            .await,
+        )
+    }
+}
+
+/// The socket a `unix:` address names: a path, or (first byte 0) an abstract name.
+fn socket_address(path: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    match path.strip_prefix(b"\0") {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name),
+        None => std::os::unix::net::SocketAddr::from_pathname(std::ffi::OsStr::from_bytes(path)),
+    }
+}
+
+/// The socket of the first `unix:` address in `addresses` (`;`-separated) that has a `path` or an
+/// `abstract` key, with D-Bus's `%XX` escapes undone; an abstract name starts with a 0 byte.
+fn unix_path(addresses: &str) -> Option<Vec<u8>> {
+    addresses.split(';').find_map(|address| {
+        let keys = address.strip_prefix("unix:")?;
+        keys.split(',').find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            let value = unescape(value)?;
+            match key {
+                "path" => Some(value),
+                "abstract" => Some([&[0u8][..], &value].concat()),
+                _ => None,
+            }
+        })
+    })
+}
+
+/// A D-Bus address value with its `%XX` escapes undone; `None` for a broken escape.
+fn unescape(value: &str) -> Option<Vec<u8>> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+impl Socket for CloexecSocket {
+    type ReadHalf = Reader;
+    type WriteHalf = Writer;
+
+    fn split(self) -> Split<Reader, Writer> {
+        Split::new(
+            Reader(self.stream.clone()),
+            Writer {
+                stream: self.stream,
+                patience: self.patience,
+            },
+        )
+    }
+}
+
+/// The half a connection receives through.
+#[derive(Debug)]
+pub(crate) struct Reader(Arc<UnixStream>);
+
+/// The half a connection sends through.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    stream: Arc<UnixStream>,
+    patience: Option<Duration>,
+}
+
+#[async_trait::async_trait]
+impl ReadHalf for Reader {
+    async fn recvmsg(&mut self, buffer: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+        loop {
+            self.0.readable().await?;
+            match self.0.try_io(Interest::READABLE, || receive(self.0.as_fd(), buffer)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                received => return received,
+            }
+        }
+    }
+
+    fn can_pass_unix_fd(&self) -> bool {
+        true
+    }
+
+    async fn peer_credentials(&mut self) -> io::Result<ConnectionCredentials> {
+        credentials(self.0.as_fd())
+    }
+}
+
+#[async_trait::async_trait]
+impl WriteHalf for Writer {
+    async fn sendmsg(&mut self, buffer: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        let stream = &self.stream;
+        let sending = async {
+            loop {
+                stream.writable().await?;
+                match stream.try_io(Interest::WRITABLE, || send(stream.as_fd(), buffer, fds)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    sent => return sent,
+                }
+            }
+        };
+        let Some(patience) = self.patience else {
+            return sending.await;
+        };
+        match tokio::time::timeout(patience, sending).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                // The reader sees the end too, and the connection goes with everything it holds.
+                let _ = rustix::net::shutdown(stream.as_fd(), rustix::net::Shutdown::Both);
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the peer took nothing of its replies for {patience:?}: dropped"),
+                ))
+            }
+        }
+    }
+
+    async fn close(&mut self) -> io::Result<()> {
+        match rustix::net::shutdown(self.stream.as_fd(), rustix::net::Shutdown::Write) {
+            // The peer hung up first: closed either way.
+            Err(rustix::io::Errno::NOTCONN) | Ok(()) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn can_pass_unix_fd(&self) -> bool {
+        true
+    }
+
+    async fn peer_credentials(&mut self) -> io::Result<ConnectionCredentials> {
+        credentials(self.stream.as_fd())
+    }
+}
+
+/// One `recvmsg`, descriptors close-on-exec as they arrive. A message whose descriptors did not
+/// all fit (the kernel dropped the rest) is an error: the call would be missing some.
+fn receive(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = [IoSliceMut::new(buffer)];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::net::recvmsg(socket, &mut iov, &mut ancillary, RecvFlags::CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for message in ancillary.drain() {
+        if let RecvAncillaryMessage::ScmRights(passed) = message {
+            fds.extend(passed);
+        }
+    }
+    if received.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a message carried more than {MAX_FDS} descriptors"),
+        ));
+    }
+    if received.bytes == 0 {
+        return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the peer hung up"));
+    }
+    Ok((received.bytes, fds))
+}
+
+/// One `sendmsg` with `fds` attached (never `SIGPIPE`: a peer gone is an error).
+fn send(socket: BorrowedFd<'_>, buffer: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut ancillary = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !ancillary.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
+    }
+    Ok(rustix::net::sendmsg(
+        socket,
+        &[IoSlice::new(buffer)],
+        &mut ancillary,
+        SendFlags::NOSIGNAL,
+    )?)
+}
+
+/// What the kernel says of the peer: the uid the `EXTERNAL` authentication is checked against.
+fn credentials(socket: BorrowedFd<'_>) -> io::Result<ConnectionCredentials> {
+    let peer = rustix::net::sockopt::socket_peercred(socket)?;
+    Ok(ConnectionCredentials::default()
+        .set_unix_user_id(peer.uid.as_raw())
+        .set_process_id(peer.pid.as_raw_nonzero().get().unsigned_abs())
+        .add_unix_group_id(peer.gid.as_raw()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_addresses_are_read_as_dbus_writes_them() {
+        assert_eq!(
+            unix_path("unix:path=/run/dbus/system_bus_socket").as_deref(),
+            Some(&b"/run/dbus/system_bus_socket"[..])
+        );
+        assert_eq!(
+            unix_path("tcp:host=x,port=1;unix:guid=abc,path=/tmp/a%20b").as_deref(),
+            Some(&b"/tmp/a b"[..])
+        );
+        assert_eq!(unix_path("unix:abstract=kt").as_deref(), Some(&b"\0kt"[..]));
+        assert_eq!(unix_path("tcp:host=x,port=1"), None);
+        assert_eq!(unix_path("unix:path=/a%2"), None);
+    }
+
+    /// A peer that never reads is given up on once its buffers are full for the patience: the
+    /// send fails and the peer finds the connection ended.
+    #[tokio::test]
+    async fn a_peer_that_never_reads_is_dropped() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let socket = CloexecSocket::new(ours)
+            .unwrap()
+            .with_send_patience(Duration::from_millis(200));
+        let (_, mut write) = socket.split().take();
+        let chunk = vec![0u8; 64 * 1024];
+        let started = std::time::Instant::now();
+        let failed = loop {
+            match write.sendmsg(&chunk, &[]).await {
+                Ok(_) => assert!(started.elapsed() < Duration::from_secs(10), "never blocked"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(failed.kind(), io::ErrorKind::TimedOut, "{failed}");
+        // The peer reads what was buffered, then the end.
+        let mut theirs = theirs;
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut theirs, &mut all).unwrap();
+        assert!(!all.is_empty());
+    }
+
+    /// A descriptor sent over the transport arrives close-on-exec, with its bytes.
+    #[tokio::test]
+    async fn descriptors_arrive_close_on_exec() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let socket = CloexecSocket::new(ours).unwrap();
+        let mut reader = Reader(socket.stream.clone());
+        // Sent without close-on-exec on the sender's side.
+        let (read_end, _write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
+        assert!(
+            !rustix::io::fcntl_getfd(&read_end)
+                .unwrap()
+                .contains(rustix::io::FdFlags::CLOEXEC)
+        );
+        send(theirs.as_fd(), b"hello", &[read_end.as_fd()]).unwrap();
+        let mut buffer = [0u8; 16];
+        let (n, fds) = reader.recvmsg(&mut buffer).await.unwrap();
+        assert_eq!(&buffer[..n], b"hello");
+        assert_eq!(fds.len(), 1);
+        assert!(
+            rustix::io::fcntl_getfd(&fds[0])
+                .unwrap()
+                .contains(rustix::io::FdFlags::CLOEXEC)
+        );
+    }
+}

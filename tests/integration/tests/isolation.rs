@@ -1,0 +1,221 @@
+//! What no user's call and no container can reach through the root daemon: a descriptor the
+//! daemon holds (another call's, received over D-Bus) never reaches a helper, a session or a
+//! root command in a container; a container's symlinks never lead the daemon's reads and writes
+//! onto a mount (the host's `/` at `/.kapsule/host`).
+
+use std::os::fd::AsFd;
+
+use kapsule_integration_tests::{InstanceGuard, RemoveOnDrop, daemon_test, options, sh, test_user, unique_name};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The descriptor numbers an `ls -l /proc/self/fd/` printed.
+fn numbers(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(8))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_descriptor_the_daemon_holds_reaches_a_session_or_a_root_command() {
+    let test = daemon_test().await;
+    let user = test_user();
+    let name = unique_name("fds");
+    let _guard = InstanceGuard(name.clone());
+
+    // A file only root may read, held open by the daemon's process without close-on-exec, as the
+    // descriptors of a call in flight were (the daemon runs in this process).
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("kt-secret");
+    std::fs::write(&secret, "root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let held = rustix::fs::open(&secret, rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty()).unwrap();
+    let flags = rustix::io::fcntl_getfd(held.as_fd()).unwrap();
+    assert!(
+        !flags.contains(rustix::io::FdFlags::CLOEXEC),
+        "the held descriptor is inheritable"
+    );
+
+    // A root command of the daemon's in the container (a create's init hook), and a session.
+    let hook = "ls -l /proc/self/fd/ > /root/kt-fds";
+    test.create(&name, options(vec![("init_hooks", zbus::Variant::from(vec![hook]))]))
+        .await;
+    let (code, by_root) = sh(&test.env.incus, &name, "cat /root/kt-fds").await;
+    assert_eq!(code, 0, "{by_root}");
+    let out = user
+        .kapsule(&test.bus)
+        .args(["enter", &name, "--", "ls", "-l", "/proc/self/fd/"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let in_session = text(&out.stdout);
+
+    for (who, listing) in [("the root command", &by_root), ("the session", &in_session)] {
+        assert!(
+            !listing.contains("kt-secret"),
+            "{who} has the daemon's descriptor:\n{listing}"
+        );
+        // stdin, stdout, stderr and the directory `ls` reads: nothing else came with it.
+        assert_eq!(numbers(listing), ["0", "1", "2", "3"], "{who}:\n{listing}");
+    }
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containers_symlinks_never_lead_the_daemon_onto_a_host_directory() {
+    let test = daemon_test().await;
+    let user = test_user();
+    let name = unique_name("xdev");
+    let _guard = InstanceGuard(name.clone());
+    test.create(&name, Default::default()).await;
+
+    // Host directories the container names through /.kapsule/host (the host's `/`): one for
+    // /etc/sudoers.d, one for the whole /etc (with the user database in it, so a write would
+    // find what it looks for).
+    let sudoers = std::path::PathBuf::from(format!("/tmp/{}", unique_name("sudoers")));
+    let etc = std::path::PathBuf::from(format!("/tmp/{}", unique_name("etc")));
+    let _cleanup = (RemoveOnDrop(sudoers.clone()), RemoveOnDrop(etc.clone()));
+    std::fs::create_dir(&sudoers).unwrap();
+    let script = format!(
+        "rm -rf /etc/sudoers.d && ln -s /.kapsule/host{} /etc/sudoers.d && cp -a /etc /.kapsule/host{}",
+        sudoers.display(),
+        etc.display()
+    );
+    let (code, out) = sh(&test.env.incus, &name, &script).await;
+    assert_eq!(code, 0, "{out}");
+    let listing = |dir: &std::path::Path| {
+        let mut files: Vec<(String, Vec<u8>)> = walk(dir);
+        files.sort();
+        files
+    };
+    let etc_before = listing(&etc);
+
+    let enter = || {
+        user.kapsule(&test.bus)
+            .args(["enter", &name, "--", "id", "-un"])
+            .output()
+            .unwrap()
+    };
+    // /etc/sudoers.d leads onto the host: the setup fails, saying so, and writes nothing there.
+    let out = enter();
+    assert!(!out.status.success(), "the setup went through the host directory");
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("/etc/sudoers.d") && said.contains("leads out of the container's own files"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&sudoers).unwrap().count(),
+        0,
+        "a host file was written"
+    );
+
+    // /etc itself leads onto the host: the same.
+    let (code, out) = sh(
+        &test.env.incus,
+        &name,
+        &format!(
+            "rm /etc/sudoers.d && mv /etc /etc.own && ln -s /.kapsule/host{} /etc",
+            etc.display()
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let out = enter();
+    assert!(!out.status.success(), "the setup went through the host directory");
+    assert!(
+        text(&out.stderr).contains("leads out of the container's own files"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(listing(&etc), etc_before, "a host file was changed");
+}
+
+/// Every regular file below `dir` with its contents.
+fn walk(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            files.extend(walk(&entry.path()));
+        } else if kind.is_file() {
+            files.push((entry.path().display().to_string(), std::fs::read(entry.path()).unwrap()));
+        }
+    }
+    files
+}
+
+/// The `CapBnd` and `NoNewPrivs` lines of a `/proc/<pid>/status`.
+fn confinement(status: &str) -> String {
+    status
+        .lines()
+        .filter(|l| l.starts_with("CapBnd:") || l.starts_with("NoNewPrivs:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_confined_as_the_containers_own_processes() {
+    let test = daemon_test().await;
+    let user = test_user();
+    let name = unique_name("confined");
+    let _guard = InstanceGuard(name.clone());
+    test.create(&name, Default::default()).await;
+
+    // What the container's init has: LXC takes capabilities away from it (sys_module, sys_time
+    // and more), which the daemon (and a helper it starts) still has.
+    let (code, init) = sh(&test.env.incus, &name, "cat /proc/1/status").await;
+    assert_eq!(code, 0, "{init}");
+    let init = confinement(&init);
+    let daemons = confinement(&std::fs::read_to_string("/proc/self/status").unwrap());
+    assert_ne!(
+        init, daemons,
+        "the container's init is as unconfined as the daemon: nothing to check"
+    );
+
+    // A session, and sudo in it, have no more than the init.
+    let out = user
+        .kapsule(&test.bus)
+        .args([
+            "enter",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/self/status; echo ---; sudo cat /proc/self/status",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let (session, with_sudo) = shown.split_once("---\n").expect("both");
+    assert_eq!(confinement(session), init, "the session");
+    assert_eq!(confinement(with_sudo), init, "sudo in the session");
+    // A capability the container lacks is out of reach in it: loading a kernel module is
+    // refused for lack of it, not for a missing file.
+    let out = user
+        .kapsule(&test.bus)
+        .args([
+            "enter",
+            &name,
+            "--",
+            "sudo",
+            "sh",
+            "-c",
+            "grep CapEff /proc/self/status",
+        ])
+        .output()
+        .unwrap();
+    let effective = u64::from_str_radix(text(&out.stdout).trim().trim_start_matches("CapEff:").trim(), 16).unwrap();
+    const CAP_SYS_MODULE: u32 = 16;
+    assert_eq!(
+        effective & (1 << CAP_SYS_MODULE),
+        0,
+        "root in the session may load modules"
+    );
+}
