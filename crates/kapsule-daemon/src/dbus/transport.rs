@@ -123,11 +123,19 @@ impl Socket for CloexecSocket {
     type WriteHalf = Writer;
 
     fn split(self) -> Split<Reader, Writer> {
+        // With patience, reading waits while a send is stuck: a peer that does not read its
+        // replies gets no more of its calls read (they stay in its own socket buffer, which the
+        // kernel bounds), where zbus would start a task holding each until the peer was dropped.
+        let flow = self.patience.map(|_| Arc::new(Flow::default()));
         Split::new(
-            Reader(self.stream.clone()),
+            Reader {
+                stream: self.stream.clone(),
+                flow: flow.clone(),
+            },
             Writer {
                 stream: self.stream,
                 patience: self.patience,
+                flow,
             },
         )
     }
@@ -135,21 +143,72 @@ impl Socket for CloexecSocket {
 
 /// The half a connection receives through.
 #[derive(Debug)]
-pub(crate) struct Reader(Arc<UnixStream>);
+pub(crate) struct Reader {
+    stream: Arc<UnixStream>,
+    flow: Option<Arc<Flow>>,
+}
 
 /// The half a connection sends through.
 #[derive(Debug)]
 pub(crate) struct Writer {
     stream: Arc<UnixStream>,
     patience: Option<Duration>,
+    flow: Option<Arc<Flow>>,
+}
+
+/// Whether a send is stuck (the peer's buffer full), for the reader to wait on.
+#[derive(Debug, Default)]
+pub(crate) struct Flow {
+    stuck: std::sync::atomic::AtomicBool,
+    moving: tokio::sync::Notify,
+}
+
+impl Flow {
+    fn set_stuck(&self, stuck: bool) {
+        self.stuck.store(stuck, std::sync::atomic::Ordering::SeqCst);
+        if !stuck {
+            self.moving.notify_waiters();
+        }
+    }
+
+    /// Returns once no send is stuck.
+    async fn wait_moving(&self) {
+        loop {
+            let moving = self.moving.notified();
+            tokio::pin!(moving);
+            // Registered before the check, so a change right after it is not missed.
+            moving.as_mut().enable();
+            if !self.stuck.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            moving.await;
+        }
+    }
+}
+
+/// Marks a send stuck from its first `WouldBlock` until it ends, however it ends.
+struct Stuck<'a>(Option<&'a Flow>);
+
+impl Drop for Stuck<'_> {
+    fn drop(&mut self) {
+        if let Some(flow) = self.0 {
+            flow.set_stuck(false);
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl ReadHalf for Reader {
     async fn recvmsg(&mut self, buffer: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+        if let Some(flow) = &self.flow {
+            flow.wait_moving().await;
+        }
         loop {
-            self.0.readable().await?;
-            match self.0.try_io(Interest::READABLE, || receive(self.0.as_fd(), buffer)) {
+            self.stream.readable().await?;
+            match self
+                .stream
+                .try_io(Interest::READABLE, || receive(self.stream.as_fd(), buffer))
+            {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 received => return received,
             }
@@ -161,7 +220,7 @@ impl ReadHalf for Reader {
     }
 
     async fn peer_credentials(&mut self) -> io::Result<ConnectionCredentials> {
-        credentials(self.0.as_fd())
+        credentials(self.stream.as_fd())
     }
 }
 
@@ -169,11 +228,18 @@ impl ReadHalf for Reader {
 impl WriteHalf for Writer {
     async fn sendmsg(&mut self, buffer: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
         let stream = &self.stream;
+        let flow = self.flow.as_deref();
         let sending = async {
+            let mut stuck = Stuck(None);
             loop {
                 stream.writable().await?;
                 match stream.try_io(Interest::WRITABLE, || send(stream.as_fd(), buffer, fds)) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if let (Some(flow), None) = (flow, stuck.0) {
+                            flow.set_stuck(true);
+                            stuck.0 = Some(flow);
+                        }
+                    }
                     sent => return sent,
                 }
             }
@@ -262,6 +328,8 @@ fn credentials(socket: BorrowedFd<'_>) -> io::Result<ConnectionCredentials> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     #[test]
@@ -304,12 +372,43 @@ mod tests {
         assert!(!all.is_empty());
     }
 
+    /// While a send is stuck, the reader waits; once it moves (or gives up), the reader goes on.
+    #[tokio::test]
+    async fn reading_waits_while_a_send_is_stuck() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let socket = CloexecSocket::new(ours)
+            .unwrap()
+            .with_send_patience(Duration::from_millis(500));
+        let (mut read, mut write) = socket.split().take();
+        (&theirs).write_all(b"a call").unwrap();
+        // Fill the peer's buffers: the next send is stuck until the patience runs out.
+        let chunk = vec![0u8; 64 * 1024];
+        let sending = tokio::spawn(async move {
+            loop {
+                if let Err(e) = write.sendmsg(&chunk, &[]).await {
+                    return e;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut buffer = [0u8; 16];
+        let early = tokio::time::timeout(Duration::from_millis(200), read.recvmsg(&mut buffer)).await;
+        assert!(early.is_err(), "read while a send was stuck");
+        assert_eq!(sending.await.unwrap().kind(), io::ErrorKind::TimedOut);
+        // Given up on: reading goes on, and finds what was there.
+        let (n, _) = read.recvmsg(&mut buffer).await.unwrap();
+        assert_eq!(&buffer[..n], b"a call");
+    }
+
     /// A descriptor sent over the transport arrives close-on-exec, with its bytes.
     #[tokio::test]
     async fn descriptors_arrive_close_on_exec() {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let socket = CloexecSocket::new(ours).unwrap();
-        let mut reader = Reader(socket.stream.clone());
+        let mut reader = Reader {
+            stream: socket.stream.clone(),
+            flow: None,
+        };
         // Sent without close-on-exec on the sender's side.
         let (read_end, _write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
         assert!(
