@@ -15,7 +15,7 @@
 //! after sysinit.target, 100 ms to a second after sysusers (measured); the rest of the boot
 //! (services, multi-user.target) is not waited for.
 //!
-//! What can be seen from the host is looked at from the host: whether the init is systemd, and
+//! What can be seen from the host is looked at from the host: whether the init runs systemd, and
 //! whether it listens on its socket yet (right after a start `systemctl` cannot connect: "Failed
 //! to connect to bus"). Then `systemctl start` runs through the session helper (`exec.rs`), not
 //! `incus exec` (which took about 60 ms even when both units were long done). Talking to
@@ -57,10 +57,28 @@ pub(crate) async fn wait_for_early_boot(containers: &Containers, files: &Contain
 /// The wait itself; says how it ended.
 async fn wait(containers: &Containers, files: &ContainerFiles) -> Result<String, Error> {
     let started = Instant::now();
-    let comm = std::fs::read_to_string(format!("/proc/{}/comm", files.init_pid()))
-        .map_err(|source| Error::Proc { what: "name", source })?;
-    if comm.trim() != "systemd" {
-        return Ok(format!("nothing to wait for (the init is {})", comm.trim()));
+    let pid = files.init_pid();
+    // Right after a start the init may not have executed its program yet (Incus says Running
+    // once LXC is about to): until then it is a copy of its parent, LXC's monitor, and what it
+    // runs says nothing (a container taken for one without systemd was entered before its
+    // system bus listened).
+    while not_yet_executed(pid)? {
+        if started.elapsed() > LIMIT {
+            return Err(Error::Timeout {
+                what: "the container's init did not start its program",
+                after: LIMIT,
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    // Its program, not its name: systemd started as /sbin/init is called `init` until it names
+    // itself (seen under load too).
+    let program = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|source| Error::Proc {
+        what: "program",
+        source,
+    })?;
+    if program.file_name().is_none_or(|name| name != "systemd") {
+        return Ok(format!("nothing to wait for (the init is {})", program.display()));
     }
     loop {
         let socket = files.with_root(|root| root.metadata("/run/systemd/private")).await?;
@@ -92,4 +110,60 @@ async fn wait(containers: &Containers, files: &ContainerFiles) -> Result<String,
         ),
         Status::Killed(signal) => format!("starting {units} was killed by signal {signal}"),
     })
+}
+
+/// True while process `pid` still runs its parent's program (it has not executed its own).
+fn not_yet_executed(pid: u32) -> Result<bool, Error> {
+    let proc_error = |source| Error::Proc {
+        what: "program",
+        source,
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(proc_error)?;
+    // The parent's pid is the second field after the name, which ends at the last ')'.
+    let parent = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|ppid| ppid.parse::<u32>().ok())
+        .ok_or_else(|| proc_error(std::io::Error::other("no parent in /proc/<pid>/stat")))?;
+    let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe"));
+    match (exe(pid), exe(parent)) {
+        (Ok(own), Ok(parents)) => Ok(own == parents),
+        (Err(e), _) => Err(proc_error(e)),
+        // The parent gone or unreadable: nothing to compare with; the program is what it is.
+        (Ok(_), Err(_)) => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_running_its_own_program_has_executed() {
+        // This test's process runs another program than its parent (the test runner's shell or
+        // harness), and so does a child that executed `sleep`.
+        assert!(!not_yet_executed(std::process::id()).unwrap());
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!not_yet_executed(child.id()).unwrap());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A process running its parent's program looks like one that has not executed yet: a
+        // shell's subshell (a fork of the shell, no exec).
+        use std::os::unix::process::CommandExt;
+        let mut outer = std::process::Command::new("sh")
+            .args(["-c", "(sleep 3; :); :"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", outer.id())).unwrap();
+        let subshell: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+        let looked = not_yet_executed(subshell);
+        // The whole group: the shell, its subshell and the sleep.
+        let group = rustix::process::Pid::from_raw(outer.id() as i32).unwrap();
+        rustix::process::kill_process_group(group, rustix::process::Signal::KILL).unwrap();
+        outer.wait().unwrap();
+        assert!(looked.unwrap(), "a subshell runs its parent's program");
+    }
 }
