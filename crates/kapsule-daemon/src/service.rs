@@ -121,9 +121,9 @@ async fn connect(bus: &Bus) -> anyhow::Result<Connection> {
         Some(address) => CloexecSocket::connect(address).await.transpose()?,
         None => None,
     };
-    let builder = match (socket, bus) {
-        (Some(socket), _) => zbus::connection::Builder::socket(socket),
-        (None, bus) => {
+    let builder = match socket {
+        Some(socket) => zbus::connection::Builder::socket(socket),
+        None => {
             log::warn!("the {bus:?} bus is not on a Unix socket: descriptors it passes are not close-on-exec at once");
             match bus {
                 Bus::System => zbus::connection::Builder::system(),

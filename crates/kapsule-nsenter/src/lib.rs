@@ -154,6 +154,8 @@ pub fn recv<T: for<'de> Deserialize<'de>>(socket: &UnixStream) -> io::Result<(T,
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
 
     #[test]
@@ -170,7 +172,6 @@ mod tests {
         assert!(Confinement::of_status("NoNewPrivs:\t1\n").no_new_privs);
         assert_eq!(Confinement::of_status("").capability_bounding_set, None);
     }
-    use std::os::fd::AsFd;
 
     #[test]
     fn messages_and_descriptors_cross_the_socket() {

@@ -23,6 +23,7 @@
 //! container's pid namespace, and systemd refuses such a peer ("Incoming private connection
 //! from unprivileged client, refusing").
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kapsule_dbus::session::Status;
@@ -61,8 +62,12 @@ async fn wait(containers: &Containers, files: &ContainerFiles) -> Result<String,
     // Right after a start the init may not have executed its program yet (Incus says Running
     // once LXC is about to): until then it is a copy of its parent, LXC's monitor, and what it
     // runs says nothing (a container taken for one without systemd was entered before its
-    // system bus listened).
-    while not_yet_executed(pid)? {
+    // system bus listened). Then its program is looked at, not its name: systemd started as
+    // /sbin/init is called `init` until it names itself (seen under load too).
+    let program = loop {
+        if let Some(program) = executed_program(pid)? {
+            break program;
+        }
         if started.elapsed() > LIMIT {
             return Err(Error::Timeout {
                 what: "the container's init did not start its program",
@@ -70,13 +75,7 @@ async fn wait(containers: &Containers, files: &ContainerFiles) -> Result<String,
             });
         }
         tokio::time::sleep(POLL).await;
-    }
-    // Its program, not its name: systemd started as /sbin/init is called `init` until it names
-    // itself (seen under load too).
-    let program = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|source| Error::Proc {
-        what: "program",
-        source,
-    })?;
+    };
     if program.file_name().is_none_or(|name| name != "systemd") {
         return Ok(format!("nothing to wait for (the init is {})", program.display()));
     }
@@ -112,26 +111,18 @@ async fn wait(containers: &Containers, files: &ContainerFiles) -> Result<String,
     })
 }
 
-/// True while process `pid` still runs its parent's program (it has not executed its own).
-fn not_yet_executed(pid: u32) -> Result<bool, Error> {
+/// The program process `pid` runs, once it has executed one of its own; `None` while it still
+/// runs its parent's.
+fn executed_program(pid: u32) -> Result<Option<PathBuf>, Error> {
     let proc_error = |source| Error::Proc {
         what: "program",
         source,
     };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(proc_error)?;
-    // The parent's pid is the second field after the name, which ends at the last ')'.
-    let parent = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-        .and_then(|ppid| ppid.parse::<u32>().ok())
-        .ok_or_else(|| proc_error(std::io::Error::other("no parent in /proc/<pid>/stat")))?;
     let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe"));
-    match (exe(pid), exe(parent)) {
-        (Ok(own), Ok(parents)) => Ok(own == parents),
-        (Err(e), _) => Err(proc_error(e)),
-        // The parent gone or unreadable: nothing to compare with; the program is what it is.
-        (Ok(_), Err(_)) => Ok(false),
-    }
+    let own = exe(pid).map_err(proc_error)?;
+    let parents = crate::host::procfs::parent(pid).and_then(exe);
+    // The parent gone or unreadable: nothing to compare with; the program is what it is.
+    Ok((parents.ok().as_ref() != Some(&own)).then_some(own))
 }
 
 #[cfg(test)]
@@ -142,10 +133,13 @@ mod tests {
     fn a_process_running_its_own_program_has_executed() {
         // This test's process runs another program than its parent (the test runner's shell or
         // harness), and so does a child that executed `sleep`.
-        assert!(!not_yet_executed(std::process::id()).unwrap());
+        assert!(executed_program(std::process::id()).unwrap().is_some());
         let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(!not_yet_executed(child.id()).unwrap());
+        assert_eq!(
+            executed_program(child.id()).unwrap().unwrap().file_name().unwrap(),
+            "sleep"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         // A process running its parent's program looks like one that has not executed yet: a
@@ -159,11 +153,11 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(200));
         let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", outer.id())).unwrap();
         let subshell: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
-        let looked = not_yet_executed(subshell);
+        let looked = executed_program(subshell);
         // The whole group: the shell, its subshell and the sleep.
         let group = rustix::process::Pid::from_raw(outer.id() as i32).unwrap();
         rustix::process::kill_process_group(group, rustix::process::Signal::KILL).unwrap();
         outer.wait().unwrap();
-        assert!(looked.unwrap(), "a subshell runs its parent's program");
+        assert_eq!(looked.unwrap(), None, "a subshell runs its parent's program");
     }
 }

@@ -157,7 +157,13 @@ pub(crate) async fn ensure(
     let Ok(start_time) = crate::host::procfs::start_time(pid) else {
         return; // The container stopped meanwhile; the session will say so.
     };
-    let Some((sources, places)) = look_at_places(pid, &request).await else {
+    let looked_at = request.clone();
+    let Some((sources, places)) = off_the_async_threads(move || {
+        let sources = looked_at.mounts.iter().map(|m| source_identity(&m.source)).collect();
+        (sources, target_places(pid, &looked_at))
+    })
+    .await
+    else {
         return;
     };
     let key = Key {
@@ -184,7 +190,8 @@ pub(crate) async fn ensure(
             }
             // A refused or failed entry is tried again at the next enter. The directories are
             // looked at again: the helper may have made them (or replaced a symlink there).
-            if all_fine && let Some((_, places)) = look_at_places(pid, &key.request).await {
+            let looked_at = key.request.clone();
+            if all_fine && let Some(places) = off_the_async_threads(move || target_places(pid, &looked_at)).await {
                 let key = Key { places, ..key };
                 containers
                     .socket_mounts
@@ -198,17 +205,12 @@ pub(crate) async fn ensure(
     }
 }
 
-/// The sockets' host files and the places inside they go, looked at on a blocking thread: a
-/// file system in the container (a FUSE mount there) or on the host may keep a `stat` from ever
-/// returning, and that must hold up this enter at most, never the daemon's async threads.
-async fn look_at_places(pid: u32, request: &Request) -> Option<(Vec<Option<(u64, u64)>>, Vec<Option<u64>>)> {
-    let request = request.clone();
-    tokio::task::spawn_blocking(move || {
-        let sources = request.mounts.iter().map(|m| source_identity(&m.source)).collect();
-        (sources, target_places(pid, &request))
-    })
-    .await
-    .ok()
+/// `work` (the sockets' host files and the places inside they go are looked at this way) on a
+/// blocking thread: a file system in the container (a FUSE mount there) or on the host may keep
+/// a `stat` from ever returning, and that must hold up this enter at most, never the daemon's
+/// async threads.
+async fn off_the_async_threads<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(work).await.ok()
 }
 
 /// Which host file `path` is, if there is one.
