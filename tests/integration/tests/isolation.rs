@@ -5,7 +5,19 @@
 
 use std::os::fd::AsFd;
 
-use kapsule_integration_tests::{InstanceGuard, RemoveOnDrop, daemon_test, options, sh, test_user, unique_name};
+use kapsule_integration_tests::{
+    DaemonTest, InstanceGuard, RemoveOnDrop, daemon_test, options, sh, test_user, unique_name,
+};
+
+/// `kapsule enter NAME -- COMMAND…` as the test user, through the test's bus.
+fn enter(test: &DaemonTest, name: &str, command: &[&str]) -> std::process::Output {
+    test_user()
+        .kapsule(&test.bus)
+        .args(["enter", name, "--"])
+        .args(command)
+        .output()
+        .unwrap()
+}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -23,7 +35,6 @@ fn numbers(listing: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_descriptor_the_daemon_holds_reaches_a_session_or_a_root_command() {
     let test = daemon_test().await;
-    let user = test_user();
     let name = unique_name("fds");
     let _guard = InstanceGuard(name.clone());
 
@@ -46,11 +57,7 @@ async fn no_descriptor_the_daemon_holds_reaches_a_session_or_a_root_command() {
         .await;
     let (code, by_root) = sh(&test.env.incus, &name, "cat /root/kt-fds").await;
     assert_eq!(code, 0, "{by_root}");
-    let out = user
-        .kapsule(&test.bus)
-        .args(["enter", &name, "--", "ls", "-l", "/proc/self/fd/"])
-        .output()
-        .unwrap();
+    let out = enter(&test, &name, &["ls", "-l", "/proc/self/fd/"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let in_session = text(&out.stdout);
 
@@ -68,7 +75,6 @@ async fn no_descriptor_the_daemon_holds_reaches_a_session_or_a_root_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_containers_symlinks_never_lead_the_daemon_onto_a_host_directory() {
     let test = daemon_test().await;
-    let user = test_user();
     let name = unique_name("xdev");
     let _guard = InstanceGuard(name.clone());
     test.create(&name, Default::default()).await;
@@ -94,14 +100,9 @@ async fn a_containers_symlinks_never_lead_the_daemon_onto_a_host_directory() {
     };
     let etc_before = listing(&etc);
 
-    let enter = || {
-        user.kapsule(&test.bus)
-            .args(["enter", &name, "--", "id", "-un"])
-            .output()
-            .unwrap()
-    };
+    let enter_as_user = || enter(&test, &name, &["id", "-un"]);
     // /etc/sudoers.d leads onto the host: the setup fails, saying so, and writes nothing there.
-    let out = enter();
+    let out = enter_as_user();
     assert!(!out.status.success(), "the setup went through the host directory");
     let said = text(&out.stderr);
     assert!(
@@ -125,7 +126,7 @@ async fn a_containers_symlinks_never_lead_the_daemon_onto_a_host_directory() {
     )
     .await;
     assert_eq!(code, 0, "{out}");
-    let out = enter();
+    let out = enter_as_user();
     assert!(!out.status.success(), "the setup went through the host directory");
     assert!(
         text(&out.stderr).contains("leads out of the container's own files"),
@@ -162,7 +163,6 @@ fn confinement(status: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_is_confined_as_the_containers_own_processes() {
     let test = daemon_test().await;
-    let user = test_user();
     let name = unique_name("confined");
     let _guard = InstanceGuard(name.clone());
     test.create(&name, Default::default()).await;
@@ -179,38 +179,23 @@ async fn a_session_is_confined_as_the_containers_own_processes() {
     );
 
     // A session, and sudo in it, have no more than the init.
-    let out = user
-        .kapsule(&test.bus)
-        .args([
-            "enter",
-            &name,
-            "--",
+    let out = enter(
+        &test,
+        &name,
+        &[
             "sh",
             "-c",
             "cat /proc/self/status; echo ---; sudo cat /proc/self/status",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
     let (session, with_sudo) = shown.split_once("---\n").expect("both");
     assert_eq!(confinement(session), init, "the session");
     assert_eq!(confinement(with_sudo), init, "sudo in the session");
-    // A capability the container lacks is out of reach in it: loading a kernel module is
-    // refused for lack of it, not for a missing file.
-    let out = user
-        .kapsule(&test.bus)
-        .args([
-            "enter",
-            &name,
-            "--",
-            "sudo",
-            "sh",
-            "-c",
-            "grep CapEff /proc/self/status",
-        ])
-        .output()
-        .unwrap();
+    // A capability the container lacks is out of reach in it: root's effective set in a
+    // session has no CAP_SYS_MODULE.
+    let out = enter(&test, &name, &["sudo", "sh", "-c", "grep CapEff /proc/self/status"]);
     let effective = u64::from_str_radix(text(&out.stdout).trim().trim_start_matches("CapEff:").trim(), 16).unwrap();
     const CAP_SYS_MODULE: u32 = 16;
     assert_eq!(

@@ -70,6 +70,18 @@ fn kapsule(user: &TestUser, socket: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// How `process` ended, once it has; panics if it still runs `within` after `since`, saying
+/// what happened then (`when`).
+async fn exit_status(process: &mut Child, since: Instant, within: Duration, when: &str) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = process.try_wait().unwrap() {
+            return status;
+        }
+        assert!(since.elapsed() < within, "the daemon still runs {within:?} {when}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -204,16 +216,7 @@ async fn the_daemon_exits_when_idle_but_not_while_a_client_is_connected() {
     let hung_up = Instant::now();
     let n = notifications.recv(&mut buffer).expect("no STOPPING=1 within 20 s");
     assert_eq!(text(&buffer[..n]).trim(), "STOPPING=1");
-    let status = loop {
-        if let Some(status) = process.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            hung_up.elapsed() < Duration::from_secs(20),
-            "still running 20 s after going idle"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = exit_status(&mut process, hung_up, Duration::from_secs(20), "after going idle").await;
     assert!(status.success(), "an idle exit is a clean exit: {status}");
     assert!(
         hung_up.elapsed() >= Duration::from_secs(2),
@@ -362,6 +365,7 @@ async fn idle_clients_are_dropped_and_keep_no_daemon_running() {
     let socket = dir.path().join("kapsule.sock");
     let mut process = daemon(&bus, &socket, &["--idle-exit", "2", "--client-idle", "3"]);
     wait_for(&socket, &mut process).await;
+    let mut process = Stop(process);
 
     // kapsule-other holds all the connections one user may, authenticated, and does nothing.
     let other = other_user();
@@ -369,16 +373,13 @@ async fn idle_clients_are_dropped_and_keep_no_daemon_running() {
     assert_eq!(held.len(), 32);
     let connected = Instant::now();
     // Each is dropped once idle for 3 s; then the daemon is idle too, and exits 2 s later.
-    let status = loop {
-        if let Some(status) = process.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            connected.elapsed() < Duration::from_secs(30),
-            "the daemon still runs 30 s after its clients went idle"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = exit_status(
+        &mut process.0,
+        connected,
+        Duration::from_secs(30),
+        "after its clients went idle",
+    )
+    .await;
     assert!(status.success(), "an idle exit: {status}");
     assert!(
         connected.elapsed() >= Duration::from_secs(5),
