@@ -54,29 +54,43 @@ pub struct EnterRequest {
 
 /// What confines a container's processes, as its init shows it in `/proc/<pid>/status`, and as
 /// `incus exec` applies it to its commands: a session gets no capability the container's init
-/// could not have, and `no_new_privs` where the init has it.
+/// could not have, `no_new_privs` where the init has it, and the container's seccomp policy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confinement {
     /// The init's capability bounding set (`CapBnd`); `None` leaves the helper's.
     pub capability_bounding_set: Option<u64>,
     /// The init runs with `no_new_privs` (`NoNewPrivs: 1`).
     pub no_new_privs: bool,
+    /// The container's seccomp policy compiled for this host (the daemon reads it where Incus
+    /// wrote it for LXC); empty where the init runs without a filter.
+    #[serde(default)]
+    pub seccomp_filter: Vec<kapsule_seccomp::Instruction>,
 }
 
 impl Confinement {
-    /// Read from the text of a process's `/proc/<pid>/status`.
+    /// Read from the text of a process's `/proc/<pid>/status`; the seccomp filter is not
+    /// there ([`filtered`] says whether the process has one).
     pub fn of_status(status: &str) -> Confinement {
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
-        };
         Confinement {
-            capability_bounding_set: field("CapBnd").and_then(|hex| u64::from_str_radix(hex, 16).ok()),
-            no_new_privs: field("NoNewPrivs") == Some("1"),
+            capability_bounding_set: field(status, "CapBnd").and_then(|hex| u64::from_str_radix(hex, 16).ok()),
+            no_new_privs: field(status, "NoNewPrivs") == Some("1"),
+            seccomp_filter: Vec::new(),
         }
     }
+}
+
+/// Whether the process whose `/proc/<pid>/status` this is runs under a seccomp filter
+/// (`Seccomp: 2`).
+pub fn filtered(status: &str) -> bool {
+    field(status, "Seccomp") == Some("2")
+}
+
+/// The value of one `Name:\tvalue` line of a status file.
+fn field<'s>(status: &'s str, name: &str) -> Option<&'s str> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
 }
 
 /// The helper's answer once the session runs (or could not be started).
@@ -166,11 +180,15 @@ mod tests {
             Confinement::of_status(status),
             Confinement {
                 capability_bounding_set: Some(0x1fdffcfffff),
-                no_new_privs: false
+                no_new_privs: false,
+                seccomp_filter: Vec::new(),
             }
         );
         assert!(Confinement::of_status("NoNewPrivs:\t1\n").no_new_privs);
         assert_eq!(Confinement::of_status("").capability_bounding_set, None);
+        assert!(filtered(status));
+        assert!(!filtered("Seccomp:\t0\n"));
+        assert!(!filtered("Seccomp:\t1\n"), "strict mode is not a filter");
     }
 
     #[test]
@@ -188,6 +206,12 @@ mod tests {
             confinement: Confinement {
                 capability_bounding_set: Some(0x1fdffcfffff),
                 no_new_privs: true,
+                seccomp_filter: vec![kapsule_seccomp::Instruction {
+                    code: 6,
+                    jt: 0,
+                    jf: 0,
+                    k: 0x7fff_0000,
+                }],
             },
         });
         let file = tempfile::tempfile().unwrap();

@@ -228,6 +228,7 @@ fn start(request: &EnterRequest, fds: Vec<OwnedFd>) -> Result<Session, String> {
             cwd: PathBuf::from(&request.working_directory),
             fallback_cwd: (!request.working_directory_required).then(|| PathBuf::from(&account.home)),
             controlling_terminal: master.is_some(),
+            seccomp_filter: request.confinement.seccomp_filter.clone(),
         },
     );
     let child = command.spawn().map_err(|e| {
@@ -252,7 +253,8 @@ fn start(request: &EnterRequest, fds: Vec<OwnedFd>) -> Result<Session, String> {
 /// Confines this helper, and so the session it starts, as the container's init is: capabilities
 /// outside the init's bounding set leave the bounding set (so no setuid program, sudo included,
 /// gains one), and `no_new_privs` where the init has it. This process keeps what it holds now,
-/// which the session's own setup needs.
+/// which the session's own setup needs. (The container's seccomp filter is loaded by the
+/// session's process alone, as it starts: `kapsule_sys::become_user_on_exec`.)
 fn confine(confinement: &kapsule_nsenter::Confinement) -> Result<(), String> {
     use rustix::thread::{CapabilitySet, remove_capability_from_bounding_set};
     if let Some(keep) = confinement.capability_bounding_set {

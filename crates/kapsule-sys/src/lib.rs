@@ -1,9 +1,10 @@
 //! The only Kapsule crate with `unsafe` code, kept to what the safe crates cannot express:
 //!
 //! * [`become_user_on_exec`]: what a session process does between `fork` and `exec` (new
-//!   session, controlling terminal, groups, gid, uid, working directory). The standard library
-//!   runs such code through the unsafe `CommandExt::pre_exec`; its `uid`/`gid` setters cannot
-//!   set supplementary groups and run before any hook, so the whole sequence lives here.
+//!   session, controlling terminal, seccomp filter, groups, gid, uid, working directory). The
+//!   standard library runs such code through the unsafe `CommandExt::pre_exec`; its `uid`/`gid`
+//!   setters cannot set supplementary groups and run before any hook, so the whole sequence
+//!   lives here. Loading the filter is a raw `seccomp` system call with a pointer to it.
 //! * [`reset_and_raise`]: ending the process by a signal the way a child ended, which needs the
 //!   signal's default disposition back (an unsafe `sigaction`).
 //! * [`make_read_only`]: `mount_setattr`, which neither rustix nor the standard library wraps.
@@ -38,11 +39,15 @@ pub struct Identity {
     pub fallback_cwd: Option<PathBuf>,
     /// Start a new session with stdin (a terminal) as its controlling terminal.
     pub controlling_terminal: bool,
+    /// A seccomp filter loaded before the identity changes (loading one needs `CAP_SYS_ADMIN`
+    /// or `no_new_privs`, and the user has neither); empty: none.
+    pub seccomp_filter: Vec<kapsule_seccomp::Instruction>,
 }
 
 /// Makes `command`'s child become `identity` just before it executes its program: a new session
-/// (with stdin as controlling terminal when asked), supplementary groups, gid, uid (all three of
-/// real, effective and saved, so nothing can be regained), then the working directory.
+/// (with stdin as controlling terminal when asked), the seccomp filter, supplementary groups,
+/// gid, uid (all three of real, effective and saved, so nothing can be regained), then the
+/// working directory.
 ///
 /// A failing step makes `Command::spawn` fail with that step's error, and nothing runs.
 pub fn become_user_on_exec(command: &mut Command, identity: Identity) {
@@ -52,12 +57,25 @@ pub fn become_user_on_exec(command: &mut Command, identity: Identity) {
     let cwd = identity.cwd;
     let fallback = identity.fallback_cwd;
     let terminal = identity.controlling_terminal;
+    let filter: Vec<libc::sock_filter> = identity
+        .seccomp_filter
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
     let hook = move || -> io::Result<()> {
         // Nothing but stdin, stdout and stderr goes into the session, whatever its parent held.
         cloexec_from(3)?;
         rustix::process::setsid()?;
         if terminal {
             rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
+        }
+        if !filter.is_empty() {
+            load_seccomp_filter(&filter)?;
         }
         // Per-thread system calls (no libc broadcast): the child has exactly one thread.
         rustix::thread::set_thread_groups(&groups)?;
@@ -73,11 +91,34 @@ pub fn become_user_on_exec(command: &mut Command, identity: Identity) {
         }
     };
     // SAFETY: `pre_exec` runs the hook in the forked child before exec. The hook only makes
-    // raw system calls through rustix's linux_raw backend (no allocation, no locks, no libc
-    // state), which is what is allowed between fork and exec; everything it uses was moved in
-    // before the fork.
+    // raw system calls, through rustix's linux_raw backend and one `libc::syscall` (no
+    // allocation, no locks, no libc state but errno), which is what is allowed between fork and
+    // exec; everything it uses, the filter too, was made and moved in before the fork.
     unsafe {
         command.pre_exec(hook);
+    }
+}
+
+/// Loads `filter` into this thread (the only one of a forked child), without allocating.
+fn load_seccomp_filter(filter: &[libc::sock_filter]) -> io::Result<()> {
+    let program = libc::sock_fprog {
+        len: u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: `program` points at `filter`, which outlives the call; the kernel only reads
+    // `len` instructions from it and checks them before use.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &program as *const libc::sock_fprog,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

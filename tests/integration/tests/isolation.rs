@@ -1,7 +1,8 @@
 //! What no user's call and no container can reach through the root daemon: a descriptor the
 //! daemon holds (another call's, received over D-Bus) never reaches a helper, a session or a
 //! root command in a container; a container's symlinks never lead the daemon's reads and writes
-//! onto a mount (the host's `/` at `/.kapsule/host`).
+//! onto a mount (the host's `/` at `/.kapsule/host`); a session is confined as the container's
+//! own processes are (capabilities, seccomp policy).
 
 use std::os::fd::AsFd;
 
@@ -219,4 +220,64 @@ async fn a_session_is_confined_as_the_containers_own_processes() {
         0,
         "root in the session may load modules"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_held_to_the_containers_seccomp_policy() {
+    let test = daemon_test().await;
+    let name = unique_name("seccomp");
+    let _guard = InstanceGuard(name.clone());
+    test.create(&name, Default::default()).await;
+    let incus = &test.env.incus;
+
+    // Two file systems the container's root mounted, and its init under the container's filter.
+    let (code, out) = sh(
+        incus,
+        &name,
+        "mkdir -p /mnt/a /mnt/b && mount -t tmpfs a /mnt/a && mount -t tmpfs b /mnt/b && grep Seccomp: /proc/1/status",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "Seccomp:\t2",
+        "the container has no seccomp filter: nothing to check"
+    );
+    // The container's own root may not force an unmount (the policy's `reject_force_umount`).
+    let (code, out) = sh(incus, &name, "umount -f /mnt/a; echo $?; mountpoint /mnt/a").await;
+    assert_eq!(code, 0, "{out}");
+    let (status, still) = out.split_once('\n').unwrap();
+    assert_ne!(status, "0", "the container's root forced an unmount");
+    assert_eq!(still.trim(), "/mnt/a is a mountpoint");
+
+    // Neither may root in a session; a plain unmount works there as in the container.
+    let script = "grep Seccomp: /proc/self/status; sudo umount -f /mnt/b; echo forced: $?; \
+                  mountpoint /mnt/b; sudo umount /mnt/b && echo unmounted";
+    let out = enter(&test, &name, &["sh", "-c", script]);
+    let shown = text(&out.stdout);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 4, "{shown}{}", text(&out.stderr));
+    assert_eq!(lines[0], "Seccomp:\t2", "the session has no seccomp filter");
+    assert_ne!(lines[1], "forced: 0", "root in the session forced an unmount");
+    assert_eq!(lines[2..], ["/mnt/b is a mountpoint", "unmounted"]);
+
+    // Without the policy (Incus's copy gone), no session starts unconfined: the enter is refused,
+    // saying why.
+    let policy = incus.socket().parent().unwrap().join("security/seccomp").join(&name);
+    let aside = policy.with_extension("kt-aside");
+    std::fs::rename(&policy, &aside).unwrap();
+    let out = enter(&test, &name, &["true"]);
+    std::fs::rename(&aside, &policy).unwrap();
+    assert!(
+        !out.status.success(),
+        "a session started without the container's seccomp policy"
+    );
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "Cannot hold a session in '{name}' to the container's seccomp policy"
+        )),
+        "{said}"
+    );
+    assert!(enter(&test, &name, &["true"]).status.success());
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use kapsule_dbus::Error;
 use kapsule_nsenter::{Confinement, EnterRequest, Reply, Request};
+use kapsule_seccomp::{Host, Instruction, Policy};
 
 use crate::container::Containers;
 use crate::host::procfs::exited;
@@ -31,6 +32,9 @@ pub(crate) async fn start_helper(
         return Err(Error::Failed(format!("Container '{name}' stopped")));
     }
     request.confinement = Confinement::of_status(&status);
+    if kapsule_nsenter::filtered(&status) {
+        request.confinement.seccomp_filter = seccomp_filter(containers, name)?;
+    }
     let (client_channel, helper_channel) = UnixStream::pair().map_err(failed)?;
     let (control, helper_control) = UnixStream::pair().map_err(failed)?;
     let helper_path = containers.settings.nsenter_path();
@@ -81,6 +85,36 @@ pub(crate) async fn start_helper(
 
 fn failed(e: impl std::fmt::Display) -> Error {
     Error::Failed(e.to_string())
+}
+
+/// The seccomp policy of container `name` compiled for this host: what LXC loaded into its
+/// init, read where Incus wrote it for LXC (beside Incus's socket, `security/seccomp/<name>`).
+/// A container whose init has a filter gets no session without it.
+fn seccomp_filter(containers: &Containers, name: &str) -> Result<Vec<Instruction>, Error> {
+    let incus_dir = containers
+        .incus
+        .socket()
+        .parent()
+        .unwrap_or(std::path::Path::new("/var/lib/incus"));
+    let path = incus_dir.join("security/seccomp").join(name);
+    let refuse = |why: String| {
+        Error::Failed(format!(
+            "Cannot hold a session in '{name}' to the container's seccomp policy ({}): {why}",
+            path.display()
+        ))
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| refuse(e.to_string()))?;
+    let filter = Host::current()
+        .and_then(|host| Policy::parse(&text)?.compile(host))
+        .map_err(|e| refuse(e.to_string()))?;
+    if !filter.unknown.is_empty() {
+        // As LXC does with them: left out, since no architecture here has them.
+        log::debug!(
+            "{name}: seccomp policy names unknown system calls: {}",
+            filter.unknown.join(", ")
+        );
+    }
+    Ok(filter.program)
 }
 
 /// Puts process `pid` into the cgroups of container `name` (whose init is `init_pid`), where
