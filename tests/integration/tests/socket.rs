@@ -1,6 +1,8 @@
 //! The daemon's own socket (what `kapsule-daemon.socket` gives it on KDE Linux): peer-to-peer
 //! D-Bus with the same manager, the same authorization (polkit asked about the connecting
-//! process) and the same signals as on the bus; and the idle exit, which waits for its clients.
+//! process) and the same signals as on the bus; the idle exit, which waits for its clients; and
+//! what one user's clients cannot do to everyone else's (slots, unread replies, idle
+//! connections, messages too large, descriptors before the handshake ends).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -106,12 +108,8 @@ fn socket_dir() -> tempfile::TempDir {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_serves_the_manager_with_the_same_authorization_as_the_bus() {
     let env = env().await;
-    let bus = PrivateBus::start();
-    let dir = socket_dir();
+    let (_bus, dir, _daemon) = running_daemon().await;
     let socket: PathBuf = dir.path().join("kapsule.sock");
-    let mut process = daemon(&bus, &socket, &[]);
-    wait_for(&socket, &mut process).await;
-    let _daemon = Stop(process);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o666, "every user may connect; polkit decides what they may do");
@@ -229,6 +227,27 @@ async fn the_daemon_exits_when_idle_but_not_while_a_client_is_connected() {
     );
 }
 
+/// The daemon's resident memory, in kB.
+fn resident_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A daemon on a bus of its own and on `kapsule.sock` in the directory, serving; stopped when
+/// dropped.
+async fn running_daemon() -> (PrivateBus, tempfile::TempDir, Stop) {
+    let bus = PrivateBus::start();
+    let dir = socket_dir();
+    let socket = dir.path().join("kapsule.sock");
+    let mut process = daemon(&bus, &socket, &[]);
+    wait_for(&socket, &mut process).await;
+    (bus, dir, Stop(process))
+}
+
 /// A connection to `socket` made by `uid` (the kernel records the connecting thread's effective
 /// uid), authenticated by hand with `EXTERNAL` as that uid, and then left alone: what an
 /// attacker holds. `None` when the daemon turned it away.
@@ -261,13 +280,9 @@ fn held_connection(socket: &Path, uid: u32) -> Option<std::os::unix::net::UnixSt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_cannot_lock_others_out_and_a_client_that_never_reads_is_dropped() {
     use std::io::{Read, Write};
-    let bus = PrivateBus::start();
-    let dir = socket_dir();
+    let (bus, dir, daemon) = running_daemon().await;
     let socket = dir.path().join("kapsule.sock");
-    let mut process = daemon(&bus, &socket, &[]);
-    wait_for(&socket, &mut process).await;
-    let pid = process.id();
-    let _daemon = Stop(process);
+    let pid = daemon.0.id();
 
     // kapsule-other holds as many connections as the socket takes from one user: 32 of the 256.
     let other = other_user();
@@ -334,12 +349,7 @@ async fn one_user_cannot_lock_others_out_and_a_client_that_never_reads_is_droppe
         }
         assert!(sent < 50_000, "the daemon took {sent} calls it could not answer");
     }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let resident_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
+    let resident_kb = resident_kb(pid);
     eprintln!("{sent} unread calls taken; the daemon's resident memory: {resident_kb} kB");
     assert!(resident_kb < 64 * 1024, "the daemon grew to {resident_kb} kB");
     tokio::time::sleep(Duration::from_secs(12)).await;
@@ -390,4 +400,60 @@ async fn idle_clients_are_dropped_and_keep_no_daemon_running() {
         let mut rest = Vec::new();
         assert!(stream.read_to_end(&mut rest).is_ok(), "a connection still stands");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_too_large_and_early_descriptors_are_refused_before_the_daemon_holds_them() {
+    use std::io::{BufRead, Read, Write};
+    let (_bus, dir, daemon) = running_daemon().await;
+    let socket = dir.path().join("kapsule.sock");
+    let pid = daemon.0.id();
+
+    // kapsule-other sends eight calls with a 30 MiB argument, each on a connection of its own
+    // (eight such calls, replies unread, once took the daemon from 17 to 263 MB resident).
+    let other = other_user();
+    let huge = "x".repeat(30 << 20);
+    let call = zbus::message::Message::method_call("/org/kde/kapsule", "GetContainerInfo")
+        .interface("org.kde.kapsule.Manager")
+        .build(&(huge.as_str(),))
+        .unwrap();
+    let bytes = call.data().to_vec();
+    for n in 0..8 {
+        let stream = held_connection(&socket, other.uid).expect("a connection");
+        // Dropped at the message's header: the rest of it finds the connection gone (a daemon
+        // that took the message would have let it all in), and no answer comes.
+        let sent = (&stream).write_all(&bytes);
+        assert!(sent.is_err(), "call {n}: the daemon took a 30 MiB message");
+        let mut answer = Vec::new();
+        let _ = (&stream).read_to_end(&mut answer);
+        assert!(answer.is_empty(), "call {n} was answered");
+    }
+    let resident_kb = resident_kb(pid);
+    eprintln!("after eight 30 MiB calls, the daemon's resident memory: {resident_kb} kB");
+    assert!(resident_kb < 64 * 1024, "the daemon grew to {resident_kb} kB");
+
+    // Descriptors sent with the handshake: dropped before it is answered.
+    let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let file = std::fs::File::open("/etc/hostname").unwrap();
+    let hex: String = 0u32.to_string().bytes().map(|b| format!("{b:02x}")).collect();
+    let line = format!("\0AUTH EXTERNAL {hex}\r\n");
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
+    let fds = [std::os::fd::AsFd::as_fd(&file)];
+    assert!(ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+    rustix::net::sendmsg(
+        &stream,
+        &[std::io::IoSlice::new(line.as_bytes())],
+        &mut ancillary,
+        rustix::net::SendFlags::NOSIGNAL,
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = std::io::BufReader::new(&stream).read_line(&mut answer);
+    assert_eq!(answer, "", "a handshake carrying a descriptor was answered");
+
+    // Everyone else is served all along.
+    let listed = kapsule(&test_user(), &socket, &["list"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
 }

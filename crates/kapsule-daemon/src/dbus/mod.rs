@@ -9,6 +9,8 @@ use crate::identity::link::{Authority, Link};
 use crate::operation::Operations;
 use crate::pipeline::Daemon;
 
+/// What a socket client may send: a short handshake, messages of bounded size.
+pub(crate) mod framing;
 /// `org.kde.kapsule.Manager`.
 pub(crate) mod manager;
 /// The daemon's own socket: peer-to-peer D-Bus with each client.

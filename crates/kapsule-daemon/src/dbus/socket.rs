@@ -98,14 +98,18 @@ async fn serve_peer(
     let link = Link::peer(surface.authority.clone(), surface.activity(), id, peer);
     let manager = surface.manager(link);
     // EXTERNAL only: the client proves it is the uid the kernel reports, nothing else is taken.
-    let handshake = zbus::connection::Builder::socket(CloexecSocket::new(stream)?.with_send_patience(SEND_PATIENCE))
-        .server(zbus::Guid::generate())
-        .p2p()
-        .auth_mechanism(AuthMechanism::External)
-        // Served before the first message is read, so no early call finds nothing.
-        .serve_at(MANAGER_PATH, zbus::fdo::ObjectManager)
-        .serve_at(MANAGER_PATH, manager)
-        .build();
+    let handshake = zbus::connection::Builder::socket(
+        CloexecSocket::new(stream)?
+            .with_client_limits()
+            .with_send_patience(SEND_PATIENCE),
+    )
+    .server(zbus::Guid::generate())
+    .p2p()
+    .auth_mechanism(AuthMechanism::External)
+    // Served before the first message is read, so no early call finds nothing.
+    .serve_at(MANAGER_PATH, zbus::fdo::ObjectManager)
+    .serve_at(MANAGER_PATH, manager)
+    .build();
     let connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| anyhow::anyhow!("no authentication within {HANDSHAKE_TIMEOUT:?}"))??;

@@ -52,7 +52,9 @@ async fn serve(incus: FakeIncus, allowed: &[&'static str]) -> Served {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let link = Link::peer(surface.authority.clone(), &activity, 1, Peer::of(&ours).unwrap());
     // The daemon's own transport, as on its socket.
-    let ours = crate::dbus::transport::CloexecSocket::new(ours).unwrap();
+    let ours = crate::dbus::transport::CloexecSocket::new(ours)
+        .unwrap()
+        .with_client_limits();
     let server = zbus::connection::Builder::socket(ours)
         .server(zbus::Guid::generate())
         .p2p()
@@ -201,6 +203,27 @@ async fn reads_answer_with_the_declared_types_and_named_errors() {
         "{:?}",
         served.incus.requests()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_the_socket_takes_drops_the_client_before_any_work() {
+    let served = serve(incus(), &[]).await;
+    let m = &served.manager;
+    // Under the limit, a large call is read and answered (here: no container has such a name).
+    let large = "x".repeat(3 << 20);
+    is(m.get_container_info(&large).await, |e| {
+        matches!(e, Error::InvalidArgument(_))
+    });
+    // Over it, the client is dropped at the message's header: no answer, nothing asked of Incus,
+    // and the connection is gone.
+    let huge = "x".repeat(5 << 20);
+    let dropped = Error::from(m.get_container_info(&huge).await.unwrap_err());
+    assert!(!matches!(dropped, Error::InvalidArgument(_)), "{dropped}");
+    assert!(
+        m.version().await.is_err(),
+        "the connection outlived a message over the limit"
+    );
+    assert_eq!(served.incus.requests(), Vec::<String>::new(), "something reached Incus");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

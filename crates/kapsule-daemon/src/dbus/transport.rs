@@ -22,6 +22,8 @@ use tokio::net::UnixStream;
 use zbus::connection::socket::{ReadHalf, Socket, Split, WriteHalf};
 use zbus::fdo::ConnectionCredentials;
 
+use crate::dbus::framing::Framing;
+
 /// The most descriptors one message may carry: the kernel's own limit per `sendmsg`
 /// (`SCM_MAX_FD`), which is also what dbus-daemon allows.
 const MAX_FDS: usize = 253;
@@ -31,6 +33,8 @@ const MAX_FDS: usize = 253;
 pub(crate) struct CloexecSocket {
     stream: Arc<UnixStream>,
     patience: Option<Duration>,
+    /// A client's stream is checked as it arrives (`framing.rs`); the bus's is not.
+    checked: bool,
 }
 
 impl CloexecSocket {
@@ -41,7 +45,15 @@ impl CloexecSocket {
         Ok(CloexecSocket {
             stream: Arc::new(UnixStream::from_std(stream)?),
             patience: None,
+            checked: false,
         })
+    }
+
+    /// Holds the peer, a client of the daemon's own socket, to a client's limits: a short
+    /// handshake without descriptors, then messages of at most [`MAX_MESSAGE`](crate::dbus::framing::MAX_MESSAGE) bytes.
+    /// A peer that breaks them is dropped.
+    pub(crate) fn with_client_limits(self) -> CloexecSocket {
+        CloexecSocket { checked: true, ..self }
     }
 
     /// Gives up on a peer that has not taken what was sent for `patience`: the send fails and
@@ -131,6 +143,7 @@ impl Socket for CloexecSocket {
             Reader {
                 stream: self.stream.clone(),
                 flow: flow.clone(),
+                framing: self.checked.then(Framing::default),
             },
             Writer {
                 stream: self.stream,
@@ -146,6 +159,7 @@ impl Socket for CloexecSocket {
 pub(crate) struct Reader {
     stream: Arc<UnixStream>,
     flow: Option<Arc<Flow>>,
+    framing: Option<Framing>,
 }
 
 /// The half a connection sends through.
@@ -205,13 +219,22 @@ impl ReadHalf for Reader {
         }
         loop {
             self.stream.readable().await?;
-            match self
+            let (n, fds) = match self
                 .stream
                 .try_io(Interest::READABLE, || receive(self.stream.as_fd(), buffer))
             {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                received => return received,
+                received => received?,
+            };
+            if let Some(framing) = &mut self.framing
+                && let Err(refused) = framing.take(&buffer[..n], fds.len())
+            {
+                // Nothing of it reaches zbus, and the peer finds the connection ended.
+                let _ = rustix::net::shutdown(self.stream.as_fd(), rustix::net::Shutdown::Both);
+                log::warn!("a client of the socket was dropped: {refused}");
+                return Err(io::Error::new(io::ErrorKind::InvalidData, refused.to_string()));
             }
+            return Ok((n, fds));
         }
     }
 
@@ -408,6 +431,7 @@ mod tests {
         let mut reader = Reader {
             stream: socket.stream.clone(),
             flow: None,
+            framing: None,
         };
         // Sent without close-on-exec on the sender's side.
         let (read_end, _write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
