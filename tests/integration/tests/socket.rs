@@ -403,7 +403,7 @@ async fn idle_clients_are_dropped_and_keep_no_daemon_running() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_too_large_and_early_descriptors_are_refused_before_the_daemon_holds_them() {
+async fn calls_too_large_or_laden_with_descriptors_are_refused_before_the_daemon_holds_them() {
     use std::io::{BufRead, Read, Write};
     let (_bus, dir, daemon) = running_daemon().await;
     let socket = dir.path().join("kapsule.sock");
@@ -431,6 +431,36 @@ async fn calls_too_large_and_early_descriptors_are_refused_before_the_daemon_hol
     let resident_kb = resident_kb(pid);
     eprintln!("after eight 30 MiB calls, the daemon's resident memory: {resident_kb} kB");
     assert!(resident_kb < 64 * 1024, "the daemon grew to {resident_kb} kB");
+
+    // Three calls carrying 250 descriptors each (once they pinned 751 of the daemon's 1024):
+    // each client dropped, none of the descriptors kept.
+    let introspect = zbus::message::Message::method_call("/org/kde/kapsule", "Introspect")
+        .interface("org.freedesktop.DBus.Introspectable")
+        .build(&())
+        .unwrap();
+    let files: Vec<_> = (0..250)
+        .map(|_| std::fs::File::open("/etc/hostname").unwrap())
+        .collect();
+    let fds: Vec<_> = files.iter().map(std::os::fd::AsFd::as_fd).collect();
+    for n in 0..3 {
+        let stream = held_connection(&socket, other.uid).expect("a connection");
+        let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(250))];
+        let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
+        assert!(ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(
+            &stream,
+            &[std::io::IoSlice::new(introspect.data())],
+            &mut ancillary,
+            rustix::net::SendFlags::NOSIGNAL,
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = (&stream).read_to_end(&mut answer);
+        assert!(answer.is_empty(), "call {n} with 250 descriptors was answered");
+    }
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    eprintln!("after three calls with 250 descriptors, the daemon has {open} open");
+    assert!(open < 64, "the daemon holds {open} descriptors");
 
     // Descriptors sent with the handshake: dropped before it is answered.
     let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();

@@ -1,6 +1,7 @@
 //! What a client of the daemon's socket may send, checked as the bytes arrive, before zbus
 //! buffers any of it: a short handshake without descriptors, then messages of at most
-//! [`MAX_MESSAGE`] bytes.
+//! [`MAX_MESSAGE`] bytes (each with at most [`MAX_FDS`] descriptors, which the transport
+//! receives with room for no more).
 //!
 //! zbus takes any message up to D-Bus's maximum, 128 MiB, and holds it (and its descriptors)
 //! while the call runs: eight calls with a 30 MiB environment took the daemon from 17 to 263 MB
@@ -11,6 +12,11 @@
 /// whose argument list and environment the kernel will not `exec` beyond about 2 MiB
 /// (`ARG_MAX` with the default 8 MiB stack); D-Bus's encoding adds a little to that.
 pub(crate) const MAX_MESSAGE: u64 = 4 * 1024 * 1024;
+
+/// The most descriptors one message of a client may carry: an `Enter` passes three (stdin,
+/// stdout, stderr), no other call any. (D-Bus allows 253; three calls carrying 250 each, replies
+/// unread, once pinned 751 of the daemon's 1024.)
+pub(crate) const MAX_FDS: usize = 8;
 
 /// The most a client may send before its handshake ends: `EXTERNAL` takes three short lines.
 pub(crate) const MAX_HANDSHAKE: usize = 16 * 1024;

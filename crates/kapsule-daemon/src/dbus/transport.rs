@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 use zbus::connection::socket::{ReadHalf, Socket, Split, WriteHalf};
 use zbus::fdo::ConnectionCredentials;
 
-use crate::dbus::framing::Framing;
+use crate::dbus::framing::{self, Framing};
 
 /// The most descriptors one message may carry: the kernel's own limit per `sendmsg`
 /// (`SCM_MAX_FD`), which is also what dbus-daemon allows.
@@ -50,7 +50,8 @@ impl CloexecSocket {
     }
 
     /// Holds the peer, a client of the daemon's own socket, to a client's limits: a short
-    /// handshake without descriptors, then messages of at most [`MAX_MESSAGE`](crate::dbus::framing::MAX_MESSAGE) bytes.
+    /// handshake without descriptors, then messages of at most [`framing::MAX_MESSAGE`] bytes
+    /// carrying at most [`framing::MAX_FDS`] descriptors each.
     /// A peer that breaks them is dropped.
     pub(crate) fn with_client_limits(self) -> CloexecSocket {
         CloexecSocket { checked: true, ..self }
@@ -144,6 +145,7 @@ impl Socket for CloexecSocket {
                 stream: self.stream.clone(),
                 flow: flow.clone(),
                 framing: self.checked.then(Framing::default),
+                max_fds: if self.checked { framing::MAX_FDS } else { MAX_FDS },
             },
             Writer {
                 stream: self.stream,
@@ -160,6 +162,8 @@ pub(crate) struct Reader {
     stream: Arc<UnixStream>,
     flow: Option<Arc<Flow>>,
     framing: Option<Framing>,
+    /// The most descriptors one message may carry.
+    max_fds: usize,
 }
 
 /// The half a connection sends through.
@@ -219,10 +223,9 @@ impl ReadHalf for Reader {
         }
         loop {
             self.stream.readable().await?;
-            let (n, fds) = match self
-                .stream
-                .try_io(Interest::READABLE, || receive(self.stream.as_fd(), buffer))
-            {
+            let (n, fds) = match self.stream.try_io(Interest::READABLE, || {
+                receive(self.stream.as_fd(), buffer, self.max_fds)
+            }) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 received => received?,
             };
@@ -231,7 +234,6 @@ impl ReadHalf for Reader {
             {
                 // Nothing of it reaches zbus, and the peer finds the connection ended.
                 let _ = rustix::net::shutdown(self.stream.as_fd(), rustix::net::Shutdown::Both);
-                log::warn!("a client of the socket was dropped: {refused}");
                 return Err(io::Error::new(io::ErrorKind::InvalidData, refused.to_string()));
             }
             return Ok((n, fds));
@@ -300,12 +302,14 @@ impl WriteHalf for Writer {
     }
 }
 
-/// One `recvmsg`, descriptors close-on-exec as they arrive. A message whose descriptors did not
-/// all fit (the kernel dropped the rest) is an error: the call would be missing some.
-fn receive(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+/// One `recvmsg`, descriptors close-on-exec as they arrive, at most `max_fds` of them (one
+/// `recvmsg` never takes the descriptors of two `sendmsg`s). More is an error, and the kernel
+/// closes the ones that did not fit: the call would be missing some.
+fn receive(socket: BorrowedFd<'_>, buffer: &mut [u8], max_fds: usize) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut iov = [IoSliceMut::new(buffer)];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let room = rustix::cmsg_space!(ScmRights(max_fds.min(MAX_FDS))).min(space.len());
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space[..room]);
     let received = rustix::net::recvmsg(socket, &mut iov, &mut ancillary, RecvFlags::CMSG_CLOEXEC)?;
     let mut fds = Vec::new();
     for message in ancillary.drain() {
@@ -313,10 +317,11 @@ fn receive(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<(usize, Vec<
             fds.extend(passed);
         }
     }
-    if received.flags.contains(ReturnFlags::CTRUNC) {
+    // The room is rounded up to the control message's alignment: a few more may have fit.
+    if received.flags.contains(ReturnFlags::CTRUNC) || fds.len() > max_fds {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("a message carried more than {MAX_FDS} descriptors"),
+            format!("a message carried more than {max_fds} descriptors"),
         ));
     }
     if received.bytes == 0 {
@@ -423,6 +428,29 @@ mod tests {
         assert_eq!(&buffer[..n], b"a call");
     }
 
+    /// A client's message may carry eight descriptors, not nine: the ninth is never taken in.
+    #[tokio::test]
+    async fn a_client_message_with_too_many_descriptors_is_refused() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let socket = CloexecSocket::new(ours).unwrap();
+        let mut reader = Reader {
+            stream: socket.stream.clone(),
+            flow: None,
+            framing: None,
+            max_fds: framing::MAX_FDS,
+        };
+        let pipes: Vec<_> = (0..9).map(|_| rustix::pipe::pipe().unwrap().0).collect();
+        let fds: Vec<BorrowedFd<'_>> = pipes.iter().map(|p| p.as_fd()).collect();
+        let mut buffer = [0u8; 16];
+        send(theirs.as_fd(), b"eight", &fds[..8]).unwrap();
+        let (n, received) = reader.recvmsg(&mut buffer).await.unwrap();
+        assert_eq!((&buffer[..n], received.len()), (&b"eight"[..], 8));
+        send(theirs.as_fd(), b"nine", &fds).unwrap();
+        let refused = reader.recvmsg(&mut buffer).await.unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(refused.to_string(), "a message carried more than 8 descriptors");
+    }
+
     /// A descriptor sent over the transport arrives close-on-exec, with its bytes.
     #[tokio::test]
     async fn descriptors_arrive_close_on_exec() {
@@ -432,6 +460,7 @@ mod tests {
             stream: socket.stream.clone(),
             flow: None,
             framing: None,
+            max_fds: MAX_FDS,
         };
         // Sent without close-on-exec on the sender's side.
         let (read_end, _write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
