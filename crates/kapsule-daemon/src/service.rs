@@ -156,12 +156,13 @@ async fn start(bus: Bus, settings: Settings) -> anyhow::Result<(Connection, Surf
         daemon: daemon.clone(),
         operations: Operations::new(activity.clone()),
         authority: Authority::Polkit(connection.clone()),
+        calls: Default::default(),
     };
 
     let server = connection.object_server();
     // Announces operation objects below /org/kde/kapsule (InterfacesAdded / InterfacesRemoved).
     server.at(MANAGER_PATH, zbus::fdo::ObjectManager).await?;
-    let link = Link::bus(&connection, surface.activity());
+    let link = Link::bus(&connection, surface.activity(), &surface.calls);
     server.at(MANAGER_PATH, surface.manager(link)).await?;
     // Only now, with every object served, may clients find us by name.
     connection

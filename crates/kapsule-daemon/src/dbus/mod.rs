@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::host::activity::Activity;
+use crate::identity::calls::Calls;
 use crate::identity::link::{Authority, Link};
 use crate::operation::Operations;
 use crate::pipeline::Daemon;
@@ -28,6 +29,8 @@ pub(crate) struct Surface {
     pub(crate) operations: Arc<Operations>,
     /// Who is asked about each caller: polkit on the system bus, whatever the link.
     pub(crate) authority: Authority,
+    /// Every uid's calls under way, on every link.
+    pub(crate) calls: Calls,
 }
 
 impl Surface {

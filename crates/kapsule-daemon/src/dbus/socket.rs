@@ -95,7 +95,7 @@ async fn serve_peer(
     let stream = stream.into_std()?;
     let peer = Peer::of(&stream)?;
     log::debug!("client {id} on the socket: pid {}, uid {}", peer.pid, peer.uid);
-    let link = Link::peer(surface.authority.clone(), surface.activity(), id, peer);
+    let link = Link::peer(surface.authority.clone(), surface.activity(), &surface.calls, id, peer);
     let manager = surface.manager(link);
     // EXTERNAL only: the client proves it is the uid the kernel reports, nothing else is taken.
     let handshake = zbus::connection::Builder::socket(

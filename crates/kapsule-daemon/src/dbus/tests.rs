@@ -14,6 +14,7 @@ use crate::container::Containers;
 use crate::dbus::Surface;
 use crate::host::activity::Activity;
 use crate::host::settings::{HostSync, Settings};
+use crate::identity::calls::Calls;
 use crate::identity::link::{Authority, Link};
 use crate::identity::peer::Peer;
 use crate::operation::Operations;
@@ -25,11 +26,18 @@ struct Served {
     incus: FakeIncus,
     client: zbus::Connection,
     manager: ManagerProxy<'static>,
+    /// The server's table of calls under way.
+    calls: Calls,
     _server: zbus::Connection,
 }
 
 /// Serves the Manager as to a socket client whom the authority allows `allowed` (polkit ids).
 async fn serve(incus: FakeIncus, allowed: &[&'static str]) -> Served {
+    serve_with(incus, Authority::Allowing(allowed.to_vec())).await
+}
+
+/// Serves the Manager as to a socket client, `authority` deciding what it may.
+async fn serve_with(incus: FakeIncus, authority: Authority) -> Served {
     let settings = Settings {
         config_files: Some(Vec::new()),
         host_sync: HostSync::Off,
@@ -47,10 +55,17 @@ async fn serve(incus: FakeIncus, allowed: &[&'static str]) -> Served {
     let surface = Surface {
         daemon: daemon.clone(),
         operations: Operations::new(activity.clone()),
-        authority: Authority::Allowing(allowed.to_vec()),
+        authority,
+        calls: Calls::default(),
     };
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let link = Link::peer(surface.authority.clone(), &activity, 1, Peer::of(&ours).unwrap());
+    let link = Link::peer(
+        surface.authority.clone(),
+        &activity,
+        &surface.calls,
+        1,
+        Peer::of(&ours).unwrap(),
+    );
     // The daemon's own transport, as on its socket.
     let ours = crate::dbus::transport::CloexecSocket::new(ours)
         .unwrap()
@@ -70,6 +85,7 @@ async fn serve(incus: FakeIncus, allowed: &[&'static str]) -> Served {
         incus,
         client,
         manager,
+        calls: surface.calls.clone(),
         _server: server,
     }
 }
@@ -224,6 +240,42 @@ async fn a_message_larger_than_the_socket_takes_drops_the_client_before_any_work
         "the connection outlived a message over the limit"
     );
     assert_eq!(served.incus.requests(), Vec::<String>::new(), "something reached Incus");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_calls_under_way_are_bounded_and_the_rest_refused_at_once() {
+    // polkit answers only when the test says: each stop waits as for a password dialog.
+    let answers = Arc::new(tokio::sync::Semaphore::new(0));
+    let served = serve_with(incus(), Authority::Waiting(answers.clone())).await;
+    let m = &served.manager;
+    let waiting: Vec<_> = (0..crate::identity::calls::MAX_CALLS)
+        .map(|_| {
+            let m = m.clone();
+            tokio::spawn(async move { m.stop_container("dev", false).await })
+        })
+        .collect();
+    // Once they all wait, one more is refused without waiting; reads, which wait for nobody,
+    // still answer.
+    let uid = rustix::process::getuid().as_raw();
+    let patience = std::time::Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    while served.calls.of(uid) < crate::identity::calls::MAX_CALLS {
+        assert!(started.elapsed() < patience, "the calls never were all under way");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let more = tokio::time::timeout(patience, m.stop_container("dev", false)).await;
+    let refused = Error::from(more.expect("a call over the bound waits").unwrap_err());
+    assert!(
+        matches!(&refused, Error::Failed(m) if m.contains("Too many of your calls are under way")),
+        "{refused}"
+    );
+    assert_eq!(m.version().await.unwrap(), env!("CARGO_PKG_VERSION"));
+    // Answered, each runs; afterwards the caller's calls are taken again.
+    answers.add_permits(1000);
+    for call in waiting {
+        call.await.unwrap().unwrap();
+    }
+    m.stop_container("dev", false).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

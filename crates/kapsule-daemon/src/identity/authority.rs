@@ -17,6 +17,7 @@ use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
 
 use crate::host::activity::Busy;
 use crate::identity::caller::Caller;
+use crate::identity::calls::UnderWay;
 use crate::identity::link::{Authority, Link};
 
 /// What a method asks to do, as a polkit action.
@@ -67,6 +68,8 @@ pub(crate) struct Requester {
     subject: Subject,
     interactive: bool,
     _busy: Busy,
+    /// Its place among its uid's calls under way (`calls.rs`).
+    _under_way: UnderWay,
 }
 
 impl Requester {
@@ -74,6 +77,7 @@ impl Requester {
     pub(crate) async fn of(link: &Link, connection: &Connection, header: &Header<'_>) -> Result<Requester, Error> {
         let busy = link.activity.hold();
         let (caller, subject) = link.identify(connection, header).await?;
+        let under_way = link.calls.admit(caller.uid, u64::from(header.primary().body_len()))?;
         Ok(Requester {
             caller,
             connection: connection.clone(),
@@ -81,6 +85,7 @@ impl Requester {
             subject,
             interactive: header.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH),
             _busy: busy,
+            _under_way: under_way,
         })
     }
 
@@ -118,6 +123,11 @@ impl Requester {
             Authority::Allowing(allowed) if allowed.contains(&action.id()) => return Ok(()),
             #[cfg(test)]
             Authority::Allowing(_) => return Err(Error::NotAuthorized(action.refusal().to_owned())),
+            #[cfg(test)]
+            Authority::Waiting(answers) => {
+                answers.acquire().await.expect("the test's semaphore").forget();
+                return Ok(());
+            }
         };
         let details: HashMap<&str, &str> = details.iter().copied().collect();
         let authority = AuthorityProxy::new(polkit).await.map_err(|e| unavailable(action, &e))?;

@@ -10,6 +10,7 @@ use zbus_polkit::policykit1::Subject;
 
 use crate::host::activity::Activity;
 use crate::identity::caller::Caller;
+use crate::identity::calls::Calls;
 use crate::identity::peer::Peer;
 
 /// The link of the bus; socket clients count from 1.
@@ -24,6 +25,10 @@ pub(crate) enum Authority {
     /// other is refused.
     #[cfg(test)]
     Allowing(Vec<&'static str>),
+    /// Tests of the surface without a bus: each answer (a yes) waits for a permit, as a call
+    /// waits while polkit asks the user for a password.
+    #[cfg(test)]
+    Waiting(Arc<tokio::sync::Semaphore>),
 }
 
 /// One way in to the daemon.
@@ -36,26 +41,30 @@ pub(crate) struct Link {
     /// Who is asked whether a caller may: polkit on the system bus, whatever the link.
     pub(crate) authority: Authority,
     pub(crate) activity: Arc<Activity>,
+    /// Every uid's calls under way, shared by all links.
+    pub(crate) calls: Calls,
 }
 
 impl Link {
     /// The system bus (or the bus the daemon was told to serve on).
-    pub(crate) fn bus(bus: &Connection, activity: &Arc<Activity>) -> Link {
+    pub(crate) fn bus(bus: &Connection, activity: &Arc<Activity>, calls: &Calls) -> Link {
         Link {
             id: BUS,
             peer: None,
             authority: Authority::Polkit(bus.clone()),
             activity: activity.clone(),
+            calls: calls.clone(),
         }
     }
 
     /// Socket client number `id`, which is `peer`; `authority` is asked about it.
-    pub(crate) fn peer(authority: Authority, activity: &Arc<Activity>, id: u64, peer: Peer) -> Link {
+    pub(crate) fn peer(authority: Authority, activity: &Arc<Activity>, calls: &Calls, id: u64, peer: Peer) -> Link {
         Link {
             id,
             peer: Some(peer),
             authority,
             activity: activity.clone(),
+            calls: calls.clone(),
         }
     }
 

@@ -7,6 +7,8 @@ pub(crate) mod account;
 pub(crate) mod authority;
 /// The caller from credentials, file access as them, and their configuration.
 pub(crate) mod caller;
+/// Calls under way per uid, bounded.
+pub(crate) mod calls;
 /// Where a call came from: the bus or one client of the socket.
 pub(crate) mod link;
 /// The process at the other end of a socket connection.
