@@ -287,7 +287,7 @@ async fn config_is_layered_with_the_callers_own_file_read_as_them_and_enter_uses
 async fn a_daemon_that_dies_mid_operation_ends_the_wait() {
     let env = env().await;
     let bus = PrivateBus::start();
-    let (mut daemon, _client, manager) = kapsule_integration_tests::daemon_process(&bus).await;
+    let (mut daemon, _client, _manager) = kapsule_integration_tests::daemon_process(&bus).await;
     let name = unique_name("orphan");
     let _guard = InstanceGuard(name.clone());
     let image = format!("local:{}", env.image);
@@ -297,10 +297,11 @@ async fn a_daemon_that_dies_mid_operation_ends_the_wait() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Kill the daemon as soon as the create is under way.
+    // Kill the daemon as soon as the create is under way: once Incus has the instance (the
+    // operation is the CLI's own, which no other client sees).
     let mut running = false;
-    for _ in 0..400 {
-        if !manager.list_operations().await.unwrap_or_default().is_empty() {
+    for _ in 0..2000 {
+        if env.incus.get_instance(&name).await.is_ok() {
             running = true;
             break;
         }

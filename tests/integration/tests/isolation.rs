@@ -2,12 +2,14 @@
 //! daemon holds (another call's, received over D-Bus) never reaches a helper, a session or a
 //! root command in a container; a container's symlinks never lead the daemon's reads and writes
 //! onto a mount (the host's `/` at `/.kapsule/host`); a session is confined as the container's
-//! own processes are (capabilities, seccomp policy).
+//! own processes are (capabilities, seccomp policy); an operation on the bus is seen by its
+//! caller alone.
 
 use std::os::fd::AsFd;
 
 use kapsule_integration_tests::{
-    DaemonTest, InstanceGuard, RemoveOnDrop, daemon_test, options, sh, test_user, unique_name,
+    DaemonTest, InstanceGuard, RemoveOnDrop, collect_operation_signals, daemon_test, kapsule_signals, options, sh,
+    test_user, unique_name,
 };
 
 /// `kapsule enter NAME -- COMMAND…` as the test user, through the test's bus.
@@ -280,4 +282,88 @@ async fn a_session_is_held_to_the_containers_seccomp_policy() {
         "{said}"
     );
     assert!(enter(&test, &name, &["true"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_on_the_bus_is_its_callers_alone() {
+    use futures_util::StreamExt;
+    let test = daemon_test().await;
+    let name = unique_name("private");
+    let _guard = InstanceGuard(name.clone());
+    test.create(&name, Default::default()).await;
+
+    // Another client of the bus (another program, another user's) listening for every signal the
+    // daemon sends; and the caller, following its operation as every client does.
+    let other = test.bus.connect().await;
+    let mut overheard = kapsule_signals(&other).await;
+    let mut signals = kapsule_signals(&test.client).await;
+    let path = test.manager.stop_container(&name, false).await.unwrap();
+    let seen = collect_operation_signals(&mut signals, path.as_str()).await;
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("Completed(true, \"\")"),
+        "{seen:?}"
+    );
+
+    // The caller reads what its operation is; the other client is refused.
+    let operation = |connection: &zbus::Connection| {
+        kapsule_dbus::OperationProxy::builder(connection)
+            .path(path.clone())
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+    };
+    let mine = operation(&test.client).await.unwrap();
+    assert_eq!(mine.status().await.unwrap(), "completed");
+    assert!(mine.description().await.unwrap().contains(&name));
+    let theirs = operation(&other).await.unwrap();
+    for refused in [theirs.description().await, theirs.target().await, theirs.status().await] {
+        let refused = refused.unwrap_err().to_string();
+        assert!(
+            refused.contains("AccessDenied") && refused.contains("its caller's own"),
+            "{refused}"
+        );
+    }
+    // The object manager tells anyone that it exists, but nothing of what it is.
+    let objects = zbus::fdo::ObjectManagerProxy::builder(&other)
+        .destination("org.kde.kapsule")
+        .path("/org/kde/kapsule")
+        .build()
+        .await
+        .unwrap()
+        .get_managed_objects()
+        .await
+        .unwrap();
+    let announced = objects
+        .iter()
+        .find(|(p, _)| p.as_str() == path.as_str())
+        .map(|(_, interfaces)| {
+            interfaces
+                .iter()
+                .map(|(i, props)| (i.to_string(), props.len()))
+                .collect::<Vec<_>>()
+        });
+    assert_eq!(
+        announced,
+        Some(vec![("org.kde.kapsule.Operation".to_owned(), 0)]),
+        "{objects:?}"
+    );
+
+    // None of its signals reached the other client; what concerns everyone (the list of
+    // containers changed) did.
+    let mut heard = Vec::new();
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(std::time::Duration::from_secs(1), overheard.next()).await {
+        let header = message.header();
+        heard.push((
+            header.path().map(|p| p.to_string()).unwrap_or_default(),
+            header.member().map(|m| m.to_string()).unwrap_or_default(),
+        ));
+    }
+    assert!(
+        heard.iter().any(|(_, member)| member == "ContainersChanged"),
+        "the other client heard nothing at all: nothing to check ({heard:?})"
+    );
+    assert!(
+        !heard.iter().any(|(p, _)| *p == path.as_str()),
+        "the other client heard the operation: {heard:?}"
+    );
 }

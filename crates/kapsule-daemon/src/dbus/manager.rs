@@ -42,9 +42,10 @@ impl Manager {
     #[zbus(signal)]
     pub(crate) async fn containers_changed(emitter: &SignalEmitter<'_>) -> zbus::Result<()>;
 
-    /// Paths of the operations still running.
-    fn list_operations(&self) -> Vec<OwnedObjectPath> {
-        self.operations.running(&self.link)
+    /// Paths of the caller's operations still running (on the bus, those its unique name
+    /// started; on the socket, its connection's).
+    fn list_operations(&self, #[zbus(header)] header: Header<'_>) -> Vec<OwnedObjectPath> {
+        self.operations.running(&self.link, header.sender())
     }
 
     /// The create options as JSON (sections, options, defaults, requirements).

@@ -65,6 +65,9 @@ pub(crate) struct Requester {
     pub(crate) connection: Connection,
     /// The link the call came through.
     pub(crate) link: Link,
+    /// On the bus, the caller's unique name: what an operation it starts is visible to. (On the
+    /// socket, the connection is the caller's alone.)
+    pub(crate) bus_name: Option<zbus::names::OwnedUniqueName>,
     subject: Subject,
     interactive: bool,
     _busy: Busy,
@@ -82,6 +85,10 @@ impl Requester {
             caller,
             connection: connection.clone(),
             link: link.clone(),
+            bus_name: link
+                .on_bus()
+                .then(|| header.sender().map(|s| s.to_owned().into()))
+                .flatten(),
             subject,
             interactive: header.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH),
             _busy: busy,

@@ -68,6 +68,11 @@ impl Link {
         }
     }
 
+    /// Whether this is the bus, where every client can reach every object the daemon serves.
+    pub(crate) fn on_bus(&self) -> bool {
+        self.peer.is_none()
+    }
+
     /// Who sent the call with `header` on `connection`, and what polkit is asked about: on the
     /// bus, the sender's unique name (the bus vouches for it); on the socket, the process the
     /// kernel reported.

@@ -4,9 +4,15 @@
 //! The object is exported before the work starts and kept for a while after it ends, so a client
 //! that reads `Status` first (as libkapsule-qt does) never misses a fast failure.
 //!
+//! An operation is its caller's: on the bus, where every client reaches every object, its
+//! signals go to the caller's unique name alone and its properties answer only that name (an
+//! operation's description names the container and the image; its messages say more). What the
+//! object manager announces of it to everyone is its path and interface, without properties. On
+//! the socket, the object is served on the caller's own connection and nobody else reaches it.
+//!
 //! Layer 3: uses identity (who may cancel) and host (activity) only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +20,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use zbus::message::Header;
+use zbus::names::{BusName, OwnedUniqueName};
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, OwnedObjectPath, interface};
 
@@ -83,6 +90,8 @@ pub(crate) struct OperationObject {
     requester: u32,
     /// The link it was started through, which a `Cancel` comes through too.
     link: Link,
+    /// On the bus, the unique name of the caller: the only one its properties answer.
+    owner: Option<OwnedUniqueName>,
     state: Arc<Mutex<Outcome>>,
     cancel: CancellationToken,
 }
@@ -90,34 +99,40 @@ pub(crate) struct OperationObject {
 #[interface(name = "org.kde.kapsule.Operation")]
 impl OperationObject {
     #[zbus(property)]
-    fn id(&self) -> String {
-        self.id.to_string()
+    fn id(&self, #[zbus(header)] header: Option<Header<'_>>) -> zbus::fdo::Result<String> {
+        self.readable_by(header.as_ref())?;
+        Ok(self.id.to_string())
     }
 
     #[zbus(property, name = "Type")]
-    fn kind(&self) -> String {
-        self.kind.clone()
+    fn kind(&self, #[zbus(header)] header: Option<Header<'_>>) -> zbus::fdo::Result<String> {
+        self.readable_by(header.as_ref())?;
+        Ok(self.kind.clone())
     }
 
     #[zbus(property)]
-    fn description(&self) -> String {
-        self.description.clone()
+    fn description(&self, #[zbus(header)] header: Option<Header<'_>>) -> zbus::fdo::Result<String> {
+        self.readable_by(header.as_ref())?;
+        Ok(self.description.clone())
     }
 
     #[zbus(property)]
-    fn target(&self) -> String {
-        self.target.clone()
+    fn target(&self, #[zbus(header)] header: Option<Header<'_>>) -> zbus::fdo::Result<String> {
+        self.readable_by(header.as_ref())?;
+        Ok(self.target.clone())
     }
 
     /// `running`, `completed`, `failed` or `cancelled`.
     #[zbus(property)]
-    fn status(&self) -> String {
-        self.state.lock().expect("state lock").status.as_str().to_owned()
+    fn status(&self, #[zbus(header)] header: Option<Header<'_>>) -> zbus::fdo::Result<String> {
+        self.readable_by(header.as_ref())?;
+        Ok(self.state.lock().expect("state lock").status.as_str().to_owned())
     }
 
     #[zbus(property)]
-    fn error_message(&self) -> String {
-        self.state.lock().expect("state lock").error.clone()
+    fn error_message(&self, #[zbus(header)] header: Option<Header<'_>>) -> zbus::fdo::Result<String> {
+        self.readable_by(header.as_ref())?;
+        Ok(self.state.lock().expect("state lock").error.clone())
     }
 
     /// Asks the work to stop. False when it is not running any more. Whoever started it may;
@@ -176,6 +191,34 @@ impl OperationObject {
 
     #[zbus(signal)]
     async fn completed(emitter: &SignalEmitter<'_>, success: bool, message: &str) -> zbus::Result<()>;
+}
+
+impl OperationObject {
+    /// Whether the caller of the message with `header` may read this operation's properties: on
+    /// the bus, only the caller that started it. Without a header (the object manager's
+    /// `InterfacesAdded` and `GetManagedObjects`, which go to anyone) nothing is read.
+    fn readable_by(&self, header: Option<&Header<'_>>) -> zbus::fdo::Result<()> {
+        let Some(owner) = &self.owner else {
+            return Ok(());
+        };
+        match header.and_then(|h| h.sender()) {
+            Some(sender) if *sender == *owner.inner() => Ok(()),
+            _ => Err(zbus::fdo::Error::AccessDenied(format!(
+                "Operation {} is its caller's own",
+                self.id
+            ))),
+        }
+    }
+
+    /// Its properties that change when it ends, as `PropertiesChanged` carries them (made here:
+    /// the getters answer no one but a caller).
+    fn ended_properties(&self) -> HashMap<&'static str, zbus::Variant<'static>> {
+        let state = self.state.lock().expect("state lock");
+        HashMap::from([
+            ("Status", zbus::Variant::from(state.status.as_str().to_owned())),
+            ("ErrorMessage", zbus::Variant::from(state.error.clone())),
+        ])
+    }
 }
 
 /// What the work of an operation uses to report progress and to notice cancellation.
@@ -241,8 +284,16 @@ impl Reporter {
 pub(crate) struct Operations {
     activity: Arc<Activity>,
     next_id: AtomicU64,
-    /// Running operations: their link and path.
-    running: Mutex<BTreeMap<u64, (u64, OwnedObjectPath)>>,
+    /// Running operations: their link, path and (on the bus) owner.
+    running: Mutex<BTreeMap<u64, Running>>,
+}
+
+/// A running operation, as `ListOperations` and the idle check see it.
+#[derive(Debug)]
+struct Running {
+    link: u64,
+    path: OwnedObjectPath,
+    owner: Option<OwnedUniqueName>,
 }
 
 /// What describes a new operation.
@@ -262,14 +313,16 @@ impl Operations {
         })
     }
 
-    /// Paths of the operations still running that were started through `link`.
-    pub(crate) fn running(&self, link: &Link) -> Vec<OwnedObjectPath> {
+    /// Paths of the operations still running that were started through `link` by the caller
+    /// with unique name `caller` (on the bus: there, everyone's calls come through one link).
+    pub(crate) fn running(&self, link: &Link, caller: Option<&zbus::names::UniqueName<'_>>) -> Vec<OwnedObjectPath> {
         self.running
             .lock()
             .expect("operations lock")
             .values()
-            .filter(|(started_through, _)| *started_through == link.id)
-            .map(|(_, path)| path.clone())
+            .filter(|r| r.link == link.id)
+            .filter(|r| r.owner.as_ref().is_none_or(|owner| Some(owner.inner()) == caller))
+            .map(|r| r.path.clone())
             .collect()
     }
 
@@ -279,7 +332,7 @@ impl Operations {
             .lock()
             .expect("operations lock")
             .values()
-            .any(|(started_through, _)| *started_through == link_id)
+            .any(|r| r.link == link_id)
     }
 
     /// Exports a new operation for `who` on the connection their call came on and starts `work`
@@ -308,17 +361,25 @@ impl Operations {
             target: info.target,
             requester: who.caller.uid,
             link: who.link.clone(),
+            owner: who.bus_name.clone(),
             state: state.clone(),
             cancel: cancel.clone(),
         };
         let connection = who.connection.clone();
         // Exported before the work runs, so Status is readable from the first moment.
         connection.object_server().at(&path, object).await?;
-        self.running
-            .lock()
-            .expect("operations lock")
-            .insert(id, (who.link.id, path.clone()));
-        let emitter = SignalEmitter::new(&connection, path.clone())?.into_owned();
+        self.running.lock().expect("operations lock").insert(
+            id,
+            Running {
+                link: who.link.id,
+                path: path.clone(),
+                owner: who.bus_name.clone(),
+            },
+        );
+        let mut emitter = SignalEmitter::new(&connection, path.clone())?.into_owned();
+        if let Some(owner) = &who.bus_name {
+            emitter = emitter.set_destination(BusName::Unique(owner.clone().into_inner()));
+        }
         let reporter = Reporter {
             id,
             emitter: emitter.clone(),
@@ -378,9 +439,9 @@ impl Operations {
         message: &str,
     ) {
         if let Ok(iface) = connection.object_server().interface::<_, OperationObject>(path).await {
-            let object = iface.get().await;
-            let _ = object.status_changed(emitter).await;
-            let _ = object.error_message_changed(emitter).await;
+            let changed = iface.get().await.ended_properties();
+            let interface = zbus::names::InterfaceName::from_static_str_unchecked("org.kde.kapsule.Operation");
+            let _ = zbus::fdo::Properties::properties_changed(emitter, interface, changed, Default::default()).await;
         }
         let completed_message = if success { "" } else { message };
         let _ = OperationObject::completed(emitter, success, completed_message).await;
