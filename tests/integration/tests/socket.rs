@@ -14,9 +14,14 @@ use kapsule_integration_tests::{
     unique_name, workspace_binary,
 };
 
-/// The daemon process on `bus` and on a socket at `socket`, with `extra` arguments.
+/// The daemon process on `bus` and on a socket at `socket`, with `extra` arguments, and the
+/// descriptor limit systemd gives a service that sets none (soft 1024; the unit sets more): what
+/// the attacks here once exhausted. (`prlimit` executes the daemon: the child's pid is the
+/// daemon's.)
 fn daemon(bus: &PrivateBus, socket: &Path, extra: &[&str]) -> Child {
-    Command::new(workspace_binary("kapsule-daemon"))
+    Command::new("prlimit")
+        .args(["--nofile=1024:", "--"])
+        .arg(workspace_binary("kapsule-daemon"))
         .args(["--address", &bus.address])
         .arg("--socket")
         .arg(socket)
@@ -408,6 +413,9 @@ async fn calls_too_large_or_laden_with_descriptors_are_refused_before_the_daemon
     let (_bus, dir, daemon) = running_daemon().await;
     let socket = dir.path().join("kapsule.sock");
     let pid = daemon.0.id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    assert_eq!(files.split_whitespace().nth(3), Some("1024"), "{files}");
 
     // kapsule-other sends eight calls with a 30 MiB argument, each on a connection of its own
     // (eight such calls, replies unread, once took the daemon from 17 to 263 MB resident).
