@@ -27,6 +27,8 @@ pub(crate) struct Calls(Arc<Mutex<HashMap<u32, Load>>>);
 struct Load {
     calls: usize,
     bytes: u64,
+    /// The refusals were logged.
+    warned: bool,
 }
 
 /// One call's place; given back when dropped.
@@ -42,13 +44,17 @@ impl Calls {
     /// caller is given when their calls under way are at a bound.
     pub(crate) fn admit(&self, uid: u32, bytes: u64) -> Result<UnderWay, Error> {
         let mut table = self.0.lock().expect("calls lock");
-        let load = table.entry(uid).or_default();
+        let load = table.get(&uid).copied().unwrap_or_default();
         if load.calls >= MAX_CALLS || load.bytes + bytes > MAX_BYTES {
-            log::warn!(
-                "uid {uid} has {} calls under way holding {} bytes; refusing one more",
-                load.calls,
-                load.bytes
-            );
+            // Said once while the uid is at the bound, not once per refused call of a flood.
+            if let Some(load) = table.get_mut(&uid).filter(|load| !load.warned) {
+                load.warned = true;
+                log::warn!(
+                    "uid {uid} has {} calls under way holding {} bytes; refusing more until some are answered",
+                    load.calls,
+                    load.bytes
+                );
+            }
             return Err(Error::Failed(format!(
                 "Too many of your calls are under way ({} holding {} MiB; at most {MAX_CALLS} holding {} MiB): try again once they are answered",
                 load.calls,
@@ -56,6 +62,7 @@ impl Calls {
                 MAX_BYTES >> 20
             )));
         }
+        let load = table.entry(uid).or_default();
         load.calls += 1;
         load.bytes += bytes;
         Ok(UnderWay {
@@ -84,6 +91,7 @@ impl Drop for UnderWay {
         if let Some(load) = table.get_mut(&self.uid) {
             load.calls -= 1;
             load.bytes -= self.bytes;
+            load.warned = false;
             if load.calls == 0 {
                 table.remove(&self.uid);
             }
@@ -113,6 +121,11 @@ mod tests {
         drop((again, theirs));
         // Bytes: one large call fits, the next that would pass the bound does not.
         let calls = Calls::default();
+        assert!(
+            calls.admit(1000, MAX_BYTES + 1).is_err(),
+            "one call larger than the bound"
+        );
+        assert!(calls.0.lock().unwrap().is_empty(), "a refusal left an entry");
         let large = calls.admit(1000, MAX_BYTES - 1).unwrap();
         assert!(calls.admit(1000, 2).is_err());
         let small = calls.admit(1000, 1).unwrap();

@@ -440,7 +440,7 @@ impl Operations {
     ) {
         if let Ok(iface) = connection.object_server().interface::<_, OperationObject>(path).await {
             let changed = iface.get().await.ended_properties();
-            let interface = zbus::names::InterfaceName::from_static_str_unchecked("org.kde.kapsule.Operation");
+            let interface = zbus::names::InterfaceName::from_static_str_unchecked(kapsule_dbus::OPERATION_INTERFACE);
             let _ = zbus::fdo::Properties::properties_changed(emitter, interface, changed, Default::default()).await;
         }
         let completed_message = if success { "" } else { message };
