@@ -414,6 +414,21 @@ pub async fn collect_operation_signals(stream: &mut zbus::MessageStream, path: &
                     let (_id, ok, text): (String, bool, String) = msg.body().deserialize().unwrap();
                     format!("ProgressCompleted({ok}, {text:?})")
                 }
+                "PropertiesChanged" => {
+                    let (_interface, changed, _invalidated): (
+                        String,
+                        std::collections::HashMap<String, zbus::OwnedVariant>,
+                        Vec<String>,
+                    ) = msg.body().deserialize().unwrap();
+                    let mut changed: Vec<String> = changed
+                        .iter()
+                        .map(|(name, value)| {
+                            format!("{name}={:?}", String::try_from(value.clone()).unwrap_or_default())
+                        })
+                        .collect();
+                    changed.sort();
+                    format!("PropertiesChanged({})", changed.join(", "))
+                }
                 "Completed" => {
                     let (ok, text): (bool, String) = msg.body().deserialize().unwrap();
                     seen.push(format!("Completed({ok}, {text:?})"));

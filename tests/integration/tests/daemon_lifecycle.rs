@@ -51,8 +51,8 @@ async fn create_list_stop_start_delete_with_signals_in_order() {
             "Message(4, \"Running /.kapsule/init/10-machine-id\")".to_owned(),
             "ProgressCompleted(true, \"\")".to_owned(),
             format!("Message(1, \"Container '{name}' created\")"),
-            "PropertiesChanged".to_owned(),
-            "PropertiesChanged".to_owned(),
+            // One, carrying Status and ErrorMessage, as the original daemon sends it.
+            "PropertiesChanged(ErrorMessage=\"\", Status=\"completed\")".to_owned(),
             "Completed(true, \"\")".to_owned(),
         ],
         "signals of the create operation"
