@@ -253,6 +253,20 @@ async fn running_daemon() -> (PrivateBus, tempfile::TempDir, Stop) {
     (bus, dir, Stop(process))
 }
 
+/// Sends `bytes` on `stream` with `fds` attached, in one `sendmsg`.
+fn send_with_descriptors(stream: &std::os::unix::net::UnixStream, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) {
+    let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
+    assert!(ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(fds)));
+    rustix::net::sendmsg(
+        stream,
+        &[std::io::IoSlice::new(bytes)],
+        &mut ancillary,
+        rustix::net::SendFlags::NOSIGNAL,
+    )
+    .unwrap();
+}
+
 /// A connection to `socket` made by `uid` (the kernel records the connecting thread's effective
 /// uid), authenticated by hand with `EXTERNAL` as that uid, and then left alone: what an
 /// attacker holds. `None` when the daemon turned it away.
@@ -452,16 +466,7 @@ async fn calls_too_large_or_laden_with_descriptors_are_refused_before_the_daemon
     let fds: Vec<_> = files.iter().map(std::os::fd::AsFd::as_fd).collect();
     for n in 0..3 {
         let stream = held_connection(&socket, other.uid).expect("a connection");
-        let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(250))];
-        let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
-        assert!(ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
-        rustix::net::sendmsg(
-            &stream,
-            &[std::io::IoSlice::new(introspect.data())],
-            &mut ancillary,
-            rustix::net::SendFlags::NOSIGNAL,
-        )
-        .unwrap();
+        send_with_descriptors(&stream, introspect.data(), &fds);
         let mut answer = Vec::new();
         let _ = (&stream).read_to_end(&mut answer);
         assert!(answer.is_empty(), "call {n} with 250 descriptors was answered");
@@ -476,17 +481,7 @@ async fn calls_too_large_or_laden_with_descriptors_are_refused_before_the_daemon
     let file = std::fs::File::open("/etc/hostname").unwrap();
     let hex: String = 0u32.to_string().bytes().map(|b| format!("{b:02x}")).collect();
     let line = format!("\0AUTH EXTERNAL {hex}\r\n");
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
-    let fds = [std::os::fd::AsFd::as_fd(&file)];
-    assert!(ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
-    rustix::net::sendmsg(
-        &stream,
-        &[std::io::IoSlice::new(line.as_bytes())],
-        &mut ancillary,
-        rustix::net::SendFlags::NOSIGNAL,
-    )
-    .unwrap();
+    send_with_descriptors(&stream, line.as_bytes(), &[std::os::fd::AsFd::as_fd(&file)]);
     let mut answer = String::new();
     let _ = std::io::BufReader::new(&stream).read_line(&mut answer);
     assert_eq!(answer, "", "a handshake carrying a descriptor was answered");

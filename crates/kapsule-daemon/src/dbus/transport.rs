@@ -428,17 +428,22 @@ mod tests {
         assert_eq!(&buffer[..n], b"a call");
     }
 
+    /// A reader of `socket` without flow control or framing, taking `max_fds` per message.
+    fn plain_reader(socket: &CloexecSocket, max_fds: usize) -> Reader {
+        Reader {
+            stream: socket.stream.clone(),
+            flow: None,
+            framing: None,
+            max_fds,
+        }
+    }
+
     /// A client's message may carry eight descriptors, not nine: the ninth is never taken in.
     #[tokio::test]
     async fn a_client_message_with_too_many_descriptors_is_refused() {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let socket = CloexecSocket::new(ours).unwrap();
-        let mut reader = Reader {
-            stream: socket.stream.clone(),
-            flow: None,
-            framing: None,
-            max_fds: framing::MAX_FDS,
-        };
+        let mut reader = plain_reader(&socket, framing::MAX_FDS);
         let pipes: Vec<_> = (0..9).map(|_| rustix::pipe::pipe().unwrap().0).collect();
         let fds: Vec<BorrowedFd<'_>> = pipes.iter().map(|p| p.as_fd()).collect();
         let mut buffer = [0u8; 16];
@@ -456,12 +461,7 @@ mod tests {
     async fn descriptors_arrive_close_on_exec() {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let socket = CloexecSocket::new(ours).unwrap();
-        let mut reader = Reader {
-            stream: socket.stream.clone(),
-            flow: None,
-            framing: None,
-            max_fds: MAX_FDS,
-        };
+        let mut reader = plain_reader(&socket, MAX_FDS);
         // Sent without close-on-exec on the sender's side.
         let (read_end, _write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
         assert!(
