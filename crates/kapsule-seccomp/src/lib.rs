@@ -8,9 +8,10 @@
 //! program for the host's architecture and its 32-bit compat one, as LXC (through libseccomp)
 //! does. What differs from LXC, each on purpose:
 //!
-//! - `notify` rules (Incus's system call interception, for unprivileged containers) become
-//!   `allow`: no one listens for a session's notifications, and the kernel's own answer is
-//!   never more than what interception would grant.
+//! - `notify` rules (Incus's system call interception, for unprivileged containers) leave the
+//!   call to the kernel (left out of a denylist, `allow` in an allowlist): no one listens for a
+//!   session's notifications, and the kernel's own answer is never more than what interception
+//!   would grant.
 //! - A `kill` rule kills the whole process, not just the thread.
 //! - x32 system calls (on x86-64) are refused with `ENOSYS`, the kernel's own answer where x32 is
 //!   off, as it is on KDE Linux's kernel: their numbers differ from both the native and the
@@ -137,6 +138,11 @@ impl Policy {
                     continue;
                 };
                 resolved.insert(rule.syscall.as_str());
+                // In a denylist, a notify rule is left out (the default allows what it
+                // matches), so a later rule denying the same call still does.
+                if rule.action == Action::Notify && self.mode == Mode::Denylist {
+                    continue;
+                }
                 emit_rule(&mut asm, arch, number, rule);
             }
             asm.push(Step::Return(ret(self.default_action)));

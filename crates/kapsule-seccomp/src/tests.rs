@@ -154,6 +154,24 @@ fn interception_is_left_to_the_kernel_and_its_guards_are_kept() {
     // A character device's mknod goes to the kernel, which decides.
     assert_eq!(run(program, Arch::X86_64, nr("mknod"), [0, 0o20644, 0, 0, 0, 0]), ALLOW);
     assert_eq!(run(program, Arch::X86_64, nr("kexec_load"), [0; 6]), errno(38));
+    // A call intercepted and also denied (a user's `security.syscalls.deny`) stays denied.
+    let denied = format!("{UNPRIVILEGED}mknod errno 1\n");
+    let filter = Policy::parse(&denied).unwrap().compile(X86_64).unwrap();
+    assert_eq!(
+        run(&filter.program, Arch::X86_64, nr("mknod"), [0, 0o20644, 0, 0, 0, 0]),
+        errno(1)
+    );
+    // In an allowlist, an intercepted call is allowed (to the kernel), not refused.
+    let allowlist = "2\nallowlist errno 1\n[all]\nread\nmknod notify [1,8192,SCMP_CMP_MASKED_EQ,61440]\n";
+    let filter = Policy::parse(allowlist).unwrap().compile(X86_64).unwrap();
+    assert_eq!(
+        run(&filter.program, Arch::X86_64, nr("mknod"), [0, 0o20644, 0, 0, 0, 0]),
+        ALLOW
+    );
+    assert_eq!(
+        run(&filter.program, Arch::X86_64, nr("mknod"), [0, 0o10644, 0, 0, 0, 0]),
+        errno(1)
+    );
 }
 
 #[test]
