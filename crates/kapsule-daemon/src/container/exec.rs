@@ -20,6 +20,7 @@ use kapsule_nsenter::EnterRequest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::container::Containers;
+use crate::container::nsenter::Role;
 use crate::operation::{MessageKind, Notes};
 
 /// How much of a command's error output is kept.
@@ -214,7 +215,8 @@ async fn start(
         terminal: None,
         confinement: Default::default(),
     };
-    let (channel, _) = crate::container::nsenter::start_helper(containers, name, init, request, stdio).await?;
+    let (channel, _) =
+        crate::container::nsenter::start_helper(containers, Role::DaemonCommand, name, init, request, stdio).await?;
     Ok(channel)
 }
 

@@ -19,6 +19,7 @@ use crate::host::procfs::exited;
 /// helper's reply (a terminal's master).
 pub(crate) async fn start_helper(
     containers: &Containers,
+    role: Role,
     name: &str,
     (pid, pidfd): (u32, OwnedFd),
     mut request: EnterRequest,
@@ -39,6 +40,9 @@ pub(crate) async fn start_helper(
     let (control, helper_control) = UnixStream::pair().map_err(failed)?;
     let helper_path = containers.settings.nsenter_path();
     let mut command = tokio::process::Command::new(&helper_path);
+    if role == Role::DaemonCommand {
+        command.arg(DAEMON_COMMAND_ARG);
+    }
     command
         .env_clear()
         .stdin(std::process::Stdio::from(OwnedFd::from(helper_control)))
@@ -149,10 +153,36 @@ fn join_container_cgroups(name: &str, init_pid: u32, pid: u32) -> std::io::Resul
 /// `kapsule-nsenter`.
 const HELPER_COMM: &str = "kapsule-nsenter";
 
+/// The argument a helper that runs one of the daemon's own commands is started with (the helper
+/// ignores it): its command line tells it from a session's from the moment it is in the
+/// container's cgroup, which the watch of an ephemeral container relies on.
+const DAEMON_COMMAND_ARG: &str = "--daemon-command";
+
+/// What a helper is started for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A user's session (`Enter`): what keeps an ephemeral container.
+    Session,
+    /// A command of the daemon's own in the container (a hook, a host-sync script, a setup
+    /// step): not a session.
+    DaemonCommand,
+}
+
+/// Whether the process with `comm` and `cmdline` (NUL-separated, as `/proc/<pid>/cmdline`) is
+/// a session's helper.
+fn is_session_helper(comm: &str, cmdline: &[u8]) -> bool {
+    comm.trim_end() == HELPER_COMM
+        && !cmdline
+            .split(|&b| b == 0)
+            .any(|arg| arg == DAEMON_COMMAND_ARG.as_bytes())
+}
+
 /// How many sessions run in container `name` (whose init is `init_pid`): its session helpers
 /// alive, whichever daemon started them (they outlive a daemon restart). A helper lives in the
 /// cgroup it joined (see [`join_container_cgroups`]) until its command ends; what the command
-/// left running behind it is not a session.
+/// left running behind it is not a session, and neither is a helper of the daemon's own
+/// commands (a host-sync script run at a create was once taken for a session that ended, and
+/// the ephemeral container removed before its first session).
 pub(crate) fn count_sessions(name: &str, init_pid: u32) -> std::io::Result<usize> {
     let dirs = session_cgroups(name, init_pid)?;
     // The unified leaf holds sessions only; a v1 cgroup of the container is the next best.
@@ -170,7 +200,9 @@ pub(crate) fn count_sessions(name: &str, init_pid: u32) -> std::io::Result<usize
     Ok(procs
         .lines()
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim_end() == HELPER_COMM)
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            is_session_helper(&comm, &cmdline)
         })
         .count())
 }
@@ -223,6 +255,21 @@ fn cgroup_mount(mountinfo: &str, unified: bool, controllers: &str) -> Option<Pat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_sessions_helper_counts_as_a_session() {
+        assert!(is_session_helper(
+            "kapsule-nsenter\n",
+            b"/usr/lib/kapsule/kapsule-nsenter\0"
+        ));
+        assert!(!is_session_helper(
+            "kapsule-nsenter\n",
+            b"/usr/lib/kapsule/kapsule-nsenter\0--daemon-command\0"
+        ));
+        // What a session left behind, and a process gone meanwhile (nothing read).
+        assert!(!is_session_helper("sleep\n", b"sleep\x00600\0"));
+        assert!(!is_session_helper("", b""));
+    }
 
     #[test]
     fn cgroup_mounts_are_found_for_both_layouts() {

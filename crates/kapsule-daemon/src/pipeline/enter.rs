@@ -13,7 +13,7 @@ use kapsule_nsenter::EnterRequest;
 use crate::container::files::ContainerFiles;
 use crate::container::init::container_init;
 use crate::container::meta::{self, Wants};
-use crate::container::nsenter::start_helper;
+use crate::container::nsenter::{Role, start_helper};
 use crate::container::sockets;
 use crate::identity::account::Account;
 use crate::identity::authority::Requester;
@@ -237,7 +237,8 @@ pub(crate) async fn start(daemon: &Daemon, who: &Requester, session: Session) ->
         terminal,
         confinement: Default::default(),
     };
-    let (channel, mut fds) = start_helper(&daemon.containers, &name, (pid, pidfd), request, stdio).await?;
+    let (channel, mut fds) =
+        start_helper(&daemon.containers, Role::Session, &name, (pid, pidfd), request, stdio).await?;
     if wants.ephemeral {
         daemon.ephemeral.session_started(&name);
     }
