@@ -168,11 +168,11 @@ pub(crate) enum Role {
     DaemonCommand,
 }
 
-/// Whether the process with `comm` and `cmdline` (NUL-separated, as `/proc/<pid>/cmdline`) is
-/// a session's helper.
-fn is_session_helper(comm: &str, cmdline: &[u8]) -> bool {
+/// Whether the process with `comm` is a session's helper; its command line (NUL-separated, as
+/// `/proc/<pid>/cmdline`) is read only for a helper.
+fn is_session_helper(comm: &str, cmdline: impl FnOnce() -> Vec<u8>) -> bool {
     comm.trim_end() == HELPER_COMM
-        && !cmdline
+        && !cmdline()
             .split(|&b| b == 0)
             .any(|arg| arg == DAEMON_COMMAND_ARG.as_bytes())
 }
@@ -201,8 +201,9 @@ pub(crate) fn count_sessions(name: &str, init_pid: u32) -> std::io::Result<usize
         .lines()
         .filter(|pid| {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            is_session_helper(&comm, &cmdline)
+            is_session_helper(&comm, || {
+                std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+            })
         })
         .count())
 }
@@ -258,17 +259,24 @@ mod tests {
 
     #[test]
     fn only_a_sessions_helper_counts_as_a_session() {
+        let cmdline = |text: &[u8]| {
+            let text = text.to_vec();
+            move || text
+        };
         assert!(is_session_helper(
             "kapsule-nsenter\n",
-            b"/usr/lib/kapsule/kapsule-nsenter\0"
+            cmdline(b"/usr/lib/kapsule/kapsule-nsenter\0")
         ));
         assert!(!is_session_helper(
             "kapsule-nsenter\n",
-            b"/usr/lib/kapsule/kapsule-nsenter\0--daemon-command\0"
+            cmdline(b"/usr/lib/kapsule/kapsule-nsenter\0--daemon-command\0")
         ));
-        // What a session left behind, and a process gone meanwhile (nothing read).
-        assert!(!is_session_helper("sleep\n", b"sleep\x00600\0"));
-        assert!(!is_session_helper("", b""));
+        // What a session left behind (its command line never read), and a process gone
+        // meanwhile (nothing read).
+        assert!(!is_session_helper("sleep\n", || unreachable!(
+            "read for a process not a helper"
+        )));
+        assert!(!is_session_helper("", || unreachable!("read for a process gone")));
     }
 
     #[test]
