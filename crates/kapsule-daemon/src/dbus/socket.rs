@@ -19,6 +19,7 @@ use crate::dbus::Surface;
 use crate::dbus::transport::CloexecSocket;
 use crate::identity::link::Link;
 use crate::identity::peer::Peer;
+use crate::identity::per_uid::PerUid;
 
 /// At most this many clients at once; more are turned away (the socket is open to every user).
 const MAX_PEERS: usize = 256;
@@ -45,7 +46,7 @@ pub(crate) async fn listen(
     let listener = tokio::net::UnixListener::from_std(listener)?;
     let next_id = AtomicU64::new(1);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PEERS));
-    let per_uid = PerUid::default();
+    let per_uid = PerUid::new(MAX_PEERS_PER_UID, 0);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -67,7 +68,7 @@ pub(crate) async fn listen(
                 continue;
             }
         };
-        let Some(uid_slot) = per_uid.take(uid) else {
+        let Ok(uid_slot) = per_uid.take(uid, 0) else {
             log::warn!("uid {uid} has {MAX_PEERS_PER_UID} clients on the socket already; turning one away");
             continue;
         };
@@ -133,61 +134,18 @@ async fn serve_peer(
     }
 }
 
-/// How many clients each uid has on the socket.
-#[derive(Clone, Debug, Default)]
-struct PerUid(Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>);
-
-impl PerUid {
-    /// A slot for one more client of `uid`, given back when dropped; `None` when it has
-    /// [`MAX_PEERS_PER_UID`] already.
-    fn take(&self, uid: u32) -> Option<UidSlot> {
-        let mut counts = self.0.lock().expect("per-uid counts");
-        let count = counts.entry(uid).or_insert(0);
-        if *count >= MAX_PEERS_PER_UID {
-            return None;
-        }
-        *count += 1;
-        Some(UidSlot {
-            counts: self.clone(),
-            uid,
-        })
-    }
-}
-
-/// One client's place in its uid's count.
-#[derive(Debug)]
-struct UidSlot {
-    counts: PerUid,
-    uid: u32,
-}
-
-impl Drop for UidSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.0.lock().expect("per-uid counts");
-        if let Some(count) = counts.get_mut(&self.uid) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.uid);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn one_uid_cannot_take_every_slot() {
-        let per_uid = PerUid::default();
-        let mine: Vec<UidSlot> = (0..MAX_PEERS_PER_UID).map(|_| per_uid.take(1000).unwrap()).collect();
-        assert!(per_uid.take(1000).is_none(), "one more of the same uid");
-        assert!(per_uid.take(1001).is_some(), "another uid still gets in");
+        let per_uid = PerUid::new(MAX_PEERS_PER_UID, 0);
+        let mine: Vec<_> = (0..MAX_PEERS_PER_UID).map(|_| per_uid.take(1000, 0).unwrap()).collect();
+        assert!(per_uid.take(1000, 0).is_err(), "one more of the same uid");
+        assert!(per_uid.take(1001, 0).is_ok(), "another uid still gets in");
         drop(mine);
-        assert!(per_uid.take(1000).is_some(), "slots come back as clients leave");
-        assert!(
-            per_uid.0.lock().unwrap().get(&1001).is_none(),
-            "no count kept for nobody"
-        );
+        assert!(per_uid.take(1000, 0).is_ok(), "slots come back as clients leave");
+        assert!(!per_uid.remembers(1001), "no count kept for nobody");
     }
 }

@@ -8,10 +8,9 @@
 //! daemon's memory and threads. Over the bound, a call is refused at once with `Failed`, before
 //! polkit is asked or any work is done; other users are not affected.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use kapsule_dbus::Error;
+
+use crate::identity::per_uid::{PerUid, Place, Refused};
 
 /// The most calls one uid may have under way. Konsole restoring a window of tabs, each an
 /// `Enter`, stays well below; a flood does not.
@@ -20,82 +19,44 @@ pub(crate) const MAX_CALLS: usize = 64;
 pub(crate) const MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The table of every uid's calls under way; clones share it.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Calls(Arc<Mutex<HashMap<u32, Load>>>);
+#[derive(Clone, Debug)]
+pub(crate) struct Calls(PerUid);
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Load {
-    calls: usize,
-    bytes: u64,
-    /// The refusals were logged.
-    warned: bool,
+impl Default for Calls {
+    fn default() -> Calls {
+        Calls(PerUid::new(MAX_CALLS, MAX_BYTES))
+    }
 }
 
 /// One call's place; given back when dropped.
-#[derive(Debug)]
-pub(crate) struct UnderWay {
-    table: Calls,
-    uid: u32,
-    bytes: u64,
-}
+pub(crate) type UnderWay = Place;
 
 impl Calls {
     /// A place for a call of `uid` whose message body is `bytes` long, or the refusal that
     /// caller is given when their calls under way are at a bound.
     pub(crate) fn admit(&self, uid: u32, bytes: u64) -> Result<UnderWay, Error> {
-        let mut table = self.0.lock().expect("calls lock");
-        let load = table.get(&uid).copied().unwrap_or_default();
-        if load.calls >= MAX_CALLS || load.bytes + bytes > MAX_BYTES {
+        self.0.take(uid, bytes).map_err(|Refused { load, first }| {
             // Said once while the uid is at the bound, not once per refused call of a flood.
-            if let Some(load) = table.get_mut(&uid).filter(|load| !load.warned) {
-                load.warned = true;
+            if first {
                 log::warn!(
                     "uid {uid} has {} calls under way holding {} bytes; refusing more until some are answered",
-                    load.calls,
-                    load.bytes
+                    load.count,
+                    load.weight
                 );
             }
-            return Err(Error::Failed(format!(
+            Error::Failed(format!(
                 "Too many of your calls are under way ({} holding {} MiB; at most {MAX_CALLS} holding {} MiB): try again once they are answered",
-                load.calls,
-                load.bytes >> 20,
+                load.count,
+                load.weight >> 20,
                 MAX_BYTES >> 20
-            )));
-        }
-        let load = table.entry(uid).or_default();
-        load.calls += 1;
-        load.bytes += bytes;
-        Ok(UnderWay {
-            table: self.clone(),
-            uid,
-            bytes,
+            ))
         })
     }
-}
 
-#[cfg(test)]
-impl Calls {
     /// How many calls `uid` has under way.
+    #[cfg(test)]
     pub(crate) fn of(&self, uid: u32) -> usize {
-        self.0
-            .lock()
-            .expect("calls lock")
-            .get(&uid)
-            .map_or(0, |load| load.calls)
-    }
-}
-
-impl Drop for UnderWay {
-    fn drop(&mut self) {
-        let mut table = self.table.0.lock().expect("calls lock");
-        if let Some(load) = table.get_mut(&self.uid) {
-            load.calls -= 1;
-            load.bytes -= self.bytes;
-            load.warned = false;
-            if load.calls == 0 {
-                table.remove(&self.uid);
-            }
-        }
+        self.0.count(uid)
     }
 }
 
@@ -106,7 +67,7 @@ mod tests {
     #[test]
     fn each_uid_has_its_own_bound_in_calls_and_bytes_and_places_are_given_back() {
         let calls = Calls::default();
-        let mine: Vec<UnderWay> = (0..MAX_CALLS).map(|_| calls.admit(1000, 10).unwrap()).collect();
+        let mut mine: Vec<UnderWay> = (0..MAX_CALLS).map(|_| calls.admit(1000, 10).unwrap()).collect();
         let refused = calls.admit(1000, 10).unwrap_err();
         assert!(
             refused
@@ -116,23 +77,21 @@ mod tests {
         );
         // Another user is not affected.
         let theirs = calls.admit(1001, 10).unwrap();
-        drop(mine.into_iter().next());
+        mine.pop();
         let again = calls.admit(1000, 10).unwrap();
-        drop((again, theirs));
+        assert_eq!(calls.of(1000), MAX_CALLS);
+        drop((again, theirs, mine));
         // Bytes: one large call fits, the next that would pass the bound does not.
         let calls = Calls::default();
         assert!(
             calls.admit(1000, MAX_BYTES + 1).is_err(),
             "one call larger than the bound"
         );
-        assert!(calls.0.lock().unwrap().is_empty(), "a refusal left an entry");
+        assert!(!calls.0.remembers(1000), "a refusal left an entry");
         let large = calls.admit(1000, MAX_BYTES - 1).unwrap();
         assert!(calls.admit(1000, 2).is_err());
         let small = calls.admit(1000, 1).unwrap();
         drop((large, small));
-        assert!(
-            calls.0.lock().unwrap().is_empty(),
-            "a uid with nothing under way is forgotten"
-        );
+        assert!(!calls.0.remembers(1000), "a uid with nothing under way is forgotten");
     }
 }

@@ -13,3 +13,5 @@ pub(crate) mod calls;
 pub(crate) mod link;
 /// The process at the other end of a socket connection.
 pub(crate) mod peer;
+/// What each uid holds of something bounded, place by place.
+pub(crate) mod per_uid;
