@@ -93,7 +93,7 @@ impl Assembler {
             };
             let short = |label: &Label| -> Result<u8, Error> {
                 let distance = offset(label)?;
-                u8::try_from(distance).map_err(|_| Error::TooLong(distance))
+                u8::try_from(distance).map_err(|_| Error::Internal("a conditional jump of more than 255 instructions"))
             };
             let instruction = |code, jt, jf, k| Instruction { code, jt, jf, k };
             program.push(match step {
@@ -109,7 +109,7 @@ impl Assembler {
                         JMP_JA,
                         0,
                         0,
-                        u32::try_from(distance).map_err(|_| Error::TooLong(distance))?,
+                        u32::try_from(distance).map_err(|_| Error::Internal("a jump beyond 2^32 instructions"))?,
                     )
                 }
                 Step::Return(action) => instruction(RET_K, 0, 0, *action),
