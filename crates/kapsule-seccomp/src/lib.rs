@@ -114,11 +114,17 @@ impl Policy {
     pub fn compile(&self, host: Host) -> Result<Filter, Error> {
         let mut asm = Assembler::default();
         let (native, compat, bad_arch) = (asm.label(), asm.label(), asm.label());
-        let not_native = asm.label();
+        let (is_native, not_native, is_compat) = (asm.label(), asm.label(), asm.label());
+        // The native block lies between here and the compat one, as long as its rules make
+        // it: each architecture is reached by a `Goto`, which goes any distance.
         asm.push(Step::Load(DATA_ARCH));
-        asm.push(Step::JumpIfEqual(host.native.audit_token(), native, not_native));
+        asm.push(Step::JumpIfEqual(host.native.audit_token(), is_native, not_native));
+        asm.push(Step::Here(is_native));
+        asm.push(Step::Goto(native));
         asm.push(Step::Here(not_native));
-        asm.push(Step::JumpIfEqual(host.compat.audit_token(), compat, bad_arch));
+        asm.push(Step::JumpIfEqual(host.compat.audit_token(), is_compat, bad_arch));
+        asm.push(Step::Here(is_compat));
+        asm.push(Step::Goto(compat));
         asm.push(Step::Here(bad_arch));
         asm.push(Step::Return(RET_KILL_PROCESS));
 

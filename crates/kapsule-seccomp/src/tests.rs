@@ -287,6 +287,32 @@ fn malformed_policies_are_refused_with_their_line() {
 }
 
 #[test]
+fn a_long_deny_list_reaches_both_architectures() {
+    // A hundred rules make the native block far longer than a conditional jump reaches.
+    let names: Vec<&str> = syscalls::x86_64::Sysno::iter()
+        .map(|call| call.name())
+        .filter(|name| Arch::X86.number(name).is_some())
+        .take(100)
+        .collect();
+    assert_eq!(names.len(), 100);
+    let text = format!(
+        "2\ndenylist\n{}",
+        names.iter().map(|n| format!("{n} errno 1\n")).collect::<String>()
+    );
+    let filter = Policy::parse(&text).unwrap().compile(X86_64).unwrap();
+    assert!(filter.program.len() > 2 * 255, "{} instructions", filter.program.len());
+    for arch in [Arch::X86_64, Arch::X86] {
+        for name in [names[0], names[99]] {
+            assert_eq!(
+                run(&filter.program, arch, number(arch, name), [0; 6]),
+                errno(1),
+                "{name} on {arch:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_policy_too_long_for_the_kernel_is_refused() {
     let mut text = String::from("2\ndenylist\n");
     for _ in 0..1000 {
