@@ -136,7 +136,13 @@ install_polkit_files() {
     install -m 0644 "$KAPSULE_ROOT/polkit/org.kde.kapsule.policy" "$POLKIT_ACTION"
     install -m 0644 "$KAPSULE_ROOT/polkit/50-org.kde.kapsule.rules" "$POLKIT_RULES"
     install -d -m 0755 "$(dirname "$POLKIT_TEST_RULES")"
-    install -m 0644 "$KAPSULE_ROOT/tests/env/polkit/40-kapsule-tests.rules" "$POLKIT_TEST_RULES"
+    # The actions the policy lets a user at the computer take without a password, read from the
+    # policy itself, so the tests follow what it says (the rule explains why).
+    local at_the_computer
+    at_the_computer=$(xmllint --xpath '//action[defaults/allow_active="yes"]/@id' "$KAPSULE_ROOT/polkit/org.kde.kapsule.policy" 2>/dev/null |
+        sed -E 's/ *id="([^"]*)"/"\1", /g; s/, $//') || at_the_computer=""
+    sed "s|@AT_THE_COMPUTER@|$at_the_computer|" "$KAPSULE_ROOT/tests/env/polkit/40-kapsule-tests.rules" > "$POLKIT_TEST_RULES"
+    chmod 0644 "$POLKIT_TEST_RULES"
 }
 
 # What systemd-modules-load does at boot with the list Kapsule ships: nested docker and podman

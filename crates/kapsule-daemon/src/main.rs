@@ -91,6 +91,7 @@ fn main() {
         config_files: None,
         incus_cache: None,
         storage_pool: args.storage_pool,
+        subid_dir: None,
     };
     let bus = match (args.session, args.address) {
         (_, Some(address)) => kapsule_daemon::Bus::Address(address),

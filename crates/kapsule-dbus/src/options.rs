@@ -55,6 +55,7 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ("gpu", "GPU"),
     ("setup", "Setup at Creation"),
     ("lifetime", "Lifetime"),
+    ("security", "Security"),
 ];
 
 /// Every option, in schema order.
@@ -167,6 +168,15 @@ pub const OPTIONS: &[OptionSpec] = &[
         default: false,
         requires: None,
     },
+    OptionSpec {
+        key: "unprivileged",
+        section: "security",
+        kind: OptionKind::Boolean,
+        title: "Unprivileged",
+        description: "Run the container in a user namespace: root in it is not root on the host, and its owner needs no administrator to use it",
+        default: false,
+        requires: None,
+    },
 ];
 
 /// The most custom mounts one container may have, and the longest path accepted.
@@ -217,6 +227,9 @@ pub struct CreateOptions {
     pub init_hooks: Vec<String>,
     /// Removed by the daemon once nobody is in it any more (`kapsule run`).
     pub ephemeral: bool,
+    /// In a user namespace: the owner's uid and gid mapped to themselves, every other id
+    /// shifted, so root in it is not root on the host.
+    pub unprivileged: bool,
 }
 
 /// Why a set of options was refused.
@@ -554,10 +567,16 @@ pub fn resolve(
         additional_packages: list("additional_packages"),
         init_hooks: list("init_hooks"),
         ephemeral: flag("ephemeral"),
+        unprivileged: flag("unprivileged"),
     };
     if options.dbus_mux && !options.host_rootfs {
         return Err(OptionsError::Incompatible(
             "D-Bus multiplexer requires host_rootfs (the mux binary is reached through the host filesystem mount)",
+        ));
+    }
+    if options.unprivileged && options.nvidia_drivers {
+        return Err(OptionsError::Incompatible(
+            "NVIDIA driver injection is not offered for unprivileged containers: its hook runs as root on the host against the container's files, which an unprivileged container's root controls (the GPU itself is passed through)",
         ));
     }
     Ok(options)

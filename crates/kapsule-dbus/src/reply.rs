@@ -88,6 +88,8 @@ pub struct ContainerDetails {
     pub init_hooks: Vec<String>,
     /// Removed once the last session in it ends (`kapsule run`).
     pub ephemeral: bool,
+    /// In a user namespace (root in it is not root on the host).
+    pub unprivileged: bool,
     /// Its snapshots, oldest first.
     pub snapshots: Vec<SnapshotInfo>,
     /// Bytes its root file system uses, where the storage pool counts them.

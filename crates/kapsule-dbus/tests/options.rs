@@ -39,7 +39,9 @@ fn schema_json_has_the_original_shape_and_order() {
         r#"{"key":"additional_packages","type":"array","title":"Additional Packages","description":"Packages installed by the container's package manager at creation","default":[],"items":{"type":"string","format":"package-name"}},"#,
         r#"{"key":"init_hooks","type":"array","title":"Commands After Packages","description":"Commands run as root in the container at creation, after the packages are installed","default":[],"items":{"type":"string","format":"shell-command"}}]},"#,
         r#"{"id":"lifetime","title":"Lifetime","options":["#,
-        r#"{"key":"ephemeral","type":"boolean","title":"Ephemeral","description":"Remove the container when the last session in it ends","default":false}]}]}"#,
+        r#"{"key":"ephemeral","type":"boolean","title":"Ephemeral","description":"Remove the container when the last session in it ends","default":false}]},"#,
+        r#"{"id":"security","title":"Security","options":["#,
+        r#"{"key":"unprivileged","type":"boolean","title":"Unprivileged","description":"Run the container in a user namespace: root in it is not root on the host, and its owner needs no administrator to use it","default":false}]}]}"#,
     );
     assert_eq!(options::schema_json(), expected);
 }
@@ -62,6 +64,7 @@ fn defaults_when_nothing_is_given() {
             additional_packages: vec![],
             init_hooks: vec![],
             ephemeral: false,
+            unprivileged: false,
         }
     );
 }
@@ -125,6 +128,22 @@ fn requirements_are_implied_when_unset_and_refused_when_contradicted() {
     ])
     .unwrap_err();
     assert!(matches!(e, OptionsError::Incompatible(_)), "{e}");
+    // The NVIDIA hook runs as the host's root on the container's files: not for an unprivileged
+    // container, whose root owns them.
+    let e = resolve_client(vec![
+        ("unprivileged", Value::Bool(true)),
+        ("nvidia_drivers", Value::Bool(true)),
+    ])
+    .unwrap_err();
+    assert!(
+        matches!(e, OptionsError::Incompatible(why) if why.contains("not offered for unprivileged")),
+        "{e}"
+    );
+    let o = resolve_client(vec![("unprivileged", Value::Bool(true))]).unwrap();
+    assert!(
+        o.unprivileged && o.gpu && !o.nvidia_drivers,
+        "the GPU itself is passed through"
+    );
 }
 
 #[test]

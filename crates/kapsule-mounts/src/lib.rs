@@ -31,6 +31,12 @@ pub const MAX_PATH: usize = 1024;
 pub struct Request {
     pub dirs: Vec<Dir>,
     pub mounts: Vec<Mount>,
+    /// The host ids new files and directories are made as: those of an unprivileged container's
+    /// root (its file systems, an idmapped root and its own tmpfs mounts, take no new file from
+    /// an id they do not map, such as the host's root); none: as this helper is. Owners are
+    /// given afterwards, as each entry says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maker: Option<(u32, u32)>,
 }
 
 /// A directory the targets need: made when missing (a symlink there is replaced by it), left
@@ -215,15 +221,16 @@ fn identity(stat: &rustix::fs::Statx) -> (u64, u64) {
 /// namespace; any directory in tests), with `sources` opened beforehand, one per mount.
 pub fn apply(root: BorrowedFd<'_>, request: &Request, sources: Vec<Result<Source, Outcome>>) -> Report {
     let mut entries = Vec::with_capacity(request.dirs.len() + request.mounts.len());
+    let maker = Maker(request.maker);
     for dir in &request.dirs {
         entries.push(Entry {
             path: dir.path.clone(),
-            outcome: ensure_dir(root, dir),
+            outcome: ensure_dir(root, dir, maker),
         });
     }
     for (mount, source) in request.mounts.iter().zip(sources) {
         let outcome = match source {
-            Ok(source) => place(root, mount, &source),
+            Ok(source) => place(root, mount, &source, maker),
             Err(outcome) => outcome,
         };
         entries.push(Entry {
@@ -277,7 +284,25 @@ fn is_mount_root(stat: &rustix::fs::Statx) -> bool {
         && stat.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
 }
 
-fn ensure_dir(root: BorrowedFd<'_>, dir: &Dir) -> Outcome {
+/// Who makes new files (see [`Request::maker`]).
+#[derive(Clone, Copy)]
+struct Maker(Option<(u32, u32)>);
+
+impl Maker {
+    /// Runs `make` (one new file or directory) as the maker.
+    fn make<T>(self, make: impl FnOnce() -> rustix::io::Result<T>) -> Result<T, String> {
+        let _identity = match self.0 {
+            Some((uid, gid)) => Some(
+                kapsule_rootfs::FsIdentity::switch(uid, gid)
+                    .map_err(|e| format!("cannot take the container's root's ids: {e}"))?,
+            ),
+            None => None,
+        };
+        make().map_err(|e| e.to_string())
+    }
+}
+
+fn ensure_dir(root: BorrowedFd<'_>, dir: &Dir, maker: Maker) -> Outcome {
     let result = (|| {
         let (parent, name) = split(&dir.path).map_err(Outcome::Refused)?;
         let parent = open_dir(root, parent, OFlags::PATH)?;
@@ -292,7 +317,9 @@ fn ensure_dir(root: BorrowedFd<'_>, dir: &Dir) -> Outcome {
             Some(_) => return Err(Outcome::Refused(format!("{} is in the way", dir.path))),
         };
         let fail = |what: &str, e: Errno| Outcome::Failed(format!("cannot {what} {}: {e}", dir.path));
-        rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)).map_err(|e| fail("create", e))?;
+        maker
+            .make(|| rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)))
+            .map_err(|e| Outcome::Failed(format!("cannot create {}: {e}", dir.path)))?;
         let made = rustix::fs::openat(
             &parent,
             name,
@@ -316,7 +343,7 @@ fn chown(fd: &OwnedFd, uid: u32, gid: u32) -> rustix::io::Result<()> {
     )
 }
 
-fn place(root: BorrowedFd<'_>, mount: &Mount, source: &Source) -> Outcome {
+fn place(root: BorrowedFd<'_>, mount: &Mount, source: &Source, maker: Maker) -> Outcome {
     let result = (|| {
         let target = &mount.target;
         let (parent, name) = split(target).map_err(Outcome::Refused)?;
@@ -345,13 +372,16 @@ fn place(root: BorrowedFd<'_>, mount: &Mount, source: &Source) -> Outcome {
             }
             replaced = true;
         }
-        let file = rustix::fs::openat(
-            &parent,
-            name,
-            OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| Outcome::Failed(format!("cannot create {target}: {e}")))?;
+        let file = maker
+            .make(|| {
+                rustix::fs::openat(
+                    &parent,
+                    name,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+            })
+            .map_err(|e| Outcome::Failed(format!("cannot create {target}: {e}")))?;
         chown(&file, mount.uid, mount.gid).map_err(|e| Outcome::Failed(format!("cannot chown {target}: {e}")))?;
         rustix::mount::move_mount(
             source.tree.as_fd(),
@@ -399,17 +429,20 @@ mod tests {
             let request = Request {
                 dirs: vec![dir(bad, 0o700)],
                 mounts: vec![],
+                ..Default::default()
             };
             assert!(request.validate().is_err(), "{bad:?}");
         }
         let request = Request {
             dirs: vec![dir("/run/user/1000", 0o40700)],
             mounts: vec![],
+            ..Default::default()
         };
         assert!(request.validate().unwrap_err().contains("not a permission mode"));
         let many = Request {
             dirs: vec![dir("/run/user", 0o755); MAX_ENTRIES + 1],
             mounts: vec![],
+            ..Default::default()
         };
         assert!(many.validate().is_err());
         assert_eq!(split("/tmp/.X11-unix/X0"), Ok(("/tmp/.X11-unix", "X0")));
@@ -431,6 +464,7 @@ mod tests {
                 dir("/run", 0o700),
             ],
             mounts: vec![],
+            ..Default::default()
         };
         request.validate().unwrap();
         let report = apply(root_fd.as_fd(), &request, vec![]);
@@ -465,6 +499,7 @@ mod tests {
         let request = Request {
             dirs: vec![dir("/run/user", 0o755)],
             mounts: vec![],
+            ..Default::default()
         };
         let report = apply(root_fd.as_fd(), &request, vec![]);
         assert!(

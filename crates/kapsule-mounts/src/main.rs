@@ -21,14 +21,18 @@ use rustix::thread::ThreadNameSpaceType;
 /// through a pidfd the kernel also asks for ptrace read access to the container's init, which
 /// a non-dumpable init grants only with SYS_PTRACE), cloning and attaching mounts (SYS_ADMIN), reaching into the user's 0700 runtime directory
 /// and the container's (DAC_OVERRIDE), removing a stale file from a sticky directory such as
-/// /tmp/.X11-unix (FOWNER), giving the files to the user (CHOWN).
-const KEEP: [Capability; 6] = [
+/// /tmp/.X11-unix (FOWNER), giving the files to the user (CHOWN), and in an unprivileged
+/// container making them with its root's file-system ids (SETUID, SETGID: `setfsuid` and
+/// `setfsgid` only; no_new_privs and the empty bounding set beyond these keep it at that).
+const KEEP: [Capability; 8] = [
     Capability::CAP_SYS_ADMIN,
     Capability::CAP_SYS_CHROOT,
     Capability::CAP_SYS_PTRACE,
     Capability::CAP_DAC_OVERRIDE,
     Capability::CAP_FOWNER,
     Capability::CAP_CHOWN,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
 ];
 
 fn main() -> ExitCode {

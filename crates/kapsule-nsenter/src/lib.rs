@@ -65,6 +65,11 @@ pub struct Confinement {
     /// wrote it for LXC); empty where the init runs without a filter.
     #[serde(default)]
     pub seccomp_filter: Vec<kapsule_seccomp::Instruction>,
+    /// The init runs in a user namespace of its own (an unprivileged container): the session
+    /// joins it too, so its ids are the container's and root in it (sudo) is the container's
+    /// root, never the host's.
+    #[serde(default)]
+    pub user_namespace: bool,
 }
 
 impl Confinement {
@@ -75,6 +80,7 @@ impl Confinement {
             capability_bounding_set: field(status, "CapBnd").and_then(|hex| u64::from_str_radix(hex, 16).ok()),
             no_new_privs: field(status, "NoNewPrivs") == Some("1"),
             seccomp_filter: Vec::new(),
+            user_namespace: false,
         }
     }
 }
@@ -182,6 +188,7 @@ mod tests {
                 capability_bounding_set: Some(0x1fdffcfffff),
                 no_new_privs: false,
                 seccomp_filter: Vec::new(),
+                user_namespace: false,
             }
         );
         assert!(Confinement::of_status("NoNewPrivs:\t1\n").no_new_privs);
@@ -212,6 +219,7 @@ mod tests {
                     jf: 0,
                     k: 0x7fff_0000,
                 }],
+                user_namespace: true,
             },
         });
         let file = tempfile::tempfile().unwrap();

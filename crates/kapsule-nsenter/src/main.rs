@@ -175,12 +175,19 @@ fn start(request: &EnterRequest, fds: Vec<OwnedFd>) -> Result<Session, String> {
         _ => return Err(format!("unexpected number of descriptors: {count}")),
     };
 
-    let all = ThreadNameSpaceType::MOUNT
+    let mut all = ThreadNameSpaceType::MOUNT
         | ThreadNameSpaceType::PROCESS_ID
         | ThreadNameSpaceType::HOST_NAME_AND_NIS_DOMAIN_NAME
         | ThreadNameSpaceType::INTER_PROCESS_COMMUNICATION
         | ThreadNameSpaceType::NETWORK
         | ThreadNameSpaceType::CONTROL_GROUP;
+    // An unprivileged container's user namespace too: from there on the ids are the
+    // container's, and a setuid-root program in it (sudo) makes the container's root, not the
+    // host's. The kernel joins it first and checks the others against it; joining gives this
+    // process every capability in it, which `confine` takes back to the init's.
+    if request.confinement.user_namespace {
+        all |= ThreadNameSpaceType::USER;
+    }
     rustix::thread::move_into_thread_name_spaces(container.as_fd(), all)
         .map_err(|e| format!("cannot join the container's namespaces: {e}"))?;
     drop(container);

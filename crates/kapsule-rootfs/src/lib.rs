@@ -26,6 +26,13 @@
 //! and an `fsync` per file cost up to 40 ms each while a container boots (measured: a user setup,
 //! seven files, took 130 to 340 ms with them and 80 to 115 ms without). Owners are the container's ids, translated through the
 //! process's user-namespace maps.
+//!
+//! An unprivileged container's root may be an idmapped mount (Incus uses one where the kernel
+//! and file system have them), which takes no new file from an id it does not map: made as the
+//! host's root, every new file would be `EOVERFLOW`. So each file, directory and link is made
+//! with the thread's file-system ids those of the container's root, the host root's file
+//! capabilities raised again for that while ([`FsIdentity`]); owners are given afterwards as
+//! before.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -44,6 +51,56 @@ const RESOLVE_ON_ROOT_FS: ResolveFlags = RESOLVE.union(ResolveFlags::NO_XDEV);
 const MAX_PATH: usize = 4096;
 /// The id a file owned by an id the container cannot name shows (the kernel's overflow id).
 const OVERFLOW_ID: u32 = 65534;
+
+/// The calling thread's file-system ids switched to another uid and gid until this is dropped,
+/// with the capabilities such a switch clears from the effective set (the file system's
+/// overrides of the host's root) raised again: a file made meanwhile is owned by those ids, and
+/// everything else is as the host's root may do it. Per thread: the other threads of the process
+/// are not touched. Needs `CAP_SETUID` and `CAP_SETGID` (for the ids); of the capabilities, those
+/// in the permitted set are raised.
+#[derive(Debug)]
+pub struct FsIdentity;
+
+/// What a change of the file-system uid from 0 clears from the effective set (capabilities(7)).
+const FS_CAPABILITIES: [caps::Capability; 5] = [
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_DAC_READ_SEARCH,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_FSETID,
+];
+
+impl FsIdentity {
+    /// Switches to `uid`:`gid`; back to root's when dropped.
+    pub fn switch(uid: u32, gid: u32) -> io::Result<FsIdentity> {
+        // Group first: with the uid no longer 0 the group may not be changed.
+        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
+        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+        let identity = FsIdentity;
+        // Each call answers with the value before it; an invalid id changes nothing.
+        let uid_now = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(u32::MAX)).as_raw();
+        let gid_now = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(u32::MAX)).as_raw();
+        if (uid_now, gid_now) != (uid, gid) {
+            return Err(io::Error::other("cannot take the container's root's file-system ids"));
+        }
+        let caps_error = |e: caps::errors::CapsError| io::Error::other(e.to_string());
+        for capability in FS_CAPABILITIES {
+            // What the process holds: a helper that keeps only some of them raises those.
+            if caps::has_cap(None, caps::CapSet::Permitted, capability).map_err(caps_error)? {
+                caps::raise(None, caps::CapSet::Effective, capability).map_err(caps_error)?;
+            }
+        }
+        Ok(identity)
+    }
+}
+
+impl Drop for FsIdentity {
+    fn drop(&mut self) {
+        // Back to 0: the kernel raises the file-system capabilities from the permitted set again.
+        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(0));
+        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(0));
+    }
+}
 
 /// A failed file operation: what, on which path, and why.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +276,26 @@ impl Root {
         })
     }
 
+    /// Runs `make`, which makes one new file, directory or link below the root, as the
+    /// container's root makes it (see the crate's documentation); in a container whose root is
+    /// the host's, as it is.
+    fn making<T>(&self, make: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let (Some(uid), Some(gid)) = (self.uids.to_host(0), self.gids.to_host(0)) else {
+            return Err(io::Error::other("the container maps no root"));
+        };
+        if (uid, gid) == (0, 0) {
+            return make();
+        }
+        let _identity = FsIdentity::switch(uid, gid)?;
+        make()
+    }
+
+    /// The host uid that the container's uid `uid` stands for (itself in a privileged container),
+    /// if the container maps it.
+    pub fn host_uid(&self, uid: u32) -> Option<u32> {
+        self.uids.to_host(uid)
+    }
+
     /// The file at `path`, symlinks followed (inside the root); `None` when there is none.
     /// Only a regular file of at most `limit` bytes is read; anything else is never opened for
     /// reading (a FIFO planted at the path is an error, not a hang; a device is not touched).
@@ -307,19 +384,24 @@ impl Root {
         let fail = |e: io::Error| Error::new("write", path, e);
         let (dir, name) = self.parent(path).map_err(fail)?.ok_or_else(|| fail(missing_parent()))?;
         let (uid, gid) = self.host_ids(meta).map_err(fail)?;
-        let (temporary, fd) = beside(name, |temporary| {
-            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            rustix::fs::openat(&dir, temporary, flags, Mode::from_raw_mode(0o600))
-        })
-        .map_err(fail)?;
-        let filled = (|| -> io::Result<()> {
-            let mut file = File::from(fd);
-            file.write_all(data)?;
-            // Owner first: a change of owner clears the setuid and setgid bits.
-            rustix::fs::fchown(&file, Some(uid), Some(gid))?;
-            Ok(rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode & 0o7777))?)
-        })();
-        let renamed = filled.and_then(|()| Ok(rustix::fs::renameat(&dir, &temporary, &dir, name)?));
+        let renamed = self.making(|| {
+            let (temporary, fd) = beside(name, |temporary| {
+                let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                rustix::fs::openat(&dir, temporary, flags, Mode::from_raw_mode(0o600))
+            })?;
+            let filled = (|| -> io::Result<()> {
+                let mut file = File::from(fd);
+                file.write_all(data)?;
+                // Owner first: a change of owner clears the setuid and setgid bits.
+                rustix::fs::fchown(&file, Some(uid), Some(gid))?;
+                Ok(rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode & 0o7777))?)
+            })();
+            Ok((
+                filled.and_then(|()| Ok(rustix::fs::renameat(&dir, &temporary, &dir, name)?)),
+                temporary,
+            ))
+        });
+        let (renamed, temporary) = renamed.map_err(fail)?;
         match renamed {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -340,7 +422,8 @@ impl Root {
         let fail = |e: io::Error| Error::new("make the directory", path, e);
         let (dir, name) = self.parent(path).map_err(fail)?.ok_or_else(|| fail(missing_parent()))?;
         let (uid, gid) = self.host_ids(meta).map_err(fail)?;
-        match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)) {
+        let made = self.making(|| Ok(rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700))));
+        match made.map_err(fail)? {
             Ok(()) => {
                 let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 let made = rustix::fs::openat(&dir, name, flags, Mode::empty()).map_err(|e| fail(e.into()))?;
@@ -379,11 +462,16 @@ impl Root {
         let fail = |e: io::Error| Error::new("link", path, e);
         let (dir, name) = self.parent(path).map_err(fail)?.ok_or_else(|| fail(missing_parent()))?;
         let (uid, gid) = self.host_ids(Meta::new(0, 0, 0o777)).map_err(fail)?;
-        let (temporary, ()) = beside(name, |temporary| rustix::fs::symlinkat(target, &dir, temporary)).map_err(fail)?;
-        let linked = (|| -> io::Result<()> {
-            rustix::fs::chownat(&dir, &temporary, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
-            Ok(rustix::fs::renameat(&dir, &temporary, &dir, name)?)
-        })();
+        let (temporary, linked) = self
+            .making(|| {
+                let (temporary, ()) = beside(name, |temporary| rustix::fs::symlinkat(target, &dir, temporary))?;
+                let linked = (|| -> io::Result<()> {
+                    rustix::fs::chownat(&dir, &temporary, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+                    Ok(rustix::fs::renameat(&dir, &temporary, &dir, name)?)
+                })();
+                Ok((temporary, linked))
+            })
+            .map_err(fail)?;
         linked.map_err(|e| {
             let _ = rustix::fs::unlinkat(&dir, &temporary, AtFlags::empty());
             fail(e)

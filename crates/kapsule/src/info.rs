@@ -74,6 +74,7 @@ fn json(d: &ContainerDetails, exports: &[(String, String)]) -> serde_json::Value
         "additional_packages": d.additional_packages,
         "init_hooks": d.init_hooks,
         "ephemeral": d.ephemeral,
+        "unprivileged": d.unprivileged,
         "snapshots": snapshots,
         "disk_usage": d.disk_usage,
         "exports": exports,
@@ -113,6 +114,15 @@ fn rows(d: &ContainerDetails, exports: &[(String, String)]) -> Vec<(&'static str
     ));
     let users: Vec<String> = d.users.iter().map(|u| format!("uid {u}")).collect();
     rows.push(("Users set up", or_none(&users.join(", "))));
+    rows.push((
+        "Root in it",
+        if d.unprivileged {
+            "not root on the host (unprivileged: a user namespace)"
+        } else {
+            "root on the host (privileged)"
+        }
+        .to_owned(),
+    ));
     let mode = match d.mode.as_str() {
         "Session" => "its own D-Bus session bus",
         "DbusMux" => "its own D-Bus session bus, host services through the multiplexer",

@@ -321,6 +321,7 @@ pub fn test_settings() -> kapsule_daemon::Settings {
         config_files: Some(Vec::new()),
         incus_cache: None,
         storage_pool: None,
+        subid_dir: None,
     }
 }
 
@@ -573,6 +574,20 @@ pub fn busybox_rootfs(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
     root
+}
+
+/// The stdout of a command's `out`, after checking that it succeeded (saying `what` failed, with
+/// both outputs, when it did not).
+pub fn succeeded(what: &str, out: &std::process::Output) -> String {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
 }
 
 /// Writes an executable file (mode 0755).

@@ -10,7 +10,7 @@ use std::process::Output;
 
 use kapsule_integration_tests::{
     DaemonTest, ImageGuard, InstanceGuard, RemoveOnDrop, busybox_rootfs, daemon_test, import_image_files, pack_image,
-    sh, test_user, unique_name, write_executable,
+    sh, succeeded, test_user, unique_name, write_executable,
 };
 
 fn text(bytes: &[u8]) -> String {
@@ -24,18 +24,6 @@ async fn enter_sh(test: &DaemonTest, name: &str, script: &str) -> Output {
     tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
         .unwrap()
-}
-
-/// What the user's stdout was, after checking the command succeeded.
-fn succeeded(what: &str, out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 /// A BusyBox image for nested containers, made in the container from its own busybox, as a user

@@ -32,6 +32,9 @@ pub(crate) enum Error {
     /// A helper program of the daemon could not do its work on it.
     #[error("{}: {reason}", program.display())]
     Helper { program: PathBuf, reason: String },
+    /// The host ids it maps to themselves could not be given to root (`/etc/subuid`, `subgid`).
+    #[error("cannot give root the container's ids in the subordinate id files: {0}")]
+    Ids(std::io::Error),
     /// Some of the files a step changes could not be changed: each path with why.
     #[error("{}", .0.iter().map(|(path, e)| format!("{path}: {e}")).collect::<Vec<_>>().join("; "))]
     Files(Vec<(&'static str, std::io::Error)>),

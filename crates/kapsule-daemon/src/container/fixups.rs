@@ -1,7 +1,8 @@
 //! What a new container gets once, right after it first started, in this order (the original
 //! daemon's, plus the host name): `/.kapsule` (Konsole's marker), `systemd-networkd-wait-online`
 //! masked, the container's name in `/etc/hosts`, the image's own `/.kapsule/init/*` scripts,
-//! file capabilities on `newuidmap`/`newgidmap`, and the cgroupfs drop-in for rootless podman.
+//! file capabilities on `newuidmap`/`newgidmap`, the cgroupfs drop-in for rootless podman, and,
+//! in an unprivileged container, the nested runtimes' networking.
 //!
 //! Only the marker is required; every other step that fails is a warning and creation goes on,
 //! as a container without it still works for most of what users do.
@@ -93,7 +94,101 @@ pub(crate) async fn apply(
             .warn(&format!("Could not write the rootless podman drop-in: {}", e.reason()))
             .await;
     }
+    let unprivileged = files.with_root(|root| Ok(root.host_uid(0) != Some(0))).await;
+    if unprivileged.unwrap_or(false) {
+        nested_networking(containers, &files, notes, name).await;
+    }
     Ok(())
+}
+
+/// Nested podman in an unprivileged container: its root may not make bridges in the host's
+/// network namespace (it is not that namespace's owner), so containers it starts get user-mode
+/// networking in a namespace of their own (slirp4netns, through the container's `/dev/net/tun`),
+/// or the host's network where the image has no slirp4netns.
+const PODMAN_NETWORK_DROP_IN: &str = "/etc/containers/containers.conf.d/50-kapsule-unprivileged.conf";
+
+/// Docker cannot get around that: its daemon sets up NAT and forwarding in its own network
+/// namespace (the host's here) before it serves anything, so it is told not to, and its
+/// containers run without a network of their own (`--network none`, its default then; a
+/// container that needs the network, `podman run` gives it one).
+const DOCKER_CONFIG: (&str, &str) = (
+    "/etc/docker/daemon.json",
+    "{\n  \"iptables\": false,\n  \"ip-forward\": false,\n  \"bridge\": \"none\"\n}\n",
+);
+
+/// What [`PODMAN_NETWORK_DROP_IN`] and [`DOCKER_CONFIG`] say; docker restarted if it is enabled
+/// (it failed at boot, before its configuration was there). A user's own `daemon.json` is left
+/// alone, with a warning saying what docker needs here.
+async fn nested_networking(containers: &Containers, files: &ContainerFiles, notes: Notes<'_>, name: &str) {
+    let written = files
+        .with_root(|root| {
+            let has = |path: &str| root.open_path_on_root_fs(path).map(|found| found.is_some());
+            let netns = if has("/usr/bin/slirp4netns")? {
+                "slirp4netns"
+            } else {
+                "host"
+            };
+            let text = format!(
+                "# Written by Kapsule when the container was created: it is unprivileged on the\n\
+                 # host's network, whose namespace its root may not change, so podman's containers\n\
+                 # get a network namespace of their own with user-mode networking (or the host's).\n\
+                 [containers]\n\
+                 netns = \"{netns}\"\n"
+            );
+            root.ensure_dir("/etc/containers", Meta::new(0, 0, 0o755))?;
+            root.ensure_dir("/etc/containers/containers.conf.d", Meta::new(0, 0, 0o755))?;
+            root.write(PODMAN_NETWORK_DROP_IN, text.as_bytes(), Meta::new(0, 0, 0o644))?;
+            let docker = has("/usr/bin/dockerd")? || has("/usr/sbin/dockerd")?;
+            if !docker {
+                return Ok(None);
+            }
+            let (path, text) = DOCKER_CONFIG;
+            if has(path)? {
+                return Ok(Some(false));
+            }
+            root.ensure_dir("/etc/docker", Meta::new(0, 0, 0o755))?;
+            root.write(path, text.as_bytes(), Meta::new(0, 0, 0o644))?;
+            Ok(Some(true))
+        })
+        .await;
+    match written {
+        Err(e) => {
+            notes
+                .warn(&format!("Could not set up nested containers' networking: {}", e.reason()))
+                .await
+        }
+        Ok(None) => {}
+        Ok(Some(false)) => {
+            notes
+                .warn(&format!(
+                    "{} is the image's own: docker starts here only with \"iptables\": false, \"ip-forward\": false and \"bridge\": \"none\" in it",
+                    DOCKER_CONFIG.0
+                ))
+                .await
+        }
+        Ok(Some(true)) => {
+            let restart = "systemctl reset-failed docker.service docker.socket 2>/dev/null; \
+                           if systemctl -q is-enabled docker.service; then systemctl --no-block restart docker.service; fi";
+            let ran = crate::container::exec::run_as_root(
+                containers,
+                name,
+                &["/bin/sh", "-c", restart],
+                b"",
+                Duration::from_secs(60),
+            )
+            .await;
+            let failed = match ran {
+                Ok(ran) if ran.success() => None,
+                Ok(ran) => Some(ran.failure()),
+                Err(e) => Some(format!(": {e}")),
+            };
+            if let Some(why) = failed {
+                notes
+                    .warn(&format!("Could not restart docker with its new configuration{why}"))
+                    .await;
+            }
+        }
+    }
 }
 
 /// A copy of container `old` named `new`: `new` in `/etc/hosts` in place of `old` (a warning if
@@ -240,7 +335,11 @@ fn set_file_capability(root: &kapsule_rootfs::Root, path: &str, cap: u32) -> std
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Err(std::io::Error::other("not a regular file"));
     }
-    if stat.st_uid == 0 && Mode::from_raw_mode(stat.st_mode).contains(Mode::SUID) {
+    // The container's root as the host sees it: the host's in a privileged container.
+    let Some(container_root) = root.host_uid(0) else {
+        return Err(std::io::Error::other("the container maps no root"));
+    };
+    if stat.st_uid == container_root && Mode::from_raw_mode(stat.st_mode).contains(Mode::SUID) {
         return Ok(());
     }
     // An O_PATH descriptor takes no xattr calls; its /proc/self/fd link names exactly the file
@@ -249,31 +348,39 @@ fn set_file_capability(root: &kapsule_rootfs::Root, path: &str, cap: u32) -> std
     rustix::fs::setxattr(
         by_fd.as_str(),
         "security.capability",
-        &file_capability(cap),
+        &file_capability(cap, container_root),
         XattrFlags::empty(),
     )?;
     Ok(())
 }
 
-/// The `security.capability` value (`struct vfs_cap_data`, revision 2, little-endian) that
-/// `setcap <cap>+ep` writes: the capability permitted and the effective flag set.
-pub(crate) fn file_capability(cap: u32) -> [u8; 20] {
+/// The `security.capability` value (`struct vfs_cap_data`, little-endian) that `setcap <cap>+ep`
+/// writes: the capability permitted and the effective flag set. Revision 2 where the container's
+/// root is the host's (`root` 0); in an unprivileged container, revision 3 with the host uid of
+/// its root, which the kernel honours only in user namespaces whose root that is (a revision 2
+/// value would count only for the host's root, so the helpers would get nothing inside).
+pub(crate) fn file_capability(cap: u32, root: u32) -> Vec<u8> {
     const VFS_CAP_REVISION_2: u32 = 0x0200_0000;
+    const VFS_CAP_REVISION_3: u32 = 0x0300_0000;
     const VFS_CAP_FLAGS_EFFECTIVE: u32 = 0x1;
     let mut permitted = [0u32; 2];
     permitted[(cap / 32) as usize] |= 1 << (cap % 32);
-    let words = [
-        VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE,
+    let revision = if root == 0 {
+        VFS_CAP_REVISION_2
+    } else {
+        VFS_CAP_REVISION_3
+    };
+    let mut words = vec![
+        revision | VFS_CAP_FLAGS_EFFECTIVE,
         permitted[0],
         0, // inheritable, low
         permitted[1],
         0, // inheritable, high
     ];
-    let mut out = [0u8; 20];
-    for (chunk, word) in out.chunks_exact_mut(4).zip(words) {
-        chunk.copy_from_slice(&word.to_le_bytes());
+    if root != 0 {
+        words.push(root);
     }
-    out
+    words.iter().flat_map(|word| word.to_le_bytes()).collect()
 }
 
 /// `cgroup_manager = "cgroupfs"` for podman, in a drop-in of its own so the image's
@@ -298,12 +405,19 @@ mod tests {
     fn capabilities_are_what_setcap_writes() {
         // `setcap cap_setuid+ep f; getfattr -e hex -n security.capability f`
         assert_eq!(
-            file_capability(CAP_SETUID),
+            file_capability(CAP_SETUID, 0),
             [1, 0, 0, 2, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         );
-        assert_eq!(file_capability(CAP_SETGID)[4], 0x40);
+        assert_eq!(file_capability(CAP_SETGID, 0)[4], 0x40);
         // A capability above 31 lands in the second word (cap_setfcap is 31, cap_bpf 39).
-        assert_eq!(file_capability(39)[12..16], [0x80, 0, 0, 0]);
+        assert_eq!(file_capability(39, 0)[12..16], [0x80, 0, 0, 0]);
+        // The same `setcap` as root of a user namespace whose root is host uid 1000000.
+        assert_eq!(
+            file_capability(CAP_SETUID, 1_000_000),
+            [
+                1, 0, 0, 3, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0x42, 0x0f, 0
+            ]
+        );
     }
 
     #[test]

@@ -57,14 +57,42 @@ pub(crate) fn is_owner(instance: &Instance, uid: u32) -> bool {
     }
 }
 
-/// What `uid` needs to be allowed to enter `instance`: one's own container, entering; anyone
-/// else's, managing containers.
+/// What `uid` needs to be allowed to enter `instance`: one's own unprivileged container, using
+/// it; one's own privileged one, entering; anyone else's, managing containers.
 pub(crate) fn enter_action(instance: &Instance, uid: u32) -> Action {
-    if is_owner(instance, uid) {
-        Action::EnterContainer
+    match (is_owner(instance, uid), is_unprivileged(instance)) {
+        (true, true) => Action::UseUnprivileged,
+        (true, false) => Action::EnterContainer,
+        (false, _) => Action::ManageContainer,
+    }
+}
+
+/// What `uid` needs to be allowed to change `instance` (start, stop, delete, snapshot, reset,
+/// clone, upgrade): their own unprivileged container, using it; anything else, managing.
+pub(crate) fn manage_action(instance: &Instance, uid: u32) -> Action {
+    if is_unprivileged(instance) && instance.config.get(OWNER_KEY) == Some(&uid.to_string()) {
+        Action::UseUnprivileged
     } else {
         Action::ManageContainer
     }
+}
+
+/// Refuses a session or setup of `uid` in `instance` when the container has no ids for them: an
+/// unprivileged container maps its owner's uid and gid alone, so anyone else's files (their home)
+/// would be nobody's inside.
+pub(crate) fn check_may_hold(instance: &Instance, uid: u32) -> Result<(), Error> {
+    if !is_unprivileged(instance) || instance.config.get(OWNER_KEY) == Some(&uid.to_string()) {
+        return Ok(());
+    }
+    Err(Error::NotAuthorized(format!(
+        "Container '{}' is unprivileged and maps only its owner's ids; only its owner can be a user in it",
+        instance.name
+    )))
+}
+
+/// True for a container in a user namespace: Incus's own key, so what is said is what runs.
+pub(crate) fn is_unprivileged(instance: &Instance) -> bool {
+    instance.config.get("security.privileged").map(String::as_str) != Some("true")
 }
 
 /// True for instances Kapsule made (or the original daemon made): the daemon never touches others.
@@ -153,6 +181,7 @@ pub(crate) fn container_details(instance: &Instance) -> ContainerDetails {
         additional_packages: steps.packages,
         init_hooks: steps.init_hooks,
         ephemeral: wants.ephemeral,
+        unprivileged: is_unprivileged(instance),
         snapshots: Vec::new(),
         disk_usage: None,
     }
@@ -264,6 +293,8 @@ pub(crate) struct Wants {
     pub home: String,
     /// Removed once nobody is in it.
     pub ephemeral: bool,
+    /// In a user namespace (see [`is_unprivileged`]).
+    pub unprivileged: bool,
 }
 
 impl Wants {
@@ -278,6 +309,7 @@ impl Wants {
                 .unwrap_or_default(),
             home: get("home").unwrap_or_default().to_owned(),
             ephemeral: get("ephemeral") == Some("true"),
+            unprivileged: is_unprivileged(instance),
         }
     }
 }
@@ -419,9 +451,12 @@ mod tests {
                 custom_mounts: vec![],
                 home: String::new(),
                 ephemeral: false,
+                // Incus's own default: an instance that does not say is unprivileged.
+                unprivileged: true,
             }
         );
         for (k, v) in [
+            ("security.privileged", "true"),
             ("user.kapsule.mount-home", "false"),
             ("user.kapsule.host-rootfs", "true"),
             ("user.kapsule.session-mode", "true"),
@@ -439,11 +474,41 @@ mod tests {
                 custom_mounts: vec!["~/src".into(), "/opt/x".into()],
                 home: "~/boxes/dev".into(),
                 ephemeral: false,
+                unprivileged: false,
             }
         );
         assert!(!is_set_up(&i, 1000));
         i.config.insert(mapped_key(1000), "true".into());
         assert!(is_set_up(&i, 1000));
         assert!(!is_set_up(&i, 1001));
+    }
+
+    #[test]
+    fn ones_own_unprivileged_container_is_used_and_anything_else_managed() {
+        let container = |privileged: &str| Instance {
+            name: "dev".into(),
+            config: [("security.privileged", privileged), (OWNER_KEY, "1000")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ..Default::default()
+        };
+        let (unprivileged, privileged) = (container("false"), container("true"));
+        assert_eq!(enter_action(&unprivileged, 1000), Action::UseUnprivileged);
+        assert_eq!(manage_action(&unprivileged, 1000), Action::UseUnprivileged);
+        assert_eq!(enter_action(&unprivileged, 1001), Action::ManageContainer);
+        assert_eq!(manage_action(&unprivileged, 1001), Action::ManageContainer);
+        assert_eq!(enter_action(&privileged, 1000), Action::EnterContainer);
+        assert_eq!(manage_action(&privileged, 1000), Action::ManageContainer);
+        assert!(check_may_hold(&unprivileged, 1000).is_ok());
+        let Err(Error::NotAuthorized(why)) = check_may_hold(&unprivileged, 1001) else {
+            panic!("someone else was let into an unprivileged container");
+        };
+        assert!(why.contains("only its owner"), "{why}");
+        assert!(check_may_hold(&privileged, 1001).is_ok());
+        // Without a recorded owner (the original daemon's), nobody may use it as unprivileged.
+        let mut unowned = unprivileged.clone();
+        unowned.config.remove(OWNER_KEY);
+        assert_eq!(manage_action(&unowned, 1000), Action::ManageContainer);
     }
 }

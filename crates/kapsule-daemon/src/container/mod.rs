@@ -23,6 +23,8 @@ pub(crate) mod files;
 pub(crate) mod fixups;
 /// The host's timezone, locale and DNS in its containers.
 pub(crate) mod hostsync;
+/// An unprivileged container's ids, given to root before every start.
+pub(crate) mod idmap;
 /// A container's init process, remembered.
 pub(crate) mod init;
 /// What the daemon reads from a container's instance.
@@ -59,5 +61,15 @@ impl Containers {
             init_pids: Default::default(),
             socket_mounts: Default::default(),
         }
+    }
+
+    /// Incus's own directory, where its socket is (`/var/lib/incus`): what it writes for LXC is
+    /// below it (seccomp policies, shmounts).
+    pub(crate) fn incus_dir(&self) -> std::path::PathBuf {
+        self.incus
+            .socket()
+            .parent()
+            .unwrap_or(std::path::Path::new("/var/lib/incus"))
+            .to_owned()
     }
 }

@@ -26,13 +26,18 @@ pub(crate) async fn start_helper(
     stdio: Vec<OwnedFd>,
 ) -> Result<(UnixStream, Vec<OwnedFd>), Error> {
     // Confined as the container's own processes are: what its init has, read now (the pidfd
-    // still open after the read shows the pid was the init's).
+    // still open after the reads shows the pid was the init's).
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| Error::Failed(format!("Cannot read what confines '{name}': {e}")))?;
+    request.confinement = Confinement::of_status(&status);
+    request.confinement.user_namespace = own_user_namespace(pid).map_err(|e| {
+        Error::Failed(format!(
+            "Cannot tell whether '{name}' has a user namespace of its own: {e}"
+        ))
+    })?;
     if exited(&pidfd) {
         return Err(Error::Failed(format!("Container '{name}' stopped")));
     }
-    request.confinement = Confinement::of_status(&status);
     if kapsule_nsenter::filtered(&status) {
         request.confinement.seccomp_filter = seccomp_filter(containers, name)?;
     }
@@ -91,16 +96,21 @@ fn failed(e: impl std::fmt::Display) -> Error {
     Error::Failed(e.to_string())
 }
 
+/// Whether process `pid` is in another user namespace than the daemon's (its `ns/user` link
+/// names another namespace). The caller checks afterwards that `pid` is still the process it
+/// meant.
+pub(crate) fn own_user_namespace(pid: u32) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/user"))?;
+    let ours = std::fs::metadata("/proc/self/ns/user")?;
+    Ok((theirs.dev(), theirs.ino()) != (ours.dev(), ours.ino()))
+}
+
 /// The seccomp policy of container `name` compiled for this host: what LXC loaded into its
 /// init, read where Incus wrote it for LXC (beside Incus's socket, `security/seccomp/<name>`).
 /// A container whose init has a filter gets no session without it.
 fn seccomp_filter(containers: &Containers, name: &str) -> Result<Vec<Instruction>, Error> {
-    let incus_dir = containers
-        .incus
-        .socket()
-        .parent()
-        .unwrap_or(std::path::Path::new("/var/lib/incus"));
-    let path = incus_dir.join("security/seccomp").join(name);
+    let path = containers.incus_dir().join("security/seccomp").join(name);
     let refuse = |why: String| {
         Error::Failed(format!(
             "Cannot hold a session in '{name}' to the container's seccomp policy ({}): {why}",

@@ -12,7 +12,7 @@ use kapsule_incus::models::InstanceSource;
 
 use crate::container::meta::{AUTOMATIC_SNAPSHOT_PREFIX, is_running};
 use crate::container::provision::{self, Steps};
-use crate::container::{Containers, fixups, hostsync};
+use crate::container::{Containers, fixups, hostsync, idmap};
 use crate::operation::incus::run_noted;
 use crate::operation::{Failure, Notes};
 
@@ -45,7 +45,7 @@ pub(crate) async fn rebuild(
         .await?;
     run_noted(incus, notes, op).await?;
     notes.info("Starting it").await;
-    let op = incus.start_instance(name).await?;
+    let op = idmap::start(containers, name).await?;
     run_noted(incus, notes, op).await?;
     fixups::apply(containers, notes, name, session_mode).await?;
     hostsync::report(notes, hostsync::sync_one(containers, name).await).await;

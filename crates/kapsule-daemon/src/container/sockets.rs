@@ -18,6 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use kapsule_mounts::{Dir, Mount, Outcome, Report, Request};
+use kapsule_rootfs::IdMap;
 
 use crate::container::Containers;
 use crate::container::error::Error;
@@ -120,7 +121,11 @@ pub(crate) fn plan(
             read_only: true,
         });
     }
-    Request { dirs, mounts }
+    Request {
+        dirs,
+        mounts,
+        maker: None,
+    }
 }
 
 /// `value` (a file name, or an absolute path directly in `run`) as a path directly in `run`;
@@ -156,6 +161,16 @@ pub(crate) async fn ensure(
     let request = plan(account, environment, session_mode, host_exec);
     let Ok(start_time) = crate::host::procfs::start_time(pid) else {
         return; // The container stopped meanwhile; the session will say so.
+    };
+    // The helper makes the files as the host's root: in an unprivileged container, owners are
+    // given as the host ids the container's stand for.
+    let request = match id_maps(pid) {
+        Ok(Some((uids, gids))) => in_host_ids(&request, &uids, &gids),
+        Ok(None) => request,
+        Err(e) => {
+            log::warn!("{name}: the desktop sockets are not mounted: cannot read the container's id maps: {e}");
+            return;
+        }
     };
     let looked_at = request.clone();
     let Some((sources, places)) = off_the_async_threads(move || {
@@ -202,6 +217,42 @@ pub(crate) async fn ensure(
             }
         }
         Err(e) => log::warn!("{name}: the desktop sockets are not mounted: {e}"),
+    }
+}
+
+/// The id maps of process `pid`'s user namespace (uids, gids); `None` for the host's own.
+fn id_maps(pid: u32) -> std::io::Result<Option<(IdMap, IdMap)>> {
+    let map = |file: &str| -> std::io::Result<IdMap> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;
+        IdMap::parse(&text).map_err(std::io::Error::other)
+    };
+    let (uids, gids) = (map("uid_map")?, map("gid_map")?);
+    Ok((uids != IdMap::identity() || gids != IdMap::identity()).then_some((uids, gids)))
+}
+
+/// `request` with each owner (the container's ids) given as the host id it stands for, and new
+/// files made as the container's root. An entry whose owner the container does not map is left
+/// out: nothing could own it there.
+fn in_host_ids(request: &Request, uids: &IdMap, gids: &IdMap) -> Request {
+    let host = |uid: u32, gid: u32, path: &str| match (uids.to_host(uid), gids.to_host(gid)) {
+        (Some(uid), Some(gid)) => Some((uid, gid)),
+        _ => {
+            log::warn!("{path}: its owner {uid}:{gid} has no id in the container; not made");
+            None
+        }
+    };
+    Request {
+        dirs: request
+            .dirs
+            .iter()
+            .filter_map(|d| host(d.uid, d.gid, &d.path).map(|(uid, gid)| Dir { uid, gid, ..d.clone() }))
+            .collect(),
+        mounts: request
+            .mounts
+            .iter()
+            .filter_map(|m| host(m.uid, m.gid, &m.target).map(|(uid, gid)| Mount { uid, gid, ..m.clone() }))
+            .collect(),
+        maker: uids.to_host(0).zip(gids.to_host(0)),
     }
 }
 

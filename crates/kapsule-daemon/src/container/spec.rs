@@ -8,16 +8,37 @@ use crate::container::Containers;
 use crate::container::provision::Steps;
 use crate::identity::account::Account;
 
+/// The ids an unprivileged container has: 0 to this, shifted onto a range of host ids of its own
+/// (Incus's `security.idmap.isolated`), so root in one user's container is nobody in another's.
+/// It covers root's ids and the subordinate ranges user setup gives (from 100000, 65536 each),
+/// which rootless podman inside maps.
+pub(crate) const UNPRIVILEGED_IDS: u32 = 262_144;
+
 /// `security.*` and the `user.kapsule.*` metadata (the original daemon's keys, so containers it
-/// made are read the same way).
-pub(crate) fn config(options: &CreateOptions) -> ConfigMap {
+/// made are read the same way). `owner` is the creator's uid and primary gid: an unprivileged
+/// container maps them to themselves, so their home and files keep their owner inside.
+pub(crate) fn config(options: &CreateOptions, owner: (u32, u32)) -> ConfigMap {
     let mut config = ConfigMap::new();
     let mut set = |k: &str, v: &str| {
         config.insert(k.to_owned(), v.to_owned());
     };
-    // Privileged with nesting: docker, podman and systemd run inside as they do on a host.
-    set("security.privileged", "true");
+    // Nesting either way: docker, podman and systemd run inside as they do on a host.
     set("security.nesting", "true");
+    if options.unprivileged {
+        let (uid, gid) = owner;
+        set("security.privileged", "false");
+        set("security.idmap.isolated", "true");
+        set("security.idmap.size", &UNPRIVILEGED_IDS.to_string());
+        set("raw.idmap", &crate::container::idmap::raw_idmap(uid, gid));
+        // What a nested container runtime does as root that a user namespace refuses, done by
+        // Incus on its behalf where it is safe: device nodes it may make (mknod) and the
+        // extended attributes of overlay file systems (setxattr).
+        set("security.syscalls.intercept.mknod", "true");
+        set("security.syscalls.intercept.setxattr", "true");
+    } else {
+        // Root in it is root on the host: what the original daemon made, and the default.
+        set("security.privileged", "true");
+    }
     let yes_no = |b: bool| if b { "true" } else { "false" };
     if options.session_mode {
         set("user.kapsule.session-mode", "true");
@@ -65,6 +86,21 @@ pub(crate) fn devices(options: &CreateOptions, gpu_present: bool, pool: &str) ->
     if options.gpu && gpu_present {
         devices.insert("gpu".into(), device(&[("type", "gpu")]));
     }
+    // Nested podman's networking (slirp4netns) makes a TAP device in a network namespace of its
+    // own: the host's `/dev/net/tun` is the host's root's (mode 0600 without udev), so Incus makes
+    // one for an unprivileged container, usable by its users. It reaches no hardware: a TAP
+    // device exists only in the namespace that made it.
+    if options.unprivileged {
+        devices.insert(
+            "kapsule-tun".into(),
+            device(&[
+                ("type", "unix-char"),
+                ("source", "/dev/net/tun"),
+                ("path", "/dev/net/tun"),
+                ("mode", "0666"),
+            ]),
+        );
+    }
     if options.host_rootfs {
         devices.insert(
             "hostfs".into(),
@@ -102,12 +138,25 @@ pub(crate) async fn host_has_gpu(containers: &Containers) -> bool {
 /// original's `lxc.net.0.type=none` (only address keys of `lxc.net.*` pass its raw.lxc check),
 /// while `lxc.namespace.*` passes old and new. Containers the original made with
 /// `lxc.net.0.type=none`, on an Incus that took it, are left as they are and keep working.
+///
+/// An unprivileged container's root may not mount a fresh sysfs in a network namespace its user
+/// namespace does not own (the host's), so LXC's automatic sysfs would fail its start: the auto
+/// mounts are given again without it, and the host's `/sys` is bound recursively instead (what a
+/// fresh one in the host's network namespace would show, read-only to a root that is nobody on
+/// the host; LXC mounts the container's own cgroups over the host's below it). Setting
+/// `lxc.mount.auto` drops every auto mount Incus set, so Incus's `shmounts` (how it mounts disks
+/// into a running unprivileged container: the home, at a user's first enter) is given again,
+/// at `shmounts` ([`shmounts_path`]).
 pub(crate) fn raw_lxc(
     options: &CreateOptions,
     network_namespace: &std::path::Path,
     nvidia_hook: Option<&std::path::Path>,
+    shmounts: &std::path::Path,
 ) -> String {
     let mut lines = format!("lxc.namespace.share.net={}\n", network_namespace.display());
+    if options.unprivileged {
+        lines.push_str(&unprivileged_mounts(shmounts));
+    }
     if options.gpu
         && options.nvidia_drivers
         && let Some(hook) = nvidia_hook
@@ -115,6 +164,42 @@ pub(crate) fn raw_lxc(
         lines.push_str(&format!("lxc.hook.mount={}\n", hook.display()));
     }
     lines
+}
+
+/// The auto mounts of an unprivileged container (see [`raw_lxc`]).
+fn unprivileged_mounts(shmounts: &std::path::Path) -> String {
+    format!(
+        "{AUTO_MOUNTS} =\n{AUTO_MOUNTS} = proc:rw cgroup:rw:force shmounts:{}:/dev/.incus-mounts\n\
+         lxc.mount.entry = /sys sys none rbind,create=dir 0 0\n",
+        shmounts.display()
+    )
+}
+
+const AUTO_MOUNTS: &str = "lxc.mount.auto";
+
+/// Where Incus keeps the `shmounts` of container `name` (`<its directory>/shmounts/<name>`).
+pub(crate) fn shmounts_path(incus_dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    incus_dir.join("shmounts").join(name)
+}
+
+/// `raw` (a container's `raw.lxc`) with its `shmounts` at `shmounts` instead: a copy's own (it
+/// is named after the container).
+pub(crate) fn with_shmounts(raw: &str, shmounts: &std::path::Path) -> String {
+    raw.lines()
+        .map(|line| match line.split_once('=') {
+            Some((key, value)) if key.trim() == AUTO_MOUNTS && value.contains("shmounts:") => {
+                let words: Vec<String> = value
+                    .split_whitespace()
+                    .map(|word| match word.strip_prefix("shmounts:") {
+                        Some(_) => format!("shmounts:{}:/dev/.incus-mounts", shmounts.display()),
+                        None => word.to_owned(),
+                    })
+                    .collect();
+                format!("{AUTO_MOUNTS} = {}\n", words.join(" "))
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect()
 }
 
 /// The user's home device: `source` (their host home, or the container's separate home) at their
@@ -191,7 +276,7 @@ mod tests {
     fn config_carries_the_original_metadata_keys() {
         let mut o = defaults();
         o.custom_mounts = vec!["~/src".into()];
-        let c = config(&o);
+        let c = config(&o, (1000, 1000));
         assert_eq!(c["security.privileged"], "true");
         assert_eq!(c["security.nesting"], "true");
         assert_eq!(c["user.kapsule.host-rootfs"], "true");
@@ -203,27 +288,74 @@ mod tests {
     }
 
     #[test]
+    fn an_unprivileged_container_maps_its_owner_to_themselves_in_a_range_of_its_own() {
+        let mut o = defaults();
+        o.unprivileged = true;
+        let c = config(&o, (1001, 1002));
+        assert_eq!(c["security.privileged"], "false");
+        assert_eq!(c["security.nesting"], "true");
+        assert_eq!(c["security.idmap.isolated"], "true");
+        assert_eq!(c["security.idmap.size"], "262144");
+        assert_eq!(c["raw.idmap"], "uid 1001 1001\ngid 1002 1002");
+        assert_eq!(c["security.syscalls.intercept.mknod"], "true");
+        assert_eq!(c["security.syscalls.intercept.setxattr"], "true");
+        let privileged = config(&defaults(), (1001, 1002));
+        assert!(
+            !privileged
+                .keys()
+                .any(|k| k.starts_with("security.idmap") || k.starts_with("raw.idmap"))
+        );
+    }
+
+    #[test]
     fn raw_lxc_shares_the_network_and_registers_the_hook_only_when_asked_for_and_installed() {
         let hook = std::path::Path::new("/usr/lib/kapsule/kapsule-nvidia-hook");
         let host = std::path::Path::new("/proc/self/ns/net");
         let net = "lxc.namespace.share.net=/proc/self/ns/net\n";
+        let shm = std::path::Path::new("/var/lib/incus/shmounts/dev");
         let mut o = defaults();
         o.gpu = true;
         o.nvidia_drivers = true;
         assert_eq!(
-            raw_lxc(&o, host, Some(hook)),
+            raw_lxc(&o, host, Some(hook), shm),
             format!("{net}lxc.hook.mount=/usr/lib/kapsule/kapsule-nvidia-hook\n")
         );
-        assert_eq!(raw_lxc(&o, host, None), net, "not installed: no hook LXC could not run");
+        assert_eq!(
+            raw_lxc(&o, host, None, shm),
+            net,
+            "not installed: no hook LXC could not run"
+        );
         o.nvidia_drivers = false;
-        assert_eq!(raw_lxc(&o, host, Some(hook)), net);
+        assert_eq!(raw_lxc(&o, host, Some(hook), shm), net);
         o.nvidia_drivers = true;
         o.gpu = false;
-        assert_eq!(raw_lxc(&o, host, Some(hook)), net);
+        assert_eq!(raw_lxc(&o, host, Some(hook), shm), net);
         assert_eq!(
-            raw_lxc(&o, std::path::Path::new("/run/netns/test"), None),
+            raw_lxc(&o, std::path::Path::new("/run/netns/test"), None, shm),
             "lxc.namespace.share.net=/run/netns/test\n"
         );
+    }
+
+    #[test]
+    fn an_unprivileged_container_binds_the_hosts_sysfs_and_keeps_incuss_shmounts() {
+        let mut o = defaults();
+        o.unprivileged = true;
+        let shm = shmounts_path(std::path::Path::new("/var/lib/incus"), "dev");
+        let raw = raw_lxc(&o, std::path::Path::new("/proc/self/ns/net"), None, &shm);
+        assert_eq!(
+            raw,
+            "lxc.namespace.share.net=/proc/self/ns/net\n\
+             lxc.mount.auto =\n\
+             lxc.mount.auto = proc:rw cgroup:rw:force shmounts:/var/lib/incus/shmounts/dev:/dev/.incus-mounts\n\
+             lxc.mount.entry = /sys sys none rbind,create=dir 0 0\n"
+        );
+        // A copy named `copy` gets its own shmounts; nothing else changes.
+        let copied = with_shmounts(&raw, &shmounts_path(std::path::Path::new("/var/lib/incus"), "copy"));
+        assert_eq!(copied, raw.replace("shmounts/dev:", "shmounts/copy:"));
+        let privileged = "lxc.namespace.share.net=/proc/self/ns/net\n";
+        assert_eq!(with_shmounts(privileged, &shm), privileged);
+        assert_eq!(devices(&o, false, "default")["kapsule-tun"]["mode"], "0666");
+        assert!(!devices(&defaults(), false, "default").contains_key("kapsule-tun"));
     }
 
     #[test]

@@ -256,7 +256,7 @@ impl Manager {
         image: String,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = managing(&self.link, connection, &header, &name).await?;
+        let who = creating(&self.link, connection, &header, &name, &options).await?;
         let plan = create::plan(&self.daemon, &name, &image, &options, &who.caller).await?;
         let info = OperationInfo {
             kind: "create",
@@ -277,7 +277,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = managing(&self.link, connection, &header, &name).await?;
+        let who = managing_existing(&self.daemon, &self.link, connection, &header, &name).await?;
         lifecycle::check_delete(&self.daemon, &name, force).await?;
         let info = OperationInfo {
             kind: "delete",
@@ -297,7 +297,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         name: String,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = managing(&self.link, connection, &header, &name).await?;
+        let who = managing_existing(&self.daemon, &self.link, connection, &header, &name).await?;
         lifecycle::check_exists(&self.daemon, &name).await?;
         let info = OperationInfo {
             kind: "start",
@@ -318,7 +318,7 @@ impl Manager {
         name: String,
         force: bool,
     ) -> Result<OwnedObjectPath, Error> {
-        let who = managing(&self.link, connection, &header, &name).await?;
+        let who = managing_existing(&self.daemon, &self.link, connection, &header, &name).await?;
         lifecycle::check_exists(&self.daemon, &name).await?;
         let info = OperationInfo {
             kind: "stop",
@@ -492,9 +492,38 @@ async fn managing(link: &Link, connection: &Connection, header: &Header<'_>, nam
     .await
 }
 
+/// [`managing`] for a CreateContainer call: one that asks for an unprivileged container (as its
+/// own option, which image defaults never override) is using one's own unprivileged container;
+/// the options are checked whole afterwards, by the create's plan.
+async fn creating(
+    link: &Link,
+    connection: &Connection,
+    header: &Header<'_>,
+    name: &str,
+    options: &HashMap<String, OwnedVariant>,
+) -> Result<Requester, Error> {
+    let unprivileged = matches!(
+        options.get("unprivileged").map(|v| &**v),
+        Some(zbus::Variant::Bool(true))
+    );
+    if !unprivileged {
+        return managing(link, connection, header, name).await;
+    }
+    meta::validate_name(name)?;
+    Requester::authorized(
+        link,
+        connection,
+        header,
+        Action::UseUnprivileged,
+        &[("container", name)],
+    )
+    .await
+}
+
 /// [`managing`] for a method on an existing container: polkit's rules see its owner too (the
 /// `owner` detail: the uid that created it, empty when it records none), so a site's rule can
-/// let people manage their own containers without a password and ask about anyone else's.
+/// let people manage their own containers without a password and ask about anyone else's. One's
+/// own unprivileged container is using it ([`meta::manage_action`]).
 async fn managing_existing(
     daemon: &Daemon,
     link: &Link,
@@ -503,18 +532,16 @@ async fn managing_existing(
     name: &str,
 ) -> Result<Requester, Error> {
     meta::validate_name(name)?;
-    let owner = match daemon.containers.incus.get_instance(name).await {
-        Ok(instance) => instance.config.get(meta::OWNER_KEY).cloned().unwrap_or_default(),
-        Err(_) => String::new(),
+    let who = Requester::of(link, connection, header).await?;
+    let (owner, action) = match daemon.containers.incus.get_instance(name).await {
+        Ok(instance) if meta::is_kapsule(&instance) => (
+            instance.config.get(meta::OWNER_KEY).cloned().unwrap_or_default(),
+            meta::manage_action(&instance, who.caller.uid),
+        ),
+        _ => (String::new(), Action::ManageContainer),
     };
-    Requester::authorized(
-        link,
-        connection,
-        header,
-        Action::ManageContainer,
-        &[("container", name), ("owner", &owner)],
-    )
-    .await
+    who.authorize(action, &[("container", name), ("owner", &owner)]).await?;
+    Ok(who)
 }
 
 impl Manager {

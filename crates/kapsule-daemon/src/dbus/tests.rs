@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use kapsule_dbus::{ContainerInfo, Error, MANAGER_PATH, ManagerProxy, OperationProxy};
 use kapsule_incus::fake::{FakeIncus, error_body};
 use serde_json::{Value, json};
+use zbus::OwnedVariant;
 
 use crate::container::Containers;
 use crate::dbus::Surface;
@@ -283,11 +284,11 @@ async fn changes_are_refused_before_any_work_when_the_authority_says_no() {
     let served = serve(incus(), &["org.kde.kapsule.enter-container"]).await;
     let m = &served.manager;
     let refused = |e: &Error| matches!(e, Error::NotAuthorized(_));
-    let e = is(m.start_container("dev").await, refused);
-    assert!(e.contains("not allowed to manage Kapsule containers"), "{e}");
-    is(m.stop_container("dev", false).await, refused);
-    is(m.delete_container("dev", true).await, refused);
     is(m.create_container("new", "local:x", HashMap::new()).await, refused);
+    // Asking for an unprivileged container is another action, refused too here.
+    let unprivileged = HashMap::from([("unprivileged".to_owned(), OwnedVariant::from(true))]);
+    let e = is(m.create_container("new", "local:x", unprivileged).await, refused);
+    assert!(e.contains("not allowed to use unprivileged Kapsule containers"), "{e}");
     let e = is(m.import_image("/nonexistent", "x").await, refused);
     assert!(e.contains("not allowed to manage Kapsule images"), "{e}");
     is(m.refresh_images("").await, refused);
@@ -297,7 +298,12 @@ async fn changes_are_refused_before_any_work_when_the_authority_says_no() {
     let uid = rustix::process::getuid().as_raw().wrapping_add(1);
     is(m.setup_user("dev", uid, uid, "someone", "/home/someone").await, refused);
     assert_eq!(served.incus.requests(), ["GET /1.0/instances/dev"]);
-    // So is every change of an existing container: its owner is read for polkit's rules.
+    // So is every change of an existing container: its owner is read for polkit's rules (and
+    // whether it is unprivileged).
+    let e = is(m.start_container("dev").await, refused);
+    assert!(e.contains("not allowed to manage Kapsule containers"), "{e}");
+    is(m.stop_container("dev", false).await, refused);
+    is(m.delete_container("dev", true).await, refused);
     is(m.create_snapshot("dev", "s").await, refused);
     is(m.delete_snapshot("dev", "s").await, refused);
     is(m.restore_snapshot("dev", "s").await, refused);

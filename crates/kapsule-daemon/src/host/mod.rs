@@ -11,3 +11,5 @@ pub(crate) mod journal;
 pub(crate) mod procfs;
 /// How the daemon finds its parts and which bus it serves.
 pub(crate) mod settings;
+/// The host ids root may map into user namespaces (`/etc/subuid`, `/etc/subgid`).
+pub(crate) mod subids;

@@ -48,6 +48,10 @@ pub struct Settings {
     /// The Incus storage pool new containers' root disks are made in; default `default`, the
     /// pool kapsule-init makes (tests give a small one to fill).
     pub storage_pool: Option<String>,
+    /// The directory of `subuid` and `subgid`, where the host ids an unprivileged container maps
+    /// to themselves are given to root; default `/etc`, where the shadow tools (and LXC through
+    /// them) read them.
+    pub subid_dir: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -83,6 +87,15 @@ impl Settings {
     /// The storage pool of new containers' root disks.
     pub(crate) fn storage_pool(&self) -> &str {
         self.storage_pool.as_deref().unwrap_or("default")
+    }
+
+    /// The subordinate id files.
+    pub(crate) fn subids(&self) -> crate::host::subids::Subids {
+        let dir = self.subid_dir.clone().unwrap_or_else(|| "/etc".into());
+        crate::host::subids::Subids {
+            subuid: dir.join("subuid"),
+            subgid: dir.join("subgid"),
+        }
     }
 
     /// The network namespace new containers share.

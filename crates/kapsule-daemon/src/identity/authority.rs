@@ -29,6 +29,9 @@ pub(crate) enum Action {
     ManageContainer,
     /// Import, refresh, delete images.
     ManageImages,
+    /// Create one's own unprivileged container; enter, start, stop, delete, snapshot, reset,
+    /// clone and upgrade it: nothing in it is root on the host.
+    UseUnprivileged,
 }
 
 impl Action {
@@ -38,6 +41,7 @@ impl Action {
             Action::EnterContainer => "org.kde.kapsule.enter-container",
             Action::ManageContainer => "org.kde.kapsule.manage-container",
             Action::ManageImages => "org.kde.kapsule.manage-images",
+            Action::UseUnprivileged => "org.kde.kapsule.use-unprivileged-container",
         }
     }
 
@@ -47,6 +51,7 @@ impl Action {
             Action::EnterContainer => "You are not allowed to enter this container",
             Action::ManageContainer => "You are not allowed to manage Kapsule containers",
             Action::ManageImages => "You are not allowed to manage Kapsule images",
+            Action::UseUnprivileged => "You are not allowed to use unprivileged Kapsule containers",
         }
     }
 }

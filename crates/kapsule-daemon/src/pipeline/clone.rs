@@ -14,8 +14,8 @@ use kapsule_dbus::Error;
 use kapsule_incus::FileMeta;
 use kapsule_incus::models::{ConfigMap, InstanceSource, InstancesPost};
 
-use crate::container::meta::{OWNER_KEY, PENDING_KEY, is_running, validate_name};
-use crate::container::{fixups, hostsync};
+use crate::container::meta::{self, OWNER_KEY, PENDING_KEY, is_running, validate_name};
+use crate::container::{fixups, hostsync, idmap, spec};
 use crate::host::journal::{self, Entry, Work};
 use crate::identity::caller::Caller;
 use crate::operation::incus::run_incus_operation;
@@ -35,6 +35,9 @@ pub(crate) struct Plan {
     pub current: bool,
     /// What recovery did to a container of this name a killed daemon left, said first.
     pub recovered: Option<String>,
+    /// The source is unprivileged, and so is the copy: its ids are mapped for its new owner, and
+    /// its `raw.lxc` (this, the source's) names its own `shmounts`.
+    pub unprivileged: Option<String>,
 }
 
 /// Before `CloneContainer`: the source is settled (and has `snapshot`, if one is named), and
@@ -47,7 +50,8 @@ pub(crate) async fn plan(
     owner: &Caller,
 ) -> Result<Plan, Error> {
     validate_name(name)?;
-    let running = is_running(&settled(daemon, source).await?);
+    let instance = settled(daemon, source).await?;
+    let running = is_running(&instance);
     let snapshot = if snapshot.is_empty() {
         None
     } else {
@@ -62,6 +66,8 @@ pub(crate) async fn plan(
         name: name.to_owned(),
         owner: owner.clone(),
         recovered,
+        unprivileged: meta::is_unprivileged(&instance)
+            .then(|| instance.config.get("raw.lxc").cloned().unwrap_or_default()),
     })
 }
 
@@ -78,14 +84,20 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, plan: Plan) -> Res
         Some(snapshot) => format!("'{}' as it was at snapshot '{snapshot}'", plan.source),
         None => format!("'{}'", plan.source),
     };
+    // Over the source's own config, which the copy keeps otherwise (unprivileged stays so).
+    let mut config = ConfigMap::from([
+        (OWNER_KEY.to_owned(), plan.owner.uid.to_string()),
+        (PENDING_KEY.to_owned(), Entry::new(Work::Create).value()),
+    ]);
+    if let Some(raw_lxc) = &plan.unprivileged {
+        config.insert("raw.idmap".to_owned(), idmap::raw_idmap(plan.owner.uid, plan.owner.gid));
+        let shmounts = spec::shmounts_path(&daemon.containers.incus_dir(), name);
+        config.insert("raw.lxc".to_owned(), spec::with_shmounts(raw_lxc, &shmounts));
+    }
     let request = InstancesPost {
         name: name.to_owned(),
         source: InstanceSource::copy(&plan.source, plan.snapshot.as_deref()),
-        // Over the source's own config, which the copy keeps otherwise.
-        config: ConfigMap::from([
-            (OWNER_KEY.to_owned(), plan.owner.uid.to_string()),
-            (PENDING_KEY.to_owned(), Entry::new(Work::Create).value()),
-        ]),
+        config,
         devices: Default::default(),
         profiles: Vec::new(),
         kind: "container".into(),
@@ -98,7 +110,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, plan: Plan) -> Res
         let op = incus.create_instance(&request).await?;
         run_incus_operation(incus, reporter, op).await?;
         give_identity(daemon, name).await?;
-        let op = incus.start_instance(name).await?;
+        let op = idmap::start(&daemon.containers, name).await?;
         run_incus_operation(incus, reporter, op).await?;
         fixups::rename(&daemon.containers, Notes(Some(reporter)), &plan.source, name).await;
         if !plan.current {

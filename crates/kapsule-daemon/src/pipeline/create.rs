@@ -15,7 +15,7 @@ use zbus::OwnedVariant;
 
 use crate::container::meta::{self, OWNER_KEY, PENDING_KEY, validate_name};
 use crate::container::provision::{self, Steps};
-use crate::container::{fixups, hostsync, spec};
+use crate::container::{fixups, hostsync, idmap, spec};
 use crate::error::incus_error;
 use crate::host::journal::{self, Entry, Work};
 use crate::identity::account::expand_home;
@@ -299,7 +299,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
     }
     let session_mode = plan.options.session_mode;
     let steps = Steps::of_options(&plan.options);
-    let mut config = spec::config(&plan.options);
+    let mut config = spec::config(&plan.options, (plan.owner.uid, plan.owner.gid));
     config.insert(OWNER_KEY.into(), plan.owner.uid.to_string());
     config.insert(meta::IMAGE_KEY.into(), plan.image_label.clone());
     config.insert(PENDING_KEY.into(), Entry::new(Work::Create).value());
@@ -307,6 +307,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
         &plan.options,
         &daemon.containers.settings.network_namespace_path(),
         nvidia_hook.as_deref(),
+        &spec::shmounts_path(&daemon.containers.incus_dir(), &name),
     );
     config.insert("raw.lxc".into(), raw);
     let request = InstancesPost {
@@ -321,6 +322,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
     };
     let progress = reporter.progress_start("Creating container", -1).await;
     let created = async {
+        idmap::give_root(&daemon.containers, &request.config).await?;
         let op = daemon.containers.incus.create_instance(&request).await?;
         run_incus_operation(&daemon.containers.incus, reporter, op).await?;
         if reporter.is_cancelled() {

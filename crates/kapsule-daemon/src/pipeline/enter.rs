@@ -143,6 +143,7 @@ pub(crate) async fn prepare(daemon: &Daemon, who: &Requester, name: &str) -> Res
     let instance = recovery::settled(daemon, name).await?;
     who.authorize(meta::enter_action(&instance, caller.uid), &[("container", name)])
         .await?;
+    meta::check_may_hold(&instance, caller.uid)?;
     lifecycle::ensure_booted(daemon, None, &instance)
         .await
         .map_err(|e| Error::Failed(format!("Cannot start container '{name}': {}", e.message())))?;

@@ -8,8 +8,8 @@ use kapsule_incus::models::{ConfigMap, Instance};
 
 use crate::container::boot::wait_for_early_boot;
 use crate::container::files::ContainerFiles;
-use crate::container::hostsync;
 use crate::container::meta::{PENDING_KEY, is_running};
+use crate::container::{hostsync, idmap};
 use crate::host::journal::{self, Entry, Work};
 use crate::operation::incus::{INCUS_WAIT, run_incus_operation};
 use crate::operation::{Failure, MessageKind, Notes, Reporter};
@@ -48,7 +48,7 @@ pub(crate) async fn start(daemon: &Daemon, reporter: &Reporter, name: &str) -> R
             .say(MessageKind::Dim, "NVIDIA userspace drivers are injected on start")
             .await;
     }
-    let op = daemon.containers.incus.start_instance(name).await?;
+    let op = idmap::start(&daemon.containers, name).await?;
     run_incus_operation(&daemon.containers.incus, reporter, op).await?;
     // The host's timezone or DNS may have changed while it was stopped.
     hostsync::report(
@@ -94,7 +94,7 @@ pub(crate) async fn ensure_running(
         Some(r) => r.info(&format!("Starting container '{name}'")).await,
         None => log::info!("starting container '{name}'"),
     }
-    let op = daemon.containers.incus.start_instance(name).await?;
+    let op = idmap::start(&daemon.containers, name).await?;
     match reporter {
         Some(r) => {
             run_incus_operation(&daemon.containers.incus, r, op).await?;

@@ -80,6 +80,7 @@ pub(crate) async fn plan(daemon: &Daemon, who: &Requester, request: Request) -> 
         Action::ManageContainer
     };
     who.authorize(action, &[("container", &request.container)]).await?;
+    meta::check_may_hold(&instance, request.uid)?;
     let account = requested_account(request.uid, request.gid, &request.username, &request.home)?;
     Ok(Plan { instance, account })
 }
@@ -351,16 +352,18 @@ async fn mount_custom_dirs(
 }
 
 /// Step 3 (beside the boot wait): without `/.kapsule/host`, only the user's runtime directory and
-/// the X11 sockets are shared, at the same places below `/.kapsule/host` (where the socket mounts look). A source
-/// the host does not have yet (no session) is not an error: it is mounted once it exists at the
-/// next start.
+/// the X11 sockets are shared, at the same places below `/.kapsule/host` (where the original
+/// daemon's socket links looked). A source the host does not have yet (no session) is not an
+/// error: it is mounted once it exists at the next start. An unprivileged container gets
+/// neither: its sockets come from the socket mounts alone, so the rest of the user's runtime
+/// directory (other programs' sockets, keyrings, the flatpak helpers) stays out of a sandbox.
 async fn mount_minimal_host_dirs(
     containers: &Containers,
     name: &str,
     account: &Account,
     wants: &Wants,
 ) -> Result<(), Failure> {
-    if wants.host_rootfs {
+    if wants.host_rootfs || wants.unprivileged {
         return Ok(());
     }
     containers
