@@ -39,6 +39,7 @@ ln -sfn ../kapsule-host-sync.path "$usr/lib/systemd/system/paths.target.wants/ka
 file 0644 "$src/units/kapsule-init.service" lib/systemd/system/kapsule-init.service
 mkdir -p "$usr/lib/systemd/system/multi-user.target.wants"
 ln -sfn ../kapsule-init.service "$usr/lib/systemd/system/multi-user.target.wants/kapsule-init.service"
+file 0644 "$src/units/incus.service.d/50-kapsule-subids.conf" lib/systemd/system/incus.service.d/50-kapsule-subids.conf
 file 0644 "$src/units/modules-load.d/kapsule.conf" lib/modules-load.d/kapsule.conf
 file 0644 "$src/units/tmpfiles.d/kapsule.conf" lib/tmpfiles.d/kapsule.conf
 

@@ -1,4 +1,4 @@
-//! `cargo run --release -p kapsule-bench -- [--trials N] [--lifecycle-trials N] [--json FILE] [--daemon-log FILE]`: measures, in one run on
+//! `cargo run --release -p kapsule-bench -- [--trials N] [--lifecycle-trials N] [--json FILE] [--daemon-log FILE] [--only unprivileged]`: measures, in one run on
 //! the real test environment (tests/env/up.sh), each Kapsule figure next to its floor, and prints
 //! a table (min / median / max over the trials) and writes it as JSON.
 //!
@@ -33,6 +33,9 @@
 //! Everyday habits (issue: "everyday distrobox habits"):
 //! - `kapsule upgrade --all` of three containers vs three `kapsule upgrade NAME` one after another.
 //!
+//! Unprivileged containers (issue: "unprivileged containers"):
+//! - `kapsule create --unprivileged` and a warm enter in one, next to a privileged container.
+//!
 //! Everything runs as processes, as users run them: the release binaries, a daemon of its own on
 //! a private bus. Nothing is left behind.
 
@@ -41,6 +44,7 @@
 
 mod daemon;
 mod undo;
+mod unprivileged;
 mod upgrade;
 
 use std::path::{Path, PathBuf};
@@ -64,6 +68,8 @@ struct Options {
     /// Where the serving daemon's log goes (with `RUST_LOG` from the environment), to see where
     /// the time of a step goes; by default it is discarded.
     daemon_log: Option<PathBuf>,
+    /// Only this section (`unprivileged`), for a change that touches it alone.
+    only: Option<String>,
 }
 
 fn options() -> Result<Options> {
@@ -71,6 +77,7 @@ fn options() -> Result<Options> {
     let mut lifecycle_trials = 3;
     let mut json = workspace().join("target/bench/bench.json");
     let mut daemon_log = None;
+    let mut only = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -78,8 +85,12 @@ fn options() -> Result<Options> {
             "--lifecycle-trials" => lifecycle_trials = args.next().context("--lifecycle-trials N")?.parse()?,
             "--json" => json = args.next().context("--json FILE")?.into(),
             "--daemon-log" => daemon_log = Some(args.next().context("--daemon-log FILE")?.into()),
+            "--only" => match args.next().as_deref() {
+                Some("unprivileged") => only = Some("unprivileged".to_owned()),
+                _ => bail!("--only takes one of: unprivileged"),
+            },
             other => bail!(
-                "unknown argument {other} (known: --trials N, --lifecycle-trials N, --json FILE, --daemon-log FILE)"
+                "unknown argument {other} (known: --trials N, --lifecycle-trials N, --json FILE, --daemon-log FILE, --only SECTION)"
             ),
         }
     }
@@ -92,6 +103,7 @@ fn options() -> Result<Options> {
         lifecycle_trials,
         json,
         daemon_log,
+        only,
     })
 }
 
@@ -133,6 +145,14 @@ fn run() -> Result<()> {
         .build()?;
     let mut sections: Vec<(&str, Vec<Row>)> = Vec::new();
 
+    if options.only.is_some() {
+        let bus = kapsule_integration_tests::PrivateBus::start();
+        let _daemon = Daemon::start(&bin, &bus.address, options.daemon_log.as_deref(), &[])?;
+        sections.push(unprivileged::section(&bin, &bus.address, &user, &image, &options)?);
+        print_sections(&sections);
+        return write_json(&options, &sections, serde_json::Value::Null);
+    }
+
     // The daemon starting, each time on a bus of its own with nothing else running.
     let (cold, idle_memory) = daemon::cold_start(&rt, &bin, options.trials)?;
     let (activated, socket_warm) = daemon::socket_activation(&bin, options.trials)?;
@@ -152,16 +172,7 @@ fn run() -> Result<()> {
     // The tests' own private bus (a dbus-daemon any user may reach, with its own polkitd).
     let bus = kapsule_integration_tests::PrivateBus::start();
     let main_daemon = Daemon::start(&bin, &bus.address, options.daemon_log.as_deref(), &[])?;
-    let as_user = |args: &[&str]| -> Command {
-        let mut c = user.command(bin.join("kapsule"));
-        c.args(args)
-            .env("KAPSULE_BUS_ADDRESS", &bus.address)
-            .current_dir(&user.home)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        c
-    };
+    let as_user = |args: &[&str]| -> Command { as_user(&user, &bin.join("kapsule"), &bus.address, args) };
     let create = |name: &str| -> Result<InstanceGuard> {
         let guard = InstanceGuard(name.to_owned());
         let out = Command::new(bin.join("kapsule"))
@@ -350,9 +361,44 @@ fn run() -> Result<()> {
         options.lifecycle_trials,
     )?;
     sections.push(("upgrade (ms; whole commands, up-to-date containers)", upgrade_rows));
+
+    // An unprivileged container next to a privileged one, as the user makes and enters them.
+    sections.push(unprivileged::section(&bin, &bus.address, &user, &image, &options)?);
     let busy_memory = daemon::memory(main_daemon.0.id())?;
 
-    for (section, rows) in &sections {
+    print_sections(&sections);
+    println!("daemon memory                                        RSS KiB   PSS KiB");
+    println!(
+        "  idle, after its first call {:>33} {:>9}",
+        idle_memory.rss_kib, idle_memory.pss_kib
+    );
+    println!(
+        "  after the whole workload {:>35} {:>9}",
+        busy_memory.rss_kib, busy_memory.pss_kib
+    );
+    let memory = serde_json::json!({
+        "idle": {"rss": idle_memory.rss_kib, "pss": idle_memory.pss_kib},
+        "after_workload": {"rss": busy_memory.rss_kib, "pss": busy_memory.pss_kib},
+    });
+    write_json(&options, &sections, memory)
+}
+
+/// `kapsule ARGS` run by `user` (from their home, on the daemon at `bus`), as their shell runs
+/// it: nothing on stdin, stdout discarded, stderr kept for a failure's message.
+fn as_user(user: &kapsule_integration_tests::TestUser, kapsule: &Path, bus: &str, args: &[&str]) -> Command {
+    let mut c = user.command(kapsule);
+    c.args(args)
+        .env("KAPSULE_BUS_ADDRESS", bus)
+        .current_dir(&user.home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// The table: each section's rows, min / median / max and the ratio of medians.
+fn print_sections(sections: &[(&str, Vec<Row>)]) {
+    for (section, rows) in sections {
         println!("{:<52} {:>9} {:>9} {:>9}  ratio", section, "min ms", "median", "max");
         for row in rows {
             println!(
@@ -372,15 +418,10 @@ fn run() -> Result<()> {
             );
         }
     }
-    println!("daemon memory                                        RSS KiB   PSS KiB");
-    println!(
-        "  idle, after its first call {:>33} {:>9}",
-        idle_memory.rss_kib, idle_memory.pss_kib
-    );
-    println!(
-        "  after the whole workload {:>35} {:>9}",
-        busy_memory.rss_kib, busy_memory.pss_kib
-    );
+}
+
+/// The same as JSON, with the machine and the daemon's memory (`memory_kib`), at `--json`.
+fn write_json(options: &Options, sections: &[(&str, Vec<Row>)], memory: serde_json::Value) -> Result<()> {
     let row_json = |r: &Row| {
         serde_json::json!({
             "name": r.name, "min_ms": r.min, "median_ms": r.median, "max_ms": r.max,
@@ -394,10 +435,7 @@ fn run() -> Result<()> {
         "sections": sections.iter().map(|(name, rows)| serde_json::json!({
             "name": name, "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "memory_kib": {
-            "idle": {"rss": idle_memory.rss_kib, "pss": idle_memory.pss_kib},
-            "after_workload": {"rss": busy_memory.rss_kib, "pss": busy_memory.pss_kib},
-        },
+        "memory_kib": memory,
     });
     if let Some(dir) = options.json.parent() {
         std::fs::create_dir_all(dir)?;

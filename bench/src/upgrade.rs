@@ -5,7 +5,7 @@
 //! daemon, `apt-get update` and a `full-upgrade` with nothing to do), not a package download.
 //! On the `dir` pool no snapshot is taken first.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -29,16 +29,7 @@ pub(crate) fn upgrade(
     let repo = repository(packages.path(), "1.0");
     let names: Vec<String> = (0..3).map(|i| format!("{prefix}-{i}")).collect();
     let _guards: Vec<InstanceGuard> = names.iter().map(|n| InstanceGuard(n.clone())).collect();
-    let as_user = |args: &[&str]| -> Command {
-        let mut c = user.command(kapsule);
-        c.args(args)
-            .env("KAPSULE_BUS_ADDRESS", bus)
-            .current_dir(&user.home)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        c
-    };
+    let as_user = |args: &[&str]| -> Command { crate::as_user(user, kapsule, bus, args) };
     for name in &names {
         let image = format!("local:{image}");
         time_once(&mut as_user(&["create", name, "--image", &image, "--no-menu-entry"]))?;

@@ -30,6 +30,14 @@ struct Args {
     /// How long to wait for Incus, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     wait: u64,
+    /// Only give root its range of subordinate ids where it has none, in `subuid` and `subgid`
+    /// of `--subid-dir`, for unprivileged containers, and exit: run before Incus starts (a
+    /// drop-in of incus.service), which reads them then. Nothing else is done; no stamp.
+    #[arg(long)]
+    subids: bool,
+    /// Where `subuid` and `subgid` are.
+    #[arg(long, value_name = "DIR", default_value = "/etc")]
+    subid_dir: PathBuf,
     /// More log output.
     #[arg(short, long)]
     verbose: bool,
@@ -38,6 +46,13 @@ struct Args {
 fn main() {
     let args = Args::parse();
     init_logging(args.verbose);
+    if args.subids {
+        if let Err(e) = give_root_subids(&args.subid_dir) {
+            log::error!("{e}; unprivileged containers will not start until root has a range");
+            std::process::exit(1);
+        }
+        return;
+    }
     let options = kapsule_init::Options {
         stamp: args.stamp,
         images: args.images_dir,
@@ -59,6 +74,18 @@ fn main() {
         log::error!("{e}; nothing is marked done, so the next boot (or kapsule-init) tries again");
         std::process::exit(1);
     }
+}
+
+/// Root's range of subordinate uids and gids, where it has none (`kapsule-subids`).
+fn give_root_subids(dir: &std::path::Path) -> std::io::Result<()> {
+    for file in ["subuid", "subgid"] {
+        let path = dir.join(file);
+        match kapsule_subids::give_root_range(&path)? {
+            Some((start, count)) => log::info!("gave root {count} ids from {start} in {}", path.display()),
+            None => log::debug!("root has a range in {} already", path.display()),
+        }
+    }
+    Ok(())
 }
 
 /// The journal when started by systemd, stderr otherwise.

@@ -227,3 +227,40 @@ async fn on_btrfs_the_pool_is_btrfs_and_containers_are_subvolumes_of_it() {
     assert!(out.status.success(), "not a subvolume: {}", said(&out));
     assert!(!Path::new(&format!("/var/lib/incus/disks/{pool}.img")).exists());
 }
+
+/// `kapsule-init --subids`, as Incus's drop-in runs it before incusd starts: root gets a range
+/// after the users' where it has none, once; nothing else in the files changes, Incus is not
+/// asked anything, no stamp is written.
+#[test]
+fn before_incus_starts_root_gets_a_range_of_subordinate_ids_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = "alice:100000:65536\nbob:165536:65536\nroot:1001:1\n";
+    for file in ["subuid", "subgid"] {
+        std::fs::write(dir.path().join(file), users).unwrap();
+    }
+    let stamp = dir.path().join("stamp");
+    let run = || {
+        Command::new(workspace_binary("kapsule-init"))
+            .arg("--subids")
+            .arg("--subid-dir")
+            .arg(dir.path())
+            .arg("--stamp")
+            .arg(&stamp)
+            // An Incus that is not there: --subids never asks it.
+            .env("INCUS_SOCKET", dir.path().join("no-incus.socket"))
+            .output()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let out = run();
+        assert!(out.status.success(), "{}", said(&out));
+        for file in ["subuid", "subgid"] {
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join(file)).unwrap(),
+                format!("{users}root:1000000:1000000000\n"),
+                "{file}"
+            );
+        }
+    }
+    assert!(!stamp.exists(), "--subids is not the first boot");
+}

@@ -71,6 +71,7 @@ fn the_sysext_holds_usr_only_and_everything_it_promises() {
         ("usr/lib/systemd/system/kapsule-daemon.socket", 0o644),
         ("usr/lib/systemd/system/kapsule-init.service", 0o644),
         ("usr/lib/systemd/system/kapsule-host-sync.path", 0o644),
+        ("usr/lib/systemd/system/incus.service.d/50-kapsule-subids.conf", 0o644),
         ("usr/lib/modules-load.d/kapsule.conf", 0o644),
         ("usr/lib/tmpfiles.d/kapsule.conf", 0o644),
         ("usr/share/dbus-1/system.d/org.kde.kapsule.conf", 0o644),

@@ -100,6 +100,20 @@ async fn a_user_who_is_no_administrator_makes_and_uses_an_unprivileged_container
     std::fs::write(&host_file, "the host's\n").unwrap();
     let _host_file = RemoveOnDrop(host_file.clone());
 
+    // Root's lines for the user an earlier run had the daemon add are taken out first, so what
+    // is checked below is this create's doing (the other tests that make unprivileged
+    // containers of this user take turns with this one: the desktop group).
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let id = if file.ends_with("uid") { user.uid } else { user.gid };
+        let kept: String = std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .filter(|l| *l != format!("root:{id}:1"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(file, kept).unwrap();
+    }
+
     // No password (the test rule gives kapsule-other what the policy gives anyone at the
     // computer): the create goes through.
     succeeded(
@@ -177,6 +191,22 @@ async fn a_user_who_is_no_administrator_makes_and_uses_an_unprivileged_container
         &enter_sh(&test, &user, None, &name, MAKE_TARBALL).await,
     );
     assert_eq!(nested(&test, &user, &name, "podman").await, "hello from podman\n");
+    // And rootless, as the user: their subordinate ids inside, mapped by newuidmap with the
+    // capabilities Kapsule set (revision 3, for the container's root).
+    let _store = (
+        RemoveOnDrop(user.home.join(".local/share/containers")),
+        RemoveOnDrop(user.home.join(".config/containers")),
+    );
+    let out = enter_sh(
+        &test,
+        &user,
+        None,
+        &name,
+        "podman import -q ~/kt-bb.tar localhost/kt-bb >/dev/null && \
+         podman run --rm localhost/kt-bb echo hello from rootless podman",
+    )
+    .await;
+    assert_eq!(succeeded("podman run", &out), "hello from rootless podman\n");
 
     // Stopped and started again by its owner, still without a password; it stays unprivileged.
     for verb in ["stop", "start"] {
@@ -190,6 +220,33 @@ async fn a_user_who_is_no_administrator_makes_and_uses_an_unprivileged_container
         !shown.lines().any(|l| l.split_whitespace().nth(1) == Some("0")),
         "{shown}"
     );
+
+    // Undo never turns it privileged: a clone is unprivileged with its own shmounts, a reset
+    // keeps the config; both are entered as the user again.
+    let copy = format!("{name}-copy");
+    let _copy = InstanceGuard(copy.clone());
+    for (what, args) in [
+        ("kapsule clone", vec!["clone", name.as_str(), copy.as_str()]),
+        ("kapsule reset", vec!["reset", name.as_str(), "--yes"]),
+    ] {
+        let mut command = user.kapsule(&test.bus);
+        command.args(&args);
+        succeeded(what, &output(command).await);
+    }
+    for container in [&name, &copy] {
+        let instance = test.env.incus.get_instance(container).await.unwrap();
+        assert_eq!(instance.config["security.privileged"], "false", "{container}");
+        assert!(
+            instance.config["raw.lxc"].contains(&format!("shmounts/{container}:")),
+            "{container}: {}",
+            instance.config["raw.lxc"]
+        );
+        let shown = succeeded(
+            &format!("enter {container}"),
+            &enter_sh(&test, &user, None, container, "id -u; sudo id -u").await,
+        );
+        assert_eq!(shown, format!("{}\n0\n", user.uid), "{container}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

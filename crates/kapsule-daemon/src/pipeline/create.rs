@@ -363,12 +363,19 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, mut plan: Plan) ->
             reporter.progress_done(&progress, false, &why).await;
             remove_half_made(daemon, &name).await;
             Err(match failure {
+                Failure::Failed(why) if plan.options.unprivileged && why.contains("idmap") => {
+                    Failure::Failed(format!("Creating '{name}' failed: {why} ({NO_ID_RANGE})"))
+                }
                 Failure::Failed(why) => Failure::Failed(format!("Creating '{name}' failed: {why}")),
                 cancelled => cancelled,
             })
         }
     }
 }
+
+/// What a user is told when Incus has no ids for unprivileged containers ("System doesn't have a
+/// functional idmap setup"): it reads root's range when it starts.
+const NO_ID_RANGE: &str = "Incus has no range of ids for unprivileged containers; it reads root's from /etc/subuid and /etc/subgid when it starts, and Kapsule's drop-in adds one then: restart Incus (or add `root:1000000:1000000000` to both files yourself and restart it)";
 
 /// Removes a container the pipeline made but could not finish. Errors are logged: the failure the
 /// client sees is the one that caused this, and the container's journal entry stays, so the
