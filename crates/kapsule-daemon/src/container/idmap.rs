@@ -3,7 +3,7 @@
 //! (LXC maps them through `newuidmap`, which refuses ids root was not given). Every start of a
 //! container goes through [`start`], so an entry someone removed meanwhile is given again.
 
-use kapsule_incus::models::{ConfigMap, Operation};
+use kapsule_incus::models::{ConfigMap, Instance, Operation};
 
 use crate::container::Containers;
 use crate::container::error::Error;
@@ -81,11 +81,11 @@ pub(crate) async fn give_root(containers: &Containers, config: &ConfigMap) -> Re
     .map_err(Error::Ids)
 }
 
-/// Asks Incus to start container `name`, its ids given to root first.
-pub(crate) async fn start(containers: &Containers, name: &str) -> Result<Operation, Failure> {
-    let instance = containers.incus.get_instance(name).await?;
+/// Asks Incus to start `instance` (as the caller read it: a start changes no config), its ids
+/// given to root first.
+pub(crate) async fn start(containers: &Containers, instance: &Instance) -> Result<Operation, Failure> {
     give_root(containers, &instance.config).await?;
-    Ok(containers.incus.start_instance(name).await?)
+    Ok(containers.incus.start_instance(&instance.name).await?)
 }
 
 #[cfg(test)]

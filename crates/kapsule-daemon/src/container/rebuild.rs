@@ -25,7 +25,9 @@ pub(crate) async fn rebuild(
     session_mode: bool,
 ) -> Result<(), Failure> {
     let incus = &containers.incus;
-    if is_running(&incus.get_instance(name).await?) {
+    // Its config is what it starts with again below: a rebuild keeps it.
+    let instance = incus.get_instance(name).await?;
+    if is_running(&instance) {
         notes.info("Stopping the container").await;
         let op = incus.stop_instance(name, true, Duration::from_secs(30)).await?;
         run_noted(incus, notes, op).await?;
@@ -45,7 +47,7 @@ pub(crate) async fn rebuild(
         .await?;
     run_noted(incus, notes, op).await?;
     notes.info("Starting it").await;
-    let op = idmap::start(containers, name).await?;
+    let op = idmap::start(containers, &instance).await?;
     run_noted(incus, notes, op).await?;
     fixups::apply(containers, notes, name, session_mode).await?;
     hostsync::report(notes, hostsync::sync_one(containers, name).await).await;

@@ -110,7 +110,7 @@ pub(crate) async fn run(daemon: &Daemon, reporter: &Reporter, plan: Plan) -> Res
         let op = incus.create_instance(&request).await?;
         run_incus_operation(incus, reporter, op).await?;
         give_identity(daemon, name).await?;
-        let op = idmap::start(&daemon.containers, name).await?;
+        let op = idmap::start(&daemon.containers, &incus.get_instance(name).await?).await?;
         run_incus_operation(incus, reporter, op).await?;
         fixups::rename(&daemon.containers, Notes(Some(reporter)), &plan.source, name).await;
         if !plan.current {

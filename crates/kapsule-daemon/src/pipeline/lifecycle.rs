@@ -48,7 +48,7 @@ pub(crate) async fn start(daemon: &Daemon, reporter: &Reporter, name: &str) -> R
             .say(MessageKind::Dim, "NVIDIA userspace drivers are injected on start")
             .await;
     }
-    let op = idmap::start(&daemon.containers, name).await?;
+    let op = idmap::start(&daemon.containers, &instance).await?;
     run_incus_operation(&daemon.containers.incus, reporter, op).await?;
     // The host's timezone or DNS may have changed while it was stopped.
     hostsync::report(
@@ -94,7 +94,7 @@ pub(crate) async fn ensure_running(
         Some(r) => r.info(&format!("Starting container '{name}'")).await,
         None => log::info!("starting container '{name}'"),
     }
-    let op = idmap::start(&daemon.containers, name).await?;
+    let op = idmap::start(&daemon.containers, instance).await?;
     match reporter {
         Some(r) => {
             run_incus_operation(&daemon.containers.incus, r, op).await?;
