@@ -221,7 +221,7 @@ fn identity(stat: &rustix::fs::Statx) -> (u64, u64) {
 /// namespace; any directory in tests), with `sources` opened beforehand, one per mount.
 pub fn apply(root: BorrowedFd<'_>, request: &Request, sources: Vec<Result<Source, Outcome>>) -> Report {
     let mut entries = Vec::with_capacity(request.dirs.len() + request.mounts.len());
-    let maker = Maker(request.maker);
+    let maker = request.maker;
     for dir in &request.dirs {
         entries.push(Entry {
             path: dir.path.clone(),
@@ -284,25 +284,12 @@ fn is_mount_root(stat: &rustix::fs::Statx) -> bool {
         && stat.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
 }
 
-/// Who makes new files (see [`Request::maker`]).
-#[derive(Clone, Copy)]
-struct Maker(Option<(u32, u32)>);
-
-impl Maker {
-    /// Runs `make` (one new file or directory) as the maker.
-    fn make<T>(self, make: impl FnOnce() -> rustix::io::Result<T>) -> Result<T, String> {
-        let _identity = match self.0 {
-            Some((uid, gid)) => Some(
-                kapsule_rootfs::FsIdentity::switch(uid, gid)
-                    .map_err(|e| format!("cannot take the container's root's ids: {e}"))?,
-            ),
-            None => None,
-        };
-        make().map_err(|e| e.to_string())
-    }
+/// Runs `make` (one new file or directory) as `maker` (see [`Request::maker`]).
+fn making<T>(maker: Option<(u32, u32)>, make: impl FnOnce() -> rustix::io::Result<T>) -> std::io::Result<T> {
+    kapsule_rootfs::FsIdentity::run(maker, || Ok(make()?))
 }
 
-fn ensure_dir(root: BorrowedFd<'_>, dir: &Dir, maker: Maker) -> Outcome {
+fn ensure_dir(root: BorrowedFd<'_>, dir: &Dir, maker: Option<(u32, u32)>) -> Outcome {
     let result = (|| {
         let (parent, name) = split(&dir.path).map_err(Outcome::Refused)?;
         let parent = open_dir(root, parent, OFlags::PATH)?;
@@ -317,8 +304,7 @@ fn ensure_dir(root: BorrowedFd<'_>, dir: &Dir, maker: Maker) -> Outcome {
             Some(_) => return Err(Outcome::Refused(format!("{} is in the way", dir.path))),
         };
         let fail = |what: &str, e: Errno| Outcome::Failed(format!("cannot {what} {}: {e}", dir.path));
-        maker
-            .make(|| rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)))
+        making(maker, || rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)))
             .map_err(|e| Outcome::Failed(format!("cannot create {}: {e}", dir.path)))?;
         let made = rustix::fs::openat(
             &parent,
@@ -343,7 +329,7 @@ fn chown(fd: &OwnedFd, uid: u32, gid: u32) -> rustix::io::Result<()> {
     )
 }
 
-fn place(root: BorrowedFd<'_>, mount: &Mount, source: &Source, maker: Maker) -> Outcome {
+fn place(root: BorrowedFd<'_>, mount: &Mount, source: &Source, maker: Option<(u32, u32)>) -> Outcome {
     let result = (|| {
         let target = &mount.target;
         let (parent, name) = split(target).map_err(Outcome::Refused)?;
@@ -372,16 +358,15 @@ fn place(root: BorrowedFd<'_>, mount: &Mount, source: &Source, maker: Maker) -> 
             }
             replaced = true;
         }
-        let file = maker
-            .make(|| {
-                rustix::fs::openat(
-                    &parent,
-                    name,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-            })
-            .map_err(|e| Outcome::Failed(format!("cannot create {target}: {e}")))?;
+        let file = making(maker, || {
+            rustix::fs::openat(
+                &parent,
+                name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+        })
+        .map_err(|e| Outcome::Failed(format!("cannot create {target}: {e}")))?;
         chown(&file, mount.uid, mount.gid).map_err(|e| Outcome::Failed(format!("cannot chown {target}: {e}")))?;
         rustix::mount::move_mount(
             source.tree.as_fd(),

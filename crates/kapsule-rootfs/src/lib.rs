@@ -73,16 +73,9 @@ const FS_CAPABILITIES: [caps::Capability; 5] = [
 impl FsIdentity {
     /// Switches to `uid`:`gid`; back to root's when dropped.
     pub fn switch(uid: u32, gid: u32) -> io::Result<FsIdentity> {
-        // Group first: with the uid no longer 0 the group may not be changed.
-        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
-        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+        // Made first: should the switch fail halfway, the drop takes the thread back to root's.
         let identity = FsIdentity;
-        // Each call answers with the value before it; an invalid id changes nothing.
-        let uid_now = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(u32::MAX)).as_raw();
-        let gid_now = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(u32::MAX)).as_raw();
-        if (uid_now, gid_now) != (uid, gid) {
-            return Err(io::Error::other("cannot take the container's root's file-system ids"));
-        }
+        set_fs_ids(uid, gid)?;
         let caps_error = |e: caps::errors::CapsError| io::Error::other(e.to_string());
         for capability in FS_CAPABILITIES {
             // What the process holds: a helper that keeps only some of them raises those.
@@ -92,6 +85,31 @@ impl FsIdentity {
         }
         Ok(identity)
     }
+
+    /// Runs `make` with the thread's file-system ids `ids` as [`FsIdentity::switch`] gives them,
+    /// and back; with `None`, as the thread is.
+    pub fn run<T>(ids: Option<(u32, u32)>, make: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let _identity = ids.map(|(uid, gid)| FsIdentity::switch(uid, gid)).transpose()?;
+        make()
+    }
+}
+
+/// Gives the calling thread the file-system ids `uid`:`gid` (per thread: the raw system calls),
+/// checked. Away from 0, the kernel drops the capabilities that override file permissions from
+/// the effective set, so files are then reached as that user would reach them.
+pub fn set_fs_ids(uid: u32, gid: u32) -> io::Result<()> {
+    // Group first: with the uid no longer 0 the group may not be changed.
+    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
+    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+    // Each call answers with the value before it; an invalid id changes nothing.
+    let uid_now = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(u32::MAX)).as_raw();
+    let gid_now = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(u32::MAX)).as_raw();
+    if (uid_now, gid_now) != (uid, gid) {
+        return Err(io::Error::other(format!(
+            "cannot switch the thread's file-system ids to {uid}:{gid}"
+        )));
+    }
+    Ok(())
 }
 
 impl Drop for FsIdentity {
@@ -283,11 +301,7 @@ impl Root {
         let (Some(uid), Some(gid)) = (self.uids.to_host(0), self.gids.to_host(0)) else {
             return Err(io::Error::other("the container maps no root"));
         };
-        if (uid, gid) == (0, 0) {
-            return make();
-        }
-        let _identity = FsIdentity::switch(uid, gid)?;
-        make()
+        FsIdentity::run(((uid, gid) != (0, 0)).then_some((uid, gid)), make)
     }
 
     /// The host uid that the container's uid `uid` stands for (itself in a privileged container),

@@ -172,7 +172,8 @@ impl FsIdentity {
             self.groups.iter().map(|&g| rustix::process::Gid::from_raw(g)).collect();
         // The raw system call: glibc's setgroups() would change every thread of the daemon.
         rustix::thread::set_thread_groups(&groups)?;
-        switch_fs_identity(self.uid, self.gid)
+        // The thread does nothing else afterwards (see `run_as`), so it is never switched back.
+        kapsule_rootfs::set_fs_ids(self.uid, self.gid)
     }
 }
 
@@ -208,23 +209,6 @@ fn open_as(path: &Path) -> std::io::Result<File> {
         ));
     }
     Ok(file)
-}
-
-/// Gives the current thread the file-system identity `uid`:`gid` (see [`run_as`]).
-fn switch_fs_identity(uid: u32, gid: u32) -> std::io::Result<()> {
-    // Group first: once the uid is not 0 the thread may no longer change its group.
-    nix::unistd::setfsgid(Gid::from_raw(gid));
-    nix::unistd::setfsuid(Uid::from_raw(uid));
-    // Both calls answer with the previous value; asking again (with an invalid id, which
-    // changes nothing) tells whether the switch took.
-    let uid_now = nix::unistd::setfsuid(Uid::from_raw(u32::MAX)).as_raw();
-    let gid_now = nix::unistd::setfsgid(Gid::from_raw(u32::MAX)).as_raw();
-    if uid_now != uid || gid_now != gid {
-        return Err(std::io::Error::other(
-            "could not switch to the caller's file-system identity",
-        ));
-    }
-    Ok(())
 }
 
 /// The caller's own layer.
