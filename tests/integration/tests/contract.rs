@@ -629,6 +629,11 @@ async fn every_reply_and_signal_carries_the_declared_signature() {
     let snapshots: Vec<(String, String, bool)> = details["snapshots"].try_clone().unwrap().try_into().unwrap();
     assert_eq!(snapshots.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["wire"]);
     assert!(bool::try_from(&details["host_rootfs"]).is_ok(), "{details:?}");
+    assert_eq!(
+        bool::try_from(&details["unprivileged"]).ok(),
+        Some(false),
+        "a boolean, false for a container made without the option: {details:?}"
+    );
     let (_, restored) = operation(&test, &mut declared, &mut signals, "RestoreSnapshot", &snapshot).await;
     assert!(restored, "RestoreSnapshot");
     let clone = (name.as_str(), copy.as_str(), "wire");

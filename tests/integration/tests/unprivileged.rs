@@ -126,6 +126,11 @@ async fn a_user_who_is_no_administrator_makes_and_uses_an_unprivileged_container
         instance.config["raw.idmap"],
         format!("uid {0} {0}\ngid {1} {1}", user.uid, user.gid)
     );
+    // What the user is told about it: `kapsule info` (GetContainerDetails' `unprivileged`).
+    let mut command = user.kapsule(&test.bus);
+    command.args(["info", &name, "--format", "json"]);
+    let info: serde_json::Value = serde_json::from_str(&succeeded("kapsule info", &output(command).await)).unwrap();
+    assert_eq!(info["unprivileged"], true, "{info}");
     // Root may map the user's ids: given in the host's subordinate id files.
     for (file, id) in [("/etc/subuid", user.uid), ("/etc/subgid", user.gid)] {
         let listed = std::fs::read_to_string(file).unwrap();
